@@ -1,0 +1,442 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/shoal-dev/shoal/invocation"
+	"github.com/shoal-dev/shoal/platform/broker/brokertest"
+	"github.com/shoal-dev/shoal/platform/runner"
+)
+
+// The tests run shoal as real processes: the test binary re-executes
+// itself as the shoal command when this variable is set.
+const beShoal = "SHOAL_TEST_BE_SHOAL"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(beShoal) == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// proc is a shoal process whose log the test reads line by line.
+type proc struct {
+	t     *testing.T
+	cmd   *exec.Cmd
+	lines chan string
+	mu    sync.Mutex
+	log   []string
+	done  chan struct{}
+	err   error
+}
+
+func startShoal(t *testing.T, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), beShoal+"=1")
+	cmd.Dir = t.TempDir()
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout = io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{t: t, cmd: cmd, lines: make(chan string, 1000), done: make(chan struct{})}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.log = append(p.log, sc.Text())
+			p.mu.Unlock()
+			select {
+			case p.lines <- sc.Text():
+			default:
+			}
+		}
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			_ = cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("log of shoal %s:\n%s", strings.Join(args, " "), p.output())
+		}
+	})
+	return p
+}
+
+func (p *proc) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strings.Join(p.log, "\n")
+}
+
+// waitLog waits for a log line matching re and returns its submatches.
+func (p *proc) waitLog(re string) []string {
+	p.t.Helper()
+	rx := regexp.MustCompile(re)
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case line := <-p.lines:
+			if m := rx.FindStringSubmatch(line); m != nil {
+				return m
+			}
+		case <-p.done:
+			p.t.Fatalf("shoal exited (%v) before logging %q", p.err, re)
+		case <-timeout:
+			p.t.Fatalf("no log line matching %q within 30s", re)
+		}
+	}
+}
+
+// stop sends sig and waits for the process to exit; it returns the exit
+// error (nil for status 0).
+func (p *proc) stop(sig syscall.Signal) error {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		p.t.Fatal(err)
+	}
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(30 * time.Second):
+		p.t.Fatalf("shoal did not exit within 30s of %v", sig)
+		return nil
+	}
+}
+
+func repoManifest(t *testing.T) string {
+	path, err := filepath.Abs("../../fn.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// runShoal runs a shoal command to completion.
+func runShoal(t *testing.T, dir string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), beShoal+"=1")
+	cmd.Dir = dir
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		code = exit.ExitCode()
+	case err != nil:
+		t.Fatal(err)
+	}
+	return out.String(), errOut.String(), code
+}
+
+// TestUp starts `shoal up` as a real process: it answers pong! over HTTP
+// and NATS, and exits 0 on SIGTERM with nothing accepted left unanswered.
+func TestUp(t *testing.T) {
+	data := t.TempDir()
+	p := startShoal(t, "up", "-f", repoManifest(t), "--http", "127.0.0.1:0", "--nats", "127.0.0.1:0", "--data", data, "--workers", "2")
+	natsURL := p.waitLog(`msg="nats listening" url=(\S+)`)[1]
+	p.waitLog(`msg="runners serving" workers=2`)
+	gw := p.waitLog(`msg="gateway listening" url=(\S+)`)[1]
+
+	if status, body := get(t, gw+"/function/ping"); status != 200 || body != "pong!" {
+		t.Errorf("GET /function/ping = %d %q", status, body)
+	}
+	if _, err := os.Stat(filepath.Join(data, "jetstream")); err != nil {
+		t.Errorf("JetStream store not under --data: %v", err)
+	}
+	dir := t.TempDir()
+	for _, via := range [][]string{{"--gateway", gw}, {"--nats", natsURL}} {
+		out, errOut, code := runShoal(t, dir, append([]string{"invoke", "ping"}, via...)...)
+		if code != 0 || out != "pong!" {
+			t.Errorf("shoal invoke ping %v = %d %q %s", via, code, out, errOut)
+		}
+	}
+	out, errOut, code := runShoal(t, dir, "invoke", "echo", "--gateway", gw, "-d", "hi", "-X", "PUT", "--path", "/x/y?z=1", "-H", "X-A: b")
+	if code != 0 || !strings.Contains(out, `"method": "PUT"`) || !strings.Contains(out, `"path": "/x/y"`) || !strings.Contains(out, `"X-A"`) || !strings.Contains(out, `"body": "hi"`) {
+		t.Errorf("shoal invoke echo = %d %s %s", code, out, errOut)
+	}
+	if _, errOut, code := runShoal(t, dir, "invoke", "nope", "--gateway", gw); code != 1 || !strings.Contains(errOut, "404 function_not_found") {
+		t.Errorf("shoal invoke nope = %d %s", code, errOut)
+	}
+
+	// The runner workers registered with the NATS services framework.
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if n := countServices(t, nc); n != 2 {
+		t.Errorf("%d runner instances answer $SRV.PING, want 2", n)
+	}
+
+	// SIGTERM while requests flow: every request the gateway accepted is
+	// answered pong!; afterwards new connections are refused.
+	client := &http.Client{Timeout: 10 * time.Second}
+	var ok, bad atomic.Int64
+	var firstBad atomic.Value
+	stopLoad := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 5000 { // bounded
+				select {
+				case <-stopLoad:
+					return
+				default:
+				}
+				resp, err := client.Get(gw + "/function/ping")
+				if err != nil {
+					continue // not accepted: the listener is closing
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 && string(b) == "pong!" {
+					ok.Add(1)
+				} else {
+					bad.Add(1)
+					firstBad.CompareAndSwap(nil, fmt.Sprintf("%d %s", resp.StatusCode, b))
+				}
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond)
+	err = p.stop(syscall.SIGTERM)
+	close(stopLoad)
+	wg.Wait()
+	if err != nil {
+		t.Errorf("shoal up exited with %v on SIGTERM, want status 0", err)
+	}
+	if !strings.Contains(p.output(), `msg="stopped cleanly"`) {
+		t.Error(`shoal up did not log "stopped cleanly"`)
+	}
+	if bad.Load() > 0 || ok.Load() == 0 {
+		t.Errorf("during shutdown: %d answered pong!, %d answered otherwise (first: %v)", ok.Load(), bad.Load(), firstBad.Load())
+	}
+}
+
+// countServices counts runner instances answering the services PING.
+func countServices(t *testing.T, nc *nats.Conn) int {
+	t.Helper()
+	inbox := nats.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest("$SRV.PING."+invocation.ServiceName, inbox, nil); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for {
+		if _, err := sub.NextMsg(500 * time.Millisecond); err != nil {
+			return n
+		}
+		n++
+	}
+}
+
+// serviceStats collects every runner's STATS, by instance id.
+func serviceStats(t *testing.T, nc *nats.Conn) map[string]micro.Stats {
+	t.Helper()
+	inbox := nats.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest("$SRV.STATS."+invocation.ServiceName, inbox, nil); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]micro.Stats{}
+	for {
+		msg, err := sub.NextMsg(500 * time.Millisecond)
+		if err != nil {
+			return out
+		}
+		var st micro.Stats
+		if err := json.Unmarshal(msg.Data, &st); err != nil {
+			t.Fatal(err)
+		}
+		out[st.ID] = st
+	}
+}
+
+func completed(t *testing.T, st micro.Stats, function string) uint64 {
+	t.Helper()
+	for _, ep := range st.Endpoints {
+		if ep.Name == function {
+			var d runner.EndpointStats
+			if err := json.Unmarshal(ep.Data, &d); err != nil {
+				t.Fatal(err)
+			}
+			return d.Completed
+		}
+	}
+	return 0
+}
+
+// TestSeparateRoles runs `shoal gateway` and three `shoal runner`
+// processes against one NATS server: the runners share the load, and one
+// stopped with SIGTERM while requests flow loses none of them.
+func TestSeparateRoles(t *testing.T) {
+	s := brokertest.Start(t)
+	fn := repoManifest(t)
+	var runners []*proc
+	for range 3 {
+		r := startShoal(t, "runner", "--nats", s.ClientURL(), "-f", fn)
+		r.waitLog(`msg="runner serving"`)
+		runners = append(runners, r)
+	}
+	g := startShoal(t, "gateway", "--nats", s.ClientURL(), "-f", fn, "--http", "127.0.0.1:0")
+	gw := g.waitLog(`msg="gateway listening" url=(\S+)`)[1]
+	nc := brokertest.Connect(t, s)
+
+	var failures atomic.Int64
+	var firstErr atomic.Value
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	client := &http.Client{Timeout: 10 * time.Second}
+	for range 8 {
+		wg.Go(func() {
+			for range jobs {
+				resp, err := client.Post(gw+"/function/echo", "text/plain", strings.NewReader("x"))
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						err = errors.New(resp.Status)
+					}
+				}
+				if err != nil {
+					failures.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+				}
+			}
+		})
+	}
+	for i := range 300 {
+		if i == 150 {
+			stats := serviceStats(t, nc)
+			if len(stats) != 3 {
+				t.Fatalf("%d runners answer STATS, want 3", len(stats))
+			}
+			for id, st := range stats {
+				if completed(t, st, "echo") == 0 {
+					t.Errorf("runner %s served none of the first 150 requests", id)
+				}
+			}
+			// Stop one runner while the load goes on.
+			go func() {
+				if err := runners[0].stop(syscall.SIGTERM); err != nil {
+					t.Errorf("runner exited with %v on SIGTERM, want status 0", err)
+				}
+			}()
+		}
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	<-runners[0].done
+	if n := failures.Load(); n > 0 {
+		t.Errorf("%d of 300 requests failed; first: %v", n, firstErr.Load())
+	}
+	if n := len(serviceStats(t, nc)); n != 2 {
+		t.Errorf("%d runners left after one stopped, want 2", n)
+	}
+	if err := g.stop(syscall.SIGINT); err != nil {
+		t.Errorf("gateway exited with %v on SIGINT, want status 0", err)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	dir := t.TempDir()
+	bad := `version: 1
+functions:
+  ping:
+    handler: {builtin: pnig}
+    timeout: 30
+  ping:
+    handler: {builtin: ping}
+`
+	if err := os.WriteFile(filepath.Join(dir, "bad.yaml"), []byte(bad), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runShoal(t, dir, "validate", "-f", "bad.yaml")
+	if code != 1 || out != "" {
+		t.Errorf("validate bad.yaml: exit %d, stdout %q", code, out)
+	}
+	for _, want := range []string{
+		`bad.yaml:4:24: functions.ping.handler.builtin: unknown built-in function "pnig"; this build has: auth, echo, ping`,
+		`bad.yaml:5:14: functions.ping.timeout: expected a duration with a unit`,
+		`bad.yaml:6:3: functions.ping: duplicate key; first defined at line 3`,
+	} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errOut)
+		}
+	}
+
+	out, errOut, code = runShoal(t, dir, "validate", "-f", repoManifest(t))
+	if code != 0 || !strings.Contains(out, "valid, 3 function(s): ping, echo, auth") {
+		t.Errorf("validate fn.yaml: exit %d %q %q", code, out, errOut)
+	}
+
+	// up refuses a bad manifest before it listens anywhere.
+	_, errOut, code = runShoal(t, dir, "up", "-f", "bad.yaml", "--http", "127.0.0.1:0", "--nats", "127.0.0.1:0")
+	if code != 1 || !strings.Contains(errOut, "bad.yaml:5:14:") || strings.Contains(errOut, "listening") {
+		t.Errorf("up with a bad manifest: exit %d\n%s", code, errOut)
+	}
+}
+
+func TestInvokeWithoutPlatform(t *testing.T) {
+	_, errOut, code := runShoal(t, t.TempDir(), "invoke", "ping", "--gateway", "http://127.0.0.1:1", "--timeout", "5s")
+	if code != 1 || !strings.Contains(errOut, "invoke ping:") {
+		t.Errorf("invoke with no gateway: exit %d %s", code, errOut)
+	}
+	s := brokertest.Start(t)
+	_, errOut, code = runShoal(t, t.TempDir(), "invoke", "ping", "--nats", s.ClientURL(), "--timeout", "5s")
+	if code != 1 || !strings.Contains(errOut, "no runner is serving ping") {
+		t.Errorf("invoke with no runner: exit %d %s", code, errOut)
+	}
+}

@@ -1,0 +1,113 @@
+package invocation
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Code is a stable, machine-readable error code. Codes are part of the API:
+// they are never renamed, and each always comes with the same HTTP status.
+type Code string
+
+// Error codes and the HTTP status each travels with.
+const (
+	CodeNotFound         Code = "not_found"          // 404: no such route on the gateway
+	CodeFunctionNotFound Code = "function_not_found" // 404: the function is not declared
+	CodeBadRequest       Code = "bad_request"        // 400: the invocation itself is malformed
+	CodePayloadTooLarge  Code = "payload_too_large"  // 413: request body over the limit
+	CodeOverloaded       Code = "overloaded"         // 429: every runner reached was at its concurrency limit
+	CodeFunctionPanic    Code = "function_panic"     // 500: the function panicked
+	CodeResponseTooLarge Code = "response_too_large" // 500: the answer does not fit in a NATS message
+	CodeInternal         Code = "internal"           // 500: a fault in Shoal itself
+	CodeNotImplemented   Code = "not_implemented"    // 501: the function does not offer this yet
+	CodeBadGateway       Code = "bad_gateway"        // 502: a runner answered in a way the protocol does not allow
+	CodeNoRunner         Code = "no_runner"          // 503: no runner serves the function
+	CodeUnavailable      Code = "unavailable"        // 503: NATS unreachable, or the runner is shutting down
+	CodeTimeout          Code = "timeout"            // 504: the function did not answer within its timeout
+)
+
+// Error is a failed invocation, in the one shape every Shoal error has on
+// the wire: {"error": {"code": "...", "message": "..."}}.
+type Error struct {
+	// Status is the HTTP status code that goes with Code.
+	Status  int    `json:"-"`
+	Code    Code   `json:"code"`
+	Message string `json:"message"`
+}
+
+// Errorf returns an Error with a formatted message.
+func Errorf(status int, code Code, format string, args ...any) *Error {
+	return &Error{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+func (e *Error) Error() string { return string(e.Code) + ": " + e.Message }
+
+// retryable codes invite the caller to try again shortly, so their answers
+// carry Retry-After.
+func (e *Error) retryable() bool {
+	return e.Code == CodeNoRunner || e.Code == CodeOverloaded || e.Code == CodeUnavailable
+}
+
+// retryAfterSeconds is the Retry-After value sent with retryable errors.
+const retryAfterSeconds = "1"
+
+type errorBody struct {
+	Error *Error `json:"error"`
+}
+
+// Body returns the error's JSON body, ending in a newline.
+func (e *Error) Body() []byte {
+	b, err := json.Marshal(errorBody{Error: e})
+	if err != nil { // cannot happen: two strings
+		panic(err)
+	}
+	return append(b, '\n')
+}
+
+// WriteHTTP writes the error as an HTTP response.
+func (e *Error) WriteHTTP(w http.ResponseWriter) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	if e.retryable() {
+		h.Set("Retry-After", retryAfterSeconds)
+	}
+	w.WriteHeader(e.Status)
+	_, _ = w.Write(e.Body()) // the client went away; nothing to do
+}
+
+// Header returns the NATS headers of an error reply: the NATS services
+// framework's error headers plus Shoal-Error and Shoal-Status.
+func (e *Error) Header() nats.Header {
+	status := strconv.Itoa(e.Status)
+	h := nats.Header{
+		HeaderServiceErrorCode: {status},
+		HeaderServiceError:     {e.Message},
+		HeaderError:            {string(e.Code)},
+		HeaderStatus:           {status},
+		"Content-Type":         {"application/json"},
+	}
+	if e.retryable() {
+		h["Retry-After"] = []string{retryAfterSeconds}
+	}
+	return h
+}
+
+// Msg returns the error as a NATS reply to subject reply.
+func (e *Error) Msg(reply string) *nats.Msg {
+	return &nats.Msg{Subject: reply, Header: e.Header(), Data: e.Body()}
+}
+
+// ParseError decodes an error body; ok is false when body is not one.
+func ParseError(status int, body []byte) (e *Error, ok bool) {
+	var b errorBody
+	if json.Unmarshal(body, &b) != nil || b.Error == nil || b.Error.Code == "" {
+		return nil, false
+	}
+	b.Error.Status = status
+	return b.Error, true
+}

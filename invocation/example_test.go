@@ -1,0 +1,52 @@
+package invocation_test
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/shoal-dev/shoal/invocation"
+)
+
+// A NATS client invokes a function without the gateway: one request on the
+// function's subject, with the HTTP details in headers.
+func Example() {
+	nc, err := nats.Connect(nats.DefaultURL)
+	if err != nil {
+		fmt.Println("no NATS server here:", err)
+		return
+	}
+	defer nc.Close()
+
+	msg := nats.NewMsg(invocation.Subject("echo"))
+	msg.Header.Set(invocation.HeaderMethod, "PUT")
+	msg.Header.Set(invocation.HeaderPath, "/items/42")
+	msg.Header.Set(invocation.HeaderQuery, "verbose=1")
+	msg.Header.Set("Content-Type", "application/json")
+	msg.Data = []byte(`{"name":"shoal"}`)
+
+	reply, err := nc.RequestMsg(msg, 10*time.Second)
+	if err != nil {
+		fmt.Println("invoke:", err) // nats.ErrNoResponders: no runner serves echo
+		return
+	}
+	status, err := invocation.Status(reply.Header)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	if status >= 400 {
+		if e, ok := invocation.ParseError(status, reply.Data); ok {
+			fmt.Println("failed:", e.Code, e.Message)
+			return
+		}
+	}
+	fmt.Println(status, string(reply.Data))
+}
+
+func ExampleErrorf() {
+	e := invocation.Errorf(504, invocation.CodeTimeout, "function %q did not answer within its timeout of %s", "resize", 30*time.Second)
+	fmt.Print(string(e.Body()))
+	// Output: {"error":{"code":"timeout","message":"function \"resize\" did not answer within its timeout of 30s"}}
+}

@@ -1,0 +1,184 @@
+package invocation_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/shoal-dev/shoal/invocation"
+)
+
+func TestReserved(t *testing.T) {
+	tests := []struct {
+		name string
+		want bool
+	}{
+		{"Shoal-Method", true},
+		{"shoal-path", true},
+		{"SHOAL-X", true},
+		{"Nats-Service-Error", true},
+		{"nats-msg-id", true},
+		{"Shoal", false},
+		{"X-Shoal-Method", false},
+		{"Content-Type", false},
+		{"", false},
+	}
+	for _, tt := range tests {
+		if got := invocation.Reserved(tt.name); got != tt.want {
+			t.Errorf("Reserved(%q) = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestRequestRoundTrip sends an HTTP request through NewRequestMsg and
+// NewHTTPRequest, as gateway and runner do, and compares what arrives.
+func TestRequestRoundTrip(t *testing.T) {
+	r := httptest.NewRequest("DELETE", "http://gw.example/function/f/a%20b/c?q=1&q=2", strings.NewReader("body"))
+	r.RemoteAddr = "10.1.2.3:5555"
+	r.Header.Set("X-Forwarded-For", "192.0.2.1")
+	r.Header.Set("Authorization", "Bearer t")
+	r.Header.Set("Shoal-Path", "/spoofed")
+	r.Header.Set("Nats-Msg-Id", "spoofed")
+	r.Header.Set("Connection", "close, X-Private")
+	r.Header.Set("X-Private", "hop")
+	r.Header.Set("Te", "trailers")
+
+	msg := invocation.NewRequestMsg("fn.f", r, "/a%20b/c", []byte("body"))
+	if msg.Subject != "fn.f" || string(msg.Data) != "body" {
+		t.Fatalf("msg = %s %q", msg.Subject, msg.Data)
+	}
+	got, err := invocation.NewHTTPRequest(context.Background(), msg.Header, msg.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(got.Body)
+	if got.Method != "DELETE" || got.URL.Path != "/a b/c" || got.URL.RawPath != "/a%20b/c" || got.URL.RawQuery != "q=1&q=2" || string(body) != "body" {
+		t.Errorf("request = %s %s (raw %s) ?%s %q", got.Method, got.URL.Path, got.URL.RawPath, got.URL.RawQuery, body)
+	}
+	if got.RequestURI != "/a%20b/c?q=1&q=2" || got.Host != "gw.example" || got.ContentLength != 4 {
+		t.Errorf("RequestURI %q Host %q ContentLength %d", got.RequestURI, got.Host, got.ContentLength)
+	}
+	wantHeader := http.Header{
+		"Authorization":     {"Bearer t"},
+		"X-Forwarded-For":   {"192.0.2.1, 10.1.2.3"},
+		"X-Forwarded-Host":  {"gw.example"},
+		"X-Forwarded-Proto": {"http"},
+	}
+	for k, v := range wantHeader {
+		if !slices.Equal(got.Header[k], v) {
+			t.Errorf("header %s = %v, want %v", k, got.Header[k], v)
+		}
+	}
+	for _, k := range []string{"Shoal-Path", "Nats-Msg-Id", "Connection", "X-Private", "Te"} {
+		if _, ok := got.Header[k]; ok {
+			t.Errorf("header %s crossed to the function", k)
+		}
+	}
+}
+
+func TestNewHTTPRequestDefaultsAndErrors(t *testing.T) {
+	r, err := invocation.NewHTTPRequest(context.Background(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Method != invocation.DefaultMethod || r.URL.Path != "/" || r.Body != http.NoBody || r.Header == nil {
+		t.Errorf("defaults: %s %s body %v header %v", r.Method, r.URL.Path, r.Body, r.Header)
+	}
+
+	tests := []struct {
+		name   string
+		header nats.Header
+	}{
+		{"method with a space", nats.Header{invocation.HeaderMethod: {"GE T"}}},
+		{"relative path", nats.Header{invocation.HeaderPath: {"a/b"}}},
+		{"bad escape", nats.Header{invocation.HeaderPath: {"/%zz"}}},
+	}
+	for _, tt := range tests {
+		_, err := invocation.NewHTTPRequest(context.Background(), tt.header, nil)
+		ierr, ok := errors.AsType[*invocation.Error](err)
+		if !ok || ierr.Code != invocation.CodeBadRequest || ierr.Status != 400 {
+			t.Errorf("%s: err = %v, want a 400 bad_request", tt.name, err)
+		}
+	}
+}
+
+func TestResponseRoundTrip(t *testing.T) {
+	h := http.Header{
+		"Content-Type":  {"text/plain"},
+		"Shoal-Status":  {"200"},
+		"Nats-Anything": {"x"},
+		"X-Split":       {"a\r\nInjected: yes"},
+		"Set-Cookie":    {"a=1", "b=2"},
+	}
+	msg := invocation.NewResponseMsg("_INBOX.x", 201, h, []byte("made"))
+	status, err := invocation.Status(msg.Header)
+	if err != nil || status != 201 {
+		t.Fatalf("Status = %d, %v; want 201", status, err)
+	}
+	out := http.Header{}
+	invocation.CopyResponseHeader(out, msg.Header)
+	want := http.Header{"Content-Type": {"text/plain"}, "Set-Cookie": {"a=1", "b=2"}}
+	if len(out) != len(want) {
+		t.Errorf("headers = %v, want %v", out, want)
+	}
+	for k, v := range want {
+		if !slices.Equal(out[k], v) {
+			t.Errorf("header %s = %v, want %v", k, out[k], v)
+		}
+	}
+}
+
+func TestStatus(t *testing.T) {
+	tests := []struct {
+		name    string
+		header  nats.Header
+		want    int
+		wantErr bool
+	}{
+		{"plain NATS responder", nil, 200, false},
+		{"function status", nats.Header{invocation.HeaderStatus: {"404"}}, 404, false},
+		{"error reply", nats.Header{invocation.HeaderServiceErrorCode: {"504"}, invocation.HeaderStatus: {"504"}}, 504, false},
+		{"foreign micro error code", nats.Header{invocation.HeaderServiceErrorCode: {"E42"}}, 500, false},
+		{"status not a number", nats.Header{invocation.HeaderStatus: {"ok"}}, 0, true},
+		{"informational status", nats.Header{invocation.HeaderStatus: {"101"}}, 0, true},
+	}
+	for _, tt := range tests {
+		got, err := invocation.Status(tt.header)
+		if got != tt.want || (err != nil) != tt.wantErr {
+			t.Errorf("%s: Status = %d, %v; want %d, error %v", tt.name, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestErrorShape(t *testing.T) {
+	e := invocation.Errorf(503, invocation.CodeNoRunner, "no runner for %q", "f")
+	if got := string(e.Body()); got != `{"error":{"code":"no_runner","message":"no runner for \"f\""}}`+"\n" {
+		t.Errorf("Body = %s", got)
+	}
+	rec := httptest.NewRecorder()
+	e.WriteHTTP(rec)
+	if rec.Code != 503 || rec.Header().Get("Retry-After") != "1" || rec.Header().Get("Content-Type") != "application/json" {
+		t.Errorf("WriteHTTP: %d %v", rec.Code, rec.Header())
+	}
+	msg := e.Msg("_INBOX.1")
+	if msg.Header.Get(invocation.HeaderServiceErrorCode) != "503" || msg.Header.Get(invocation.HeaderError) != "no_runner" || msg.Header.Get(invocation.HeaderServiceError) != e.Message {
+		t.Errorf("Msg headers = %v", msg.Header)
+	}
+	back, ok := invocation.ParseError(503, msg.Data)
+	if !ok || *back != *e {
+		t.Errorf("ParseError = %+v, %v; want %+v", back, ok, e)
+	}
+	if _, ok := invocation.ParseError(500, []byte("pong!")); ok {
+		t.Error("ParseError accepted a body that is not an error")
+	}
+	if e := invocation.Errorf(504, invocation.CodeTimeout, "slow"); e.Header().Get("Retry-After") != "" {
+		t.Error("a timeout is not an invitation to retry at once")
+	}
+}

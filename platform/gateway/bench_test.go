@@ -1,0 +1,83 @@
+package gateway_test
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/shoal-dev/shoal/functions/ping"
+	"github.com/shoal-dev/shoal/platform/broker/brokertest"
+)
+
+// benchClients is the number of concurrent callers, like wrk's 64
+// connections: parallelism times GOMAXPROCS.
+const benchParallelism = 32
+
+func benchHTTP(b *testing.B, url string) {
+	client := &http.Client{Transport: &http.Transport{
+		MaxIdleConnsPerHost: 1024,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+	}}
+	defer client.CloseIdleConnections()
+	b.SetParallelism(benchParallelism)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			resp, err := client.Get(url)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(body) != "pong!" {
+				b.Errorf("%d %q", resp.StatusCode, body)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkRoundTrip measures GET -> pong! three ways, side by side, so
+// their ratios come from one run on one machine:
+//
+//   - shoal: HTTP -> gateway -> NATS -> runner -> NATS -> gateway -> HTTP,
+//     everything in this process on loopback TCP (one runner);
+//   - nats: the NATS request to the runner alone, without HTTP;
+//   - plain-http: a net/http server running the ping function directly,
+//     the ceiling for HTTP here.
+func BenchmarkRoundTrip(b *testing.B) {
+	b.Run("shoal", func(b *testing.B) {
+		p := start(b, options{})
+		benchHTTP(b, p.url+"/function/ping")
+	})
+	b.Run("nats", func(b *testing.B) {
+		p := start(b, options{})
+		nc := brokertest.Connect(b, p.broker)
+		b.SetParallelism(benchParallelism)
+		b.ReportAllocs()
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				reply, err := nc.Request("fn.ping", nil, 5*time.Second)
+				if err != nil || string(reply.Data) != "pong!" {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+	b.Run("plain-http", func(b *testing.B) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		srv := &http.Server{Handler: ping.Handler()}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Close()
+		benchHTTP(b, "http://"+ln.Addr().String()+"/")
+	})
+}

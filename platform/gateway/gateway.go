@@ -1,0 +1,143 @@
+// Package gateway is Shoal's HTTP front door: it routes /function/NAME/...
+// to the function's NATS subject as one request and writes the runner's
+// answer back as the HTTP response.
+//
+// Failures have exact, documented answers (docs/http-api.md): 404 for a
+// function not in the manifest, 503 at once when no runner serves it, 504
+// past its timeout, 413 for a body over the limit (never forwarded), 429
+// when the runners reached are at their concurrency limit, and the
+// function's own status otherwise. Every error is JSON of one shape,
+// {"error": {"code": "...", "message": "..."}}.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/nats-io/nats.go"
+
+	"github.com/shoal-dev/shoal/invocation"
+	"github.com/shoal-dev/shoal/manifest"
+)
+
+// DefaultMaxBody is the default limit on a request body: 8 MiB.
+const DefaultMaxBody = 8 << 20
+
+// timeoutGrace is how much longer than a function's timeout the gateway
+// waits: the runner answers 504 itself at the timeout, so the gateway's
+// own deadline only fires when the runner is gone.
+const timeoutGrace = 2 * time.Second
+
+// overloadRetries is how many more runners the gateway tries when the one
+// reached is at its concurrency limit. A refusal is immediate and nothing
+// ran, so retrying is safe and spreads load in a busy queue group.
+const overloadRetries = 2
+
+// Config configures a gateway.
+type Config struct {
+	// NATS is the connection invocations travel on. The gateway takes
+	// ownership: Shutdown closes it.
+	NATS *nats.Conn
+	// Manifest declares the routable functions.
+	Manifest *manifest.Manifest
+	// MaxBody limits a request body in bytes; 0 means DefaultMaxBody.
+	MaxBody int64
+	// Logger receives the gateway's log; nil discards it.
+	Logger *slog.Logger
+}
+
+// Gateway serves the HTTP API.
+type Gateway struct {
+	nc      *nats.Conn
+	routes  map[string]*route
+	maxBody int64
+	log     *slog.Logger
+	mux     http.Handler
+	srv     *http.Server
+}
+
+// route is a routable function with what the hot path needs precomputed.
+type route struct {
+	fn      manifest.Function
+	subject string
+	wait    time.Duration
+}
+
+// New returns a gateway for the functions of cfg.Manifest.
+func New(cfg Config) (*Gateway, error) {
+	if cfg.NATS == nil || cfg.Manifest == nil {
+		return nil, errors.New("gateway: a NATS connection and a manifest are required")
+	}
+	g := &Gateway{
+		nc:      cfg.NATS,
+		routes:  make(map[string]*route, len(cfg.Manifest.Functions)),
+		maxBody: cfg.MaxBody,
+		log:     cfg.Logger,
+	}
+	if g.maxBody <= 0 {
+		g.maxBody = DefaultMaxBody
+	}
+	if g.log == nil {
+		g.log = slog.New(slog.DiscardHandler)
+	}
+	for _, fn := range cfg.Manifest.Functions {
+		g.routes[fn.Name] = &route{fn: fn, subject: invocation.Subject(fn.Name), wait: fn.Timeout + timeoutGrace}
+	}
+	if mp := g.nc.MaxPayload(); mp > 0 && mp < g.maxBody {
+		g.log.Warn("the NATS server's max_payload is below the body limit; larger bodies will be refused with 413",
+			"max_payload", mp, "max_body", g.maxBody)
+	}
+
+	r := chi.NewRouter()
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		invocation.Errorf(http.StatusNotFound, invocation.CodeNotFound, "no route for %s %s; functions are at /function/NAME", r.Method, r.URL.Path).WriteHTTP(w)
+	})
+	g.mux = r
+	g.srv = &http.Server{
+		Handler:           g,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
+	}
+	return g, nil
+}
+
+// ServeHTTP serves the gateway's routes. Invocations under /function/ are
+// dispatched before the router: a function takes any method, including
+// ones chi's method table does not know (it answers 405 to those).
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, functionPrefix) {
+		g.invoke(w, r)
+		return
+	}
+	g.mux.ServeHTTP(w, r)
+}
+
+// Serve accepts HTTP connections on ln until Shutdown.
+func (g *Gateway) Serve(ln net.Listener) error {
+	if err := g.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("gateway: serve: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops accepting requests, waits until ctx is done for those in
+// flight to be answered, then closes the NATS connection.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	// Stops the listener, closes idle connections and waits for active
+	// requests, which still have NATS to finish on.
+	err := g.srv.Shutdown(ctx)
+	g.nc.Close()
+	if err != nil {
+		return fmt.Errorf("gateway: drain in-flight requests: %w", err)
+	}
+	return nil
+}

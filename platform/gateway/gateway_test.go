@@ -1,0 +1,403 @@
+package gateway_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/shoal-dev/shoal/functions/echo"
+	"github.com/shoal-dev/shoal/functions/functionstest"
+	"github.com/shoal-dev/shoal/invocation"
+	"github.com/shoal-dev/shoal/manifest"
+	"github.com/shoal-dev/shoal/platform/broker"
+	"github.com/shoal-dev/shoal/platform/broker/brokertest"
+	"github.com/shoal-dev/shoal/platform/gateway"
+	"github.com/shoal-dev/shoal/platform/runner"
+)
+
+const testManifest = `version: 1
+functions:
+  ping: {handler: {builtin: ping}, public: true}
+  echo: {handler: {builtin: echo}, public: true}
+  teapot: {handler: {builtin: teapot}}
+  panic: {handler: {builtin: panic}}
+  sleep: {handler: {builtin: sleep}, timeout: 300ms}
+  block: {handler: {builtin: block}, concurrency: 1}
+  counter: {handler: {builtin: counter}}
+  orphan: {handler: {builtin: orphan}, timeout: 10s}
+  silent: {handler: {builtin: silent}, timeout: 300ms}
+`
+
+// platform is a broker, runners and a gateway serving real HTTP on
+// loopback, all in this process.
+type platform struct {
+	broker  *broker.Server
+	url     string
+	block   *functionstest.Block
+	counter *functionstest.Counter
+	fns     map[string]http.Handler
+	m       *manifest.Manifest
+}
+
+type options struct {
+	maxBody    int64
+	maxPayload int
+	runners    int
+}
+
+func start(t testing.TB, o options) *platform {
+	t.Helper()
+	p := &platform{block: functionstest.NewBlock(), counter: &functionstest.Counter{}}
+	if o.maxPayload == 0 {
+		o.maxPayload = brokertest.MaxPayload
+	}
+	if o.maxPayload < 0 {
+		o.maxPayload = 0 // the NATS default
+	}
+	s, err := broker.Start(broker.Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(), MaxPayload: o.maxPayload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Shutdown)
+	p.broker = s
+	p.fns = functionstest.Builtins(map[string]http.Handler{"block": p.block, "counter": p.counter})
+	// orphan and silent are declared but no runner has them.
+	names := append(slices.Collect(maps.Keys(p.fns)), "orphan", "silent")
+	p.m, err = manifest.Parse("test.yaml", []byte(testManifest), manifest.Options{Builtins: names})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range max(o.runners, 1) {
+		p.addRunner(t)
+	}
+
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := gateway.New(gateway.Config{NATS: nc, Manifest: p.m, MaxBody: o.maxBody})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- g.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := g.Shutdown(ctx); err != nil {
+			t.Errorf("gateway shutdown: %v", err)
+		}
+		if err := <-served; err != nil {
+			t.Errorf("gateway serve: %v", err)
+		}
+	})
+	p.url = "http://" + ln.Addr().String()
+	// Cleanups run last-registered first: release blocked invocations
+	// before the gateway drains.
+	t.Cleanup(func() { close(p.block.Release) })
+	return p
+}
+
+func (p *platform) addRunner(t testing.TB) *runner.Runner {
+	t.Helper()
+	nc, err := nats.Connect(p.broker.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := runner.Start(nc, runner.Config{Manifest: p.m, Builtins: p.fns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = r.Stop(ctx)
+	})
+	return r
+}
+
+type response struct {
+	status int
+	header http.Header
+	body   string
+}
+
+func do(t testing.TB, req *http.Request) response {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return response{resp.StatusCode, resp.Header, string(body)}
+}
+
+func newRequest(t testing.TB, method, url string, body io.Reader) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
+}
+
+func TestInvoke(t *testing.T) {
+	p := start(t, options{})
+
+	t.Run("ping", func(t *testing.T) {
+		r := do(t, newRequest(t, "GET", p.url+"/function/ping", nil))
+		if r.status != 200 || r.body != "pong!" || r.header.Get("Content-Type") != "text/plain; charset=utf-8" {
+			t.Errorf("GET /function/ping = %d %q (%v)", r.status, r.body, r.header)
+		}
+	})
+
+	t.Run("method, sub-path, query, headers and body reach the function", func(t *testing.T) {
+		req := newRequest(t, "PUT", p.url+"/function/echo/any/path%2Fhere?x=1&x=2&y=%C3%A9", strings.NewReader("hello body"))
+		req.Header.Set("X-Custom", "yes")
+		req.Header.Set("Shoal-Path", "/spoofed")
+		req.Header.Set("Connection", "keep-alive, X-Hop")
+		req.Header.Set("X-Hop", "only for this connection")
+		r := do(t, req)
+		if r.status != 200 {
+			t.Fatalf("status %d: %s", r.status, r.body)
+		}
+		var got echo.Request
+		if err := json.Unmarshal([]byte(r.body), &got); err != nil {
+			t.Fatal(err)
+		}
+		if got.Method != "PUT" || got.Path != "/any/path/here" || got.Body != "hello body" {
+			t.Errorf("function saw %s %s %q", got.Method, got.Path, got.Body)
+		}
+		if !slices.Equal(got.Query["x"], []string{"1", "2"}) || got.Query["y"][0] != "é" {
+			t.Errorf("query = %v", got.Query)
+		}
+		h := http.Header(got.Header)
+		if h.Get("X-Custom") != "yes" || h.Get("X-Forwarded-For") != "127.0.0.1" || h.Get("X-Forwarded-Proto") != "http" {
+			t.Errorf("headers = %v", h)
+		}
+		if h.Get("Shoal-Path") != "" || h.Get("X-Hop") != "" || h.Get("Connection") != "" {
+			t.Errorf("reserved or hop-by-hop headers reached the function: %v", h)
+		}
+	})
+
+	t.Run("any method", func(t *testing.T) {
+		r := do(t, newRequest(t, "PROPFIND", p.url+"/function/echo", nil))
+		if r.status != 200 || !strings.Contains(r.body, `"method": "PROPFIND"`) {
+			t.Errorf("PROPFIND = %d %s", r.status, r.body)
+		}
+	})
+
+	t.Run("status, headers and body come back", func(t *testing.T) {
+		r := do(t, newRequest(t, "GET", p.url+"/function/teapot", nil))
+		if r.status != 418 || r.body != "I'm a teapot" || r.header.Get("X-Teapot") != "short and stout" {
+			t.Errorf("teapot = %d %q %v", r.status, r.body, r.header)
+		}
+		for k := range r.header {
+			if invocation.Reserved(k) {
+				t.Errorf("protocol header %s leaked into the HTTP response", k)
+			}
+		}
+	})
+
+	t.Run("HEAD", func(t *testing.T) {
+		r := do(t, newRequest(t, "HEAD", p.url+"/function/ping", nil))
+		if r.status != 200 || r.body != "" || r.header.Get("Content-Length") != "5" {
+			t.Errorf("HEAD = %d %q %v", r.status, r.body, r.header)
+		}
+	})
+}
+
+// TestFailureTable checks every row of the documented failure table.
+func TestFailureTable(t *testing.T) {
+	const limit = 1024
+	p := start(t, options{maxBody: limit})
+	// Hold block's only slot so the next call is refused.
+	go func() {
+		if resp, err := http.Get(p.url + "/function/block"); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-p.block.Started
+
+	tests := []struct {
+		name       string
+		method     string
+		path       string
+		body       io.Reader
+		status     int
+		code       invocation.Code
+		retryAfter bool
+		within     time.Duration // the answer must come sooner than this
+	}{
+		{name: "function not in the manifest", path: "/function/nope", status: 404, code: invocation.CodeFunctionNotFound},
+		{name: "route that does not exist", path: "/nope", status: 404, code: invocation.CodeNotFound},
+		{name: "function path without a name", path: "/function/", status: 404, code: invocation.CodeNotFound},
+		// orphan's timeout is 10s: no responders must answer long before.
+		{name: "no runner serves the function", path: "/function/orphan", status: 503, code: invocation.CodeNoRunner, retryAfter: true, within: 2 * time.Second},
+		{name: "function did not answer within its timeout", path: "/function/sleep?d=10s", status: 504, code: invocation.CodeTimeout, within: 2 * time.Second},
+		{name: "function panicked", path: "/function/panic", status: 500, code: invocation.CodeFunctionPanic},
+		{name: "body over the limit, length known", method: "POST", path: "/function/counter", body: bytes.NewReader(make([]byte, limit+1)), status: 413, code: invocation.CodePayloadTooLarge},
+		{name: "body over the limit, chunked", method: "POST", path: "/function/counter", body: io.MultiReader(strings.NewReader(strings.Repeat("x", limit)), strings.NewReader("y")), status: 413, code: invocation.CodePayloadTooLarge},
+		{name: "runner at its concurrency limit", path: "/function/block", status: 429, code: invocation.CodeOverloaded, retryAfter: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			method := tt.method
+			if method == "" {
+				method = "GET"
+			}
+			start := time.Now()
+			r := do(t, newRequest(t, method, p.url+tt.path, tt.body))
+			if tt.within > 0 && time.Since(start) > tt.within {
+				t.Errorf("answered after %s, want sooner than %s", time.Since(start), tt.within)
+			}
+			if r.status != tt.status {
+				t.Errorf("status = %d, want %d (%s)", r.status, tt.status, r.body)
+			}
+			if r.header.Get("Content-Type") != "application/json" {
+				t.Errorf("Content-Type = %q", r.header.Get("Content-Type"))
+			}
+			var body struct {
+				Error struct {
+					Code    invocation.Code `json:"code"`
+					Message string          `json:"message"`
+				} `json:"error"`
+			}
+			if err := json.Unmarshal([]byte(r.body), &body); err != nil || body.Error.Code != tt.code || body.Error.Message == "" {
+				t.Errorf("body = %s, want a %s error", r.body, tt.code)
+			}
+			if got := r.header.Get("Retry-After") != ""; got != tt.retryAfter {
+				t.Errorf("Retry-After = %q, want it set: %v", r.header.Get("Retry-After"), tt.retryAfter)
+			}
+		})
+	}
+	if n := p.counter.N.Load(); n != 0 {
+		t.Errorf("a body over the limit was forwarded: counter ran %d times", n)
+	}
+	// The runner and the other functions are unaffected.
+	if r := do(t, newRequest(t, "GET", p.url+"/function/ping", nil)); r.body != "pong!" {
+		t.Errorf("ping after the failures = %d %q", r.status, r.body)
+	}
+	if r := do(t, newRequest(t, "POST", p.url+"/function/counter", strings.NewReader("small"))); r.status != 200 || p.counter.N.Load() != 1 {
+		t.Errorf("counter with a small body = %d %q", r.status, r.body)
+	}
+}
+
+// TestTimeoutWhenRunnerVanishes: a responder that takes invocations and
+// never answers (a runner that died) costs the caller the function's
+// timeout plus a grace period, then a 504.
+func TestTimeoutWhenRunnerVanishes(t *testing.T) {
+	p := start(t, options{})
+	nc := brokertest.Connect(t, p.broker)
+	sub, err := nc.QueueSubscribe(invocation.Subject("silent"), invocation.QueueGroup, func(*nats.Msg) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req := newRequest(t, "GET", p.url+"/function/silent", nil).WithContext(ctx)
+	start := time.Now()
+	r := do(t, req)
+	if r.status != 504 || !strings.Contains(r.body, string(invocation.CodeTimeout)) {
+		t.Errorf("status %d %s, want 504 timeout", r.status, r.body)
+	}
+	if took := time.Since(start); took < 300*time.Millisecond {
+		t.Errorf("answered after %s, before the function's 300ms timeout", took)
+	}
+}
+
+// TestBodyOverNATSMaxPayload: with a NATS server whose max_payload is below
+// the body limit, a large body is refused with 413 naming max_payload.
+func TestBodyOverNATSMaxPayload(t *testing.T) {
+	p := start(t, options{maxPayload: -1}) // NATS default: 1 MiB
+	r := do(t, newRequest(t, "POST", p.url+"/function/counter", bytes.NewReader(make([]byte, 2<<20))))
+	if r.status != 413 || !strings.Contains(r.body, "max_payload") {
+		t.Errorf("2 MiB body = %d %s, want 413 naming max_payload", r.status, r.body)
+	}
+	if p.counter.N.Load() != 0 {
+		t.Error("the body reached the function")
+	}
+}
+
+// TestRunnersShareLoadAndStopGracefully: three runners share 300
+// requests through the gateway; one stops gracefully midway and no request
+// fails.
+func TestRunnersShareLoadAndStopGracefully(t *testing.T) {
+	p := start(t, options{})
+	runners := []*runner.Runner{p.addRunner(t), p.addRunner(t)}
+	// start() added the first runner; find it through the other two's
+	// figures at the end.
+	var failures atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	jobs := make(chan int)
+	for range 8 {
+		wg.Go(func() {
+			for range jobs {
+				resp, err := http.Get(p.url + "/function/sleep?d=5ms")
+				if err == nil {
+					body, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						err = errors.New(resp.Status + ": " + string(body))
+					}
+				}
+				if err != nil {
+					failures.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+				}
+			}
+		})
+	}
+	for i := range 300 {
+		if i == 150 {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := runners[0].Stop(ctx); err != nil {
+				t.Errorf("graceful stop: %v", err)
+			}
+			cancel()
+		}
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	if n := failures.Load(); n > 0 {
+		t.Errorf("%d of 300 requests failed; first: %v", n, firstErr.Load())
+	}
+	var served uint64
+	for i, r := range runners {
+		st, _ := r.Stats("sleep")
+		if st.Completed == 0 {
+			t.Errorf("runner %d served none of the 300 requests", i)
+		}
+		served += st.Completed
+	}
+	if served >= 300 {
+		t.Errorf("the first runner served none of the 300 requests (the others served %d)", served)
+	}
+}

@@ -1,0 +1,174 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/shoal-dev/shoal/invocation"
+)
+
+// functionPrefix starts every invocation URL: /function/NAME[/sub/path].
+const functionPrefix = "/function/"
+
+// invoke is the gateway side of the hot path: HTTP request in, one NATS
+// request to the function's subject, the runner's reply out as the HTTP
+// response.
+func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
+	name, subpath, ok := splitFunctionPath(r.URL.EscapedPath())
+	if !ok {
+		invocation.Errorf(http.StatusNotFound, invocation.CodeNotFound, "no route for %s; functions are at /function/NAME", r.URL.Path).WriteHTTP(w)
+		return
+	}
+	rt, ok := g.routes[name]
+	if !ok {
+		invocation.Errorf(http.StatusNotFound, invocation.CodeFunctionNotFound, "function %q is not declared in the manifest", name).WriteHTTP(w)
+		return
+	}
+	if r.ContentLength > g.maxBody {
+		invocation.Errorf(http.StatusRequestEntityTooLarge, invocation.CodePayloadTooLarge,
+			"the request body of %d bytes is larger than the limit of %d bytes", r.ContentLength, g.maxBody).WriteHTTP(w)
+		return
+	}
+	buf, ierr := g.readBody(w, r)
+	if ierr != nil {
+		ierr.WriteHTTP(w)
+		return
+	}
+	defer putBuffer(buf)
+
+	msg := invocation.NewRequestMsg(rt.subject, r, subpath, buf.Bytes())
+	ctx, cancel := context.WithTimeout(r.Context(), rt.wait)
+	defer cancel()
+	reply, err := g.request(ctx, msg)
+	if err != nil {
+		if r.Context().Err() != nil {
+			return // the client went away; nobody is left to answer
+		}
+		g.requestError(rt, err).WriteHTTP(w)
+		return
+	}
+
+	status, err := invocation.Status(reply.Header)
+	if err != nil {
+		g.log.Warn("malformed reply from a runner", "function", name, "error", err)
+		var ierr *invocation.Error
+		errors.As(err, &ierr)
+		ierr.WriteHTTP(w)
+		return
+	}
+	h := w.Header()
+	invocation.CopyResponseHeader(h, reply.Header)
+	if bodyAllowed(status) {
+		h["Content-Length"] = []string{strconv.Itoa(len(reply.Data))}
+	}
+	w.WriteHeader(status)
+	if len(reply.Data) > 0 && bodyAllowed(status) {
+		_, _ = w.Write(reply.Data) // the client went away; nothing to do
+	}
+}
+
+// splitFunctionPath splits /function/NAME/rest into NAME and "/rest" ("" when
+// there is no rest).
+func splitFunctionPath(p string) (name, subpath string, ok bool) {
+	rest, ok := strings.CutPrefix(p, functionPrefix)
+	if !ok {
+		return "", "", false
+	}
+	if i := strings.IndexByte(rest, '/'); i >= 0 {
+		name, subpath = rest[:i], rest[i:]
+	} else {
+		name = rest
+	}
+	return name, subpath, name != ""
+}
+
+// request sends the invocation, trying other runners while the one reached
+// refuses it as overloaded.
+func (g *Gateway) request(ctx context.Context, msg *nats.Msg) (*nats.Msg, error) {
+	for attempt := 0; ; attempt++ {
+		reply, err := g.nc.RequestMsgWithContext(ctx, msg)
+		if err != nil {
+			return nil, err
+		}
+		if attempt < overloadRetries && reply.Header.Get(invocation.HeaderError) == string(invocation.CodeOverloaded) {
+			continue
+		}
+		return reply, nil
+	}
+}
+
+// requestError maps a failed NATS request to the documented HTTP answer.
+func (g *Gateway) requestError(rt *route, err error) *invocation.Error {
+	name := rt.fn.Name
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeNoRunner,
+			"no runner is serving function %q; start one (shoal runner) connected to this NATS", name)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return invocation.Errorf(http.StatusGatewayTimeout, invocation.CodeTimeout,
+			"function %q did not answer within its timeout of %s", name, rt.fn.Timeout)
+	case errors.Is(err, nats.ErrMaxPayload):
+		return invocation.Errorf(http.StatusRequestEntityTooLarge, invocation.CodePayloadTooLarge,
+			"the request is larger than the NATS server accepts (max_payload %d bytes, headers included)", g.nc.MaxPayload())
+	case errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionDraining),
+		errors.Is(err, nats.ErrReconnectBufExceeded), errors.Is(err, nats.ErrDisconnected):
+		g.log.Warn("invocation failed: NATS unavailable", "function", name, "error", err)
+		return invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable,
+			"the gateway cannot reach NATS right now; retry shortly")
+	default:
+		g.log.Error("invocation failed", "function", name, "error", err)
+		return invocation.Errorf(http.StatusInternalServerError, invocation.CodeInternal,
+			"the gateway could not send the invocation of function %q", name)
+	}
+}
+
+// readBody reads the whole body into a pooled buffer, refusing one over
+// the limit before any of it is forwarded.
+func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request) (*bytes.Buffer, *invocation.Error) {
+	buf := getBuffer()
+	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
+		return buf, nil
+	}
+	if r.ContentLength > 0 {
+		buf.Grow(int(r.ContentLength))
+	}
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, g.maxBody))
+	if err == nil {
+		return buf, nil
+	}
+	putBuffer(buf)
+	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+		return nil, invocation.Errorf(http.StatusRequestEntityTooLarge, invocation.CodePayloadTooLarge,
+			"the request body is larger than the limit of %d bytes", g.maxBody)
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return nil, invocation.Errorf(http.StatusBadRequest, invocation.CodeBadRequest, "the request body ended early")
+	}
+	return nil, invocation.Errorf(http.StatusBadRequest, invocation.CodeBadRequest, "cannot read the request body: %v", err)
+}
+
+// bodyAllowed reports whether a response with this status may have a body.
+func bodyAllowed(status int) bool {
+	return status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified
+}
+
+var buffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+func getBuffer() *bytes.Buffer { return buffers.Get().(*bytes.Buffer) }
+
+// putBuffer recycles a body buffer once its request has been sent.
+func putBuffer(b *bytes.Buffer) {
+	if b.Cap() > 1<<20 {
+		return // let large buffers go rather than pin them
+	}
+	b.Reset()
+	buffers.Put(b)
+}

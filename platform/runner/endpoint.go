@@ -1,0 +1,225 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/shoal-dev/shoal/invocation"
+	"github.com/shoal-dev/shoal/manifest"
+)
+
+// endpoint serves one function: the runner side of the hot path.
+type endpoint struct {
+	r       *Runner
+	fn      manifest.Function
+	handler http.Handler
+	limit   int64
+
+	inFlight  atomic.Int64
+	received  atomic.Uint64
+	rejected  atomic.Uint64
+	completed atomic.Uint64
+	errors    atomic.Uint64
+	timeouts  atomic.Uint64
+	panics    atomic.Uint64
+	// busy is the summed processing time of completed invocations.
+	busy      atomic.Int64
+	lastError atomic.Pointer[string]
+}
+
+// Handle admits an invocation and runs it on its own goroutine. micro calls
+// it sequentially for the endpoint's subscription, so it must not block.
+func (e *endpoint) Handle(req micro.Request) {
+	e.received.Add(1)
+	if e.inFlight.Add(1) > e.limit {
+		e.inFlight.Add(-1)
+		e.rejected.Add(1)
+		e.refuse(req, invocation.Errorf(http.StatusTooManyRequests, invocation.CodeOverloaded,
+			"function %q is running %d invocations on this runner, its concurrency limit; retry shortly or add runners", e.fn.Name, e.limit))
+		return
+	}
+	e.r.unanswered.Add(1)
+	go e.invoke(req.Reply(), nats.Header(req.Headers()), req.Data())
+}
+
+// refuse answers on the handler's goroutine through micro, so that micro's
+// own num_errors counts the refusal.
+func (e *endpoint) refuse(req micro.Request, ierr *invocation.Error) {
+	e.setLastError(ierr)
+	if req.Reply() == "" {
+		return
+	}
+	if err := req.Error(strconv.Itoa(ierr.Status), ierr.Message, ierr.Body(), micro.WithHeaders(micro.Headers(ierr.Header()))); err != nil {
+		e.r.log.Warn("cannot send refusal", "function", e.fn.Name, "error", err)
+	}
+}
+
+// invoke runs one admitted invocation and answers it exactly once: with the
+// function's answer, or with 504 when its timeout passes first.
+func (e *endpoint) invoke(reply string, header nats.Header, data []byte) {
+	start := time.Now()
+	defer e.inFlight.Add(-1)
+	ctx, cancel := context.WithTimeout(e.r.ctx, e.fn.Timeout)
+	defer cancel()
+
+	var answered atomic.Bool
+	stopTimer := context.AfterFunc(ctx, func() {
+		if answered.CompareAndSwap(false, true) {
+			ierr := e.expired(ctx)
+			e.finish(reply, ierr.Msg(reply), ierr, start)
+		}
+	})
+
+	w, ierr := e.run(ctx, header, data)
+	stopTimer()
+	defer putWriter(w)
+	if !answered.CompareAndSwap(false, true) {
+		e.r.log.Warn("function answered after its timeout; the answer was dropped",
+			"function", e.fn.Name, "took", time.Since(start).Round(time.Millisecond), "timeout", e.fn.Timeout)
+		return
+	}
+	if ierr == nil && ctx.Err() != nil {
+		// The function returned because its time was up (its context
+		// ended) before the timer's answer went out: it did not answer
+		// in time, whatever it wrote.
+		ierr = e.expired(ctx)
+	}
+	if ierr != nil {
+		e.finish(reply, ierr.Msg(reply), ierr, start)
+		return
+	}
+	e.finish(reply, invocation.NewResponseMsg(reply, w.statusCode(), w.header, w.body.Bytes()), nil, start)
+}
+
+// expired is the answer to an invocation whose context ended: 504 when its
+// timeout passed, 503 when the runner stopped before it answered.
+func (e *endpoint) expired(ctx context.Context) *invocation.Error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		e.timeouts.Add(1)
+		return invocation.Errorf(http.StatusGatewayTimeout, invocation.CodeTimeout,
+			"function %q did not answer within its timeout of %s", e.fn.Name, e.fn.Timeout)
+	}
+	return invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable,
+		"the runner shut down before function %q answered", e.fn.Name)
+}
+
+// run calls the function, turning a panic or a malformed invocation into
+// an error answer. It returns the writer the function wrote to.
+func (e *endpoint) run(ctx context.Context, header nats.Header, data []byte) (w *responseWriter, ierr *invocation.Error) {
+	w = getWriter(e.r.maxBody)
+	req, err := invocation.NewHTTPRequest(ctx, header, data)
+	if err != nil {
+		errors.As(err, &ierr)
+		return w, ierr
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			e.panics.Add(1)
+			e.r.log.Error("function panicked", "function", e.fn.Name, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			ierr = invocation.Errorf(http.StatusInternalServerError, invocation.CodeFunctionPanic, "function %q panicked", e.fn.Name)
+		}
+	}()
+	e.handler.ServeHTTP(w, req)
+	if w.overflow {
+		return w, e.tooLarge()
+	}
+	return w, nil
+}
+
+func (e *endpoint) tooLarge() *invocation.Error {
+	return invocation.Errorf(http.StatusInternalServerError, invocation.CodeResponseTooLarge,
+		"function %q answered more than %d bytes, more than a NATS message here can carry", e.fn.Name, e.r.maxBody)
+}
+
+// finish sends an answer and records it. ierr is the error the answer
+// carries, if any.
+func (e *endpoint) finish(reply string, msg *nats.Msg, ierr *invocation.Error, start time.Time) {
+	defer e.r.unanswered.Add(-1)
+	if reply != "" {
+		err := e.r.nc.PublishMsg(msg)
+		if errors.Is(err, nats.ErrMaxPayload) {
+			ierr = e.tooLarge()
+			err = e.r.nc.PublishMsg(ierr.Msg(reply))
+		}
+		if err != nil {
+			e.r.log.Warn("cannot send answer", "function", e.fn.Name, "error", err)
+		}
+	}
+	e.completed.Add(1)
+	e.busy.Add(int64(time.Since(start)))
+	if ierr != nil {
+		e.errors.Add(1)
+		e.setLastError(ierr)
+	}
+}
+
+func (e *endpoint) setLastError(ierr *invocation.Error) {
+	s := ierr.Error()
+	e.lastError.Store(&s)
+}
+
+// EndpointStats are a runner's figures for one function. They are the
+// `data` object of the endpoint in the NATS services STATS answer; micro's
+// own counters around it measure only the admission step (see the package
+// documentation).
+type EndpointStats struct {
+	// InFlight invocations are running now, including any still running
+	// past their timeout.
+	InFlight int64 `json:"in_flight"`
+	// Concurrency is the function's limit of invocations at once.
+	Concurrency int64 `json:"concurrency"`
+	// Received counts every invocation that reached this runner.
+	Received uint64 `json:"received"`
+	// Rejected counts those refused on arrival (429 overloaded).
+	Rejected uint64 `json:"rejected"`
+	// Completed counts those answered after running, errors included.
+	Completed uint64 `json:"completed"`
+	// Errors counts completed invocations answered with an error
+	// (timeout, panic, malformed invocation, answer too large, shutdown).
+	Errors   uint64 `json:"errors"`
+	Timeouts uint64 `json:"timeouts"`
+	Panics   uint64 `json:"panics"`
+	// ProcessingTime is the summed time from admission to answer of the
+	// completed invocations; AverageProcessingTime is its mean.
+	ProcessingTime        time.Duration `json:"processing_time"`
+	AverageProcessingTime time.Duration `json:"average_processing_time"`
+	LastError             string        `json:"last_error,omitempty"`
+}
+
+func (e *endpoint) stats() EndpointStats {
+	s := EndpointStats{
+		InFlight:       e.inFlight.Load(),
+		Concurrency:    e.limit,
+		Received:       e.received.Load(),
+		Rejected:       e.rejected.Load(),
+		Completed:      e.completed.Load(),
+		Errors:         e.errors.Load(),
+		Timeouts:       e.timeouts.Load(),
+		Panics:         e.panics.Load(),
+		ProcessingTime: time.Duration(e.busy.Load()),
+	}
+	if s.Completed > 0 {
+		s.AverageProcessingTime = s.ProcessingTime / time.Duration(s.Completed)
+	}
+	if p := e.lastError.Load(); p != nil {
+		s.LastError = *p
+	}
+	return s
+}
+
+// endpointStats is the micro StatsHandler.
+func (r *Runner) endpointStats(ep *micro.Endpoint) any {
+	if e, ok := r.eps[ep.Name]; ok {
+		return e.stats()
+	}
+	return nil
+}

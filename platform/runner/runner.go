@@ -1,0 +1,240 @@
+// Package runner serves functions over NATS: one endpoint per function in
+// the NATS services framework (micro), in the queue group shared by every
+// runner, so each invocation reaches one runner and `nats micro ls` shows
+// them all.
+//
+// Runners are stateless and run invocations concurrently, each on its own
+// goroutine, up to the function's concurrency limit; past the limit an
+// invocation is refused at once with 429 overloaded, never queued. micro
+// calls an endpoint's handler sequentially, so the handler only admits an
+// invocation and hands it to a goroutine; the runner keeps its own figures
+// and publishes them in the `data` of each endpoint's STATS (see
+// [EndpointStats]).
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/shoal-dev/shoal"
+	"github.com/shoal-dev/shoal/invocation"
+	"github.com/shoal-dev/shoal/manifest"
+)
+
+// Config configures a runner.
+type Config struct {
+	// Manifest declares the functions; the runner serves those it has a
+	// handler for.
+	Manifest *manifest.Manifest
+	// Builtins are the built-in functions by handler name.
+	Builtins map[string]http.Handler
+	// Metadata is added to the runner's service metadata (e.g. a worker id).
+	Metadata map[string]string
+	// Logger receives the runner's log; nil discards it.
+	Logger *slog.Logger
+}
+
+// Runner serves the functions of a manifest on one NATS connection.
+type Runner struct {
+	nc     *nats.Conn
+	svc    micro.Service
+	log    *slog.Logger
+	eps    map[string]*endpoint
+	served []string
+	// maxBody bounds a buffered answer so that it fits in a NATS message.
+	maxBody int
+
+	// ctx is the parent of every invocation's context; cancel ends the
+	// invocations still running when a stop runs out of time.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// unanswered counts admitted invocations whose caller has no answer yet.
+	unanswered atomic.Int64
+	stopOnce   sync.Once
+	stopErr    error
+}
+
+// replyHeaderRoom is kept free of a NATS message for the reply's headers
+// when bounding an answer's body.
+const replyHeaderRoom = 64 << 10
+
+// Start registers the runner with the NATS services framework and begins
+// serving. The runner takes ownership of nc: Stop drains and closes it.
+func Start(nc *nats.Conn, cfg Config) (*Runner, error) {
+	if cfg.Manifest == nil {
+		return nil, errors.New("runner: no manifest")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Runner{
+		nc:      nc,
+		log:     log,
+		eps:     map[string]*endpoint{},
+		maxBody: max(int(nc.MaxPayload())-replyHeaderRoom, 0),
+		ctx:     ctx,
+		cancel:  cancel,
+	}
+	// Build every endpoint before registering: micro may ask for stats
+	// as soon as the service exists, and r.eps is read-only from then on.
+	var served []*endpoint
+	for _, fn := range cfg.Manifest.Functions {
+		h, ok := cfg.Builtins[fn.Handler.Builtin]
+		if !ok {
+			log.Warn("function not served: this runner has no handler for it", "function", fn.Name, "handler", fn.Handler.String())
+			continue
+		}
+		ep := &endpoint{r: r, fn: fn, handler: h, limit: int64(fn.Concurrency)}
+		r.eps[fn.Name] = ep
+		r.served = append(r.served, fn.Name)
+		served = append(served, ep)
+	}
+	meta := map[string]string{"pid": strconv.Itoa(os.Getpid())}
+	if host, err := os.Hostname(); err == nil {
+		meta["host"] = host
+	}
+	for k, v := range cfg.Metadata {
+		meta[k] = v
+	}
+	svc, err := micro.AddService(nc, micro.Config{
+		Name:         invocation.ServiceName,
+		Version:      shoal.Version,
+		Description:  "Shoal function runner",
+		Metadata:     meta,
+		QueueGroup:   invocation.QueueGroup,
+		StatsHandler: r.endpointStats,
+		ErrorHandler: func(_ micro.Service, err *micro.NATSError) {
+			log.Error("nats subscription error", "subject", err.Subject, "error", err.Description)
+		},
+	})
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("runner: register service: %w", err)
+	}
+	r.svc = svc
+	for _, ep := range served {
+		if err := svc.AddEndpoint(ep.fn.Name, ep,
+			micro.WithEndpointSubject(invocation.Subject(ep.fn.Name)),
+			micro.WithEndpointMetadata(endpointMetadata(ep.fn)),
+		); err != nil {
+			_ = svc.Stop()
+			cancel()
+			return nil, fmt.Errorf("runner: add endpoint for function %q: %w", ep.fn.Name, err)
+		}
+	}
+	// Return once the server has the subscriptions, so that an invocation
+	// sent after Start finds this runner.
+	if err := nc.FlushTimeout(10 * time.Second); err != nil {
+		_ = svc.Stop()
+		cancel()
+		return nil, fmt.Errorf("runner: confirm subscriptions with the NATS server: %w", err)
+	}
+	return r, nil
+}
+
+// endpointMetadata describes a function in `nats micro info`.
+func endpointMetadata(fn manifest.Function) map[string]string {
+	m := map[string]string{
+		"handler":     fn.Handler.String(),
+		"timeout":     fn.Timeout.String(),
+		"concurrency": strconv.Itoa(fn.Concurrency),
+		"public":      strconv.FormatBool(fn.Public),
+	}
+	if fn.Description != "" {
+		m["description"] = fn.Description
+	}
+	if len(fn.Permissions) > 0 {
+		m["permissions"] = strings.Join(fn.Permissions, ",")
+	}
+	return m
+}
+
+// Functions returns the names of the functions this runner serves.
+func (r *Runner) Functions() []string { return r.served }
+
+// ID is the runner's service instance id, as `nats micro ls` shows it.
+func (r *Runner) ID() string { return r.svc.Info().ID }
+
+// Stats returns the runner's figures for one function.
+func (r *Runner) Stats(function string) (EndpointStats, bool) {
+	ep, ok := r.eps[function]
+	if !ok {
+		return EndpointStats{}, false
+	}
+	return ep.stats(), true
+}
+
+// Stop leaves the queue groups and waits, until ctx is done, for every
+// invocation that reached this runner to be answered; then it closes the
+// connection. Invocations still running when ctx is done are answered 503
+// unavailable. Nothing that reached the runner goes unanswered.
+func (r *Runner) Stop(ctx context.Context) error {
+	r.stopOnce.Do(func() { r.stopErr = r.stop(ctx) })
+	return r.stopErr
+}
+
+func (r *Runner) stop(ctx context.Context) error {
+	var errs []error
+	// 1. Unsubscribe, in drain mode: the server sends this runner no new
+	//    invocations, and those already delivered to it still reach the
+	//    endpoint handlers.
+	if err := r.svc.Stop(); err != nil {
+		errs = append(errs, fmt.Errorf("stop service: %w", err))
+	}
+	// 2. Wait until every subscription has drained, i.e. every delivered
+	//    invocation has been admitted (or refused) by a handler.
+	if !waitUntil(ctx, func() bool { return r.nc.NumSubscriptions() == 0 }) {
+		errs = append(errs, errors.New("subscriptions did not drain in time"))
+	}
+	// 3. Wait until every admitted invocation has been answered.
+	drained := waitUntil(ctx, func() bool { return r.unanswered.Load() == 0 })
+	// 4. Cancel what still runs. An invocation not answered yet answers
+	//    503 unavailable now; functions running past their timeout see
+	//    their context end.
+	r.cancel()
+	if !drained {
+		n := r.unanswered.Load()
+		grace, cancel := context.WithTimeout(context.Background(), time.Second)
+		waitUntil(grace, func() bool { return r.unanswered.Load() == 0 })
+		cancel()
+		errs = append(errs, fmt.Errorf("%d invocations were still running at the drain deadline and were answered 503", n))
+	}
+	// 5. Send the last answers and close.
+	if err := r.nc.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		errs = append(errs, fmt.Errorf("flush replies: %w", err))
+	}
+	r.nc.Close()
+	if len(errs) > 0 {
+		return fmt.Errorf("runner: stop: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// waitUntil polls cond until it holds or ctx is done, and reports whether
+// it held. Polling keeps the hot path free of shutdown bookkeeping.
+func waitUntil(ctx context.Context, cond func() bool) bool {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return cond()
+		case <-t.C:
+		}
+	}
+	return true
+}

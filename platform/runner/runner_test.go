@@ -1,0 +1,442 @@
+package runner_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/shoal-dev/shoal/functions/echo"
+	"github.com/shoal-dev/shoal/functions/functionstest"
+	"github.com/shoal-dev/shoal/invocation"
+	"github.com/shoal-dev/shoal/manifest"
+	"github.com/shoal-dev/shoal/platform/broker"
+	"github.com/shoal-dev/shoal/platform/broker/brokertest"
+	"github.com/shoal-dev/shoal/platform/runner"
+)
+
+const testManifest = `version: 1
+functions:
+  ping: {handler: {builtin: ping}, public: true}
+  echo: {handler: {builtin: echo}, public: true}
+  teapot: {handler: {builtin: teapot}}
+  panic: {handler: {builtin: panic}}
+  sleep: {handler: {builtin: sleep}, timeout: 300ms}
+  big: {handler: {builtin: big}}
+  block: {handler: {builtin: block}, concurrency: 2}
+`
+
+func loadManifest(t testing.TB, src string, fns map[string]http.Handler) *manifest.Manifest {
+	t.Helper()
+	m, err := manifest.Parse("test.yaml", []byte(src), manifest.Options{Builtins: slices.Collect(maps.Keys(fns))})
+	if err != nil {
+		t.Fatalf("test manifest: %v", err)
+	}
+	return m
+}
+
+// startRunner starts a runner on its own connection; it stops with the test.
+func startRunner(t testing.TB, s *broker.Server, src string, fns map[string]http.Handler) *runner.Runner {
+	t.Helper()
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := runner.Start(nc, runner.Config{Manifest: loadManifest(t, src, fns), Builtins: fns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = r.Stop(ctx)
+	})
+	return r
+}
+
+func request(t testing.TB, nc *nats.Conn, msg *nats.Msg) *nats.Msg {
+	t.Helper()
+	reply, err := nc.RequestMsg(msg, 5*time.Second)
+	if err != nil {
+		t.Fatalf("request %s: %v", msg.Subject, err)
+	}
+	return reply
+}
+
+func TestPingOverPlainNATS(t *testing.T) {
+	s := brokertest.Start(t)
+	startRunner(t, s, testManifest, functionstest.Builtins(map[string]http.Handler{"block": functionstest.NewBlock()}))
+	nc := brokertest.Connect(t, s)
+
+	// What `nats req fn.ping ''` sends: no headers, empty body.
+	reply, err := nc.Request("fn.ping", nil, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(reply.Data) != "pong!" {
+		t.Errorf("reply = %q, want pong!", reply.Data)
+	}
+	if got := reply.Header.Get(invocation.HeaderStatus); got != "200" {
+		t.Errorf("%s = %q, want 200", invocation.HeaderStatus, got)
+	}
+	if got := reply.Header.Get("Content-Type"); got != "text/plain; charset=utf-8" {
+		t.Errorf("Content-Type = %q", got)
+	}
+}
+
+func TestRequestAndAnswerMapping(t *testing.T) {
+	s := brokertest.Start(t)
+	startRunner(t, s, testManifest, functionstest.Builtins(map[string]http.Handler{"block": functionstest.NewBlock()}))
+	nc := brokertest.Connect(t, s)
+
+	t.Run("request reaches the function", func(t *testing.T) {
+		msg := nats.NewMsg("fn.echo")
+		msg.Header.Set(invocation.HeaderMethod, "PATCH")
+		msg.Header.Set(invocation.HeaderPath, "/a/b%2Fc")
+		msg.Header.Set(invocation.HeaderQuery, "x=1&x=2&y=z")
+		msg.Header.Set("x-custom", "lower-case name from a NATS client")
+		msg.Header.Set("Shoal-Secret", "reserved headers are not passed on")
+		msg.Data = []byte("the body")
+		reply := request(t, nc, msg)
+		var got echo.Request
+		if err := json.Unmarshal(reply.Data, &got); err != nil {
+			t.Fatalf("echo reply %q: %v", reply.Data, err)
+		}
+		if got.Method != "PATCH" || got.Path != "/a/b/c" || got.Body != "the body" || got.BodyBytes != 8 {
+			t.Errorf("echo saw %s %s body %q (%d bytes)", got.Method, got.Path, got.Body, got.BodyBytes)
+		}
+		if !slices.Equal(got.Query["x"], []string{"1", "2"}) || got.Query["y"][0] != "z" {
+			t.Errorf("query = %v", got.Query)
+		}
+		if v := got.Header["X-Custom"]; len(v) != 1 || v[0] != "lower-case name from a NATS client" {
+			t.Errorf("X-Custom header = %v (headers %v)", v, got.Header)
+		}
+		for k := range got.Header {
+			if invocation.Reserved(k) {
+				t.Errorf("reserved header %s reached the function", k)
+			}
+		}
+	})
+
+	t.Run("answer comes back", func(t *testing.T) {
+		reply := request(t, nc, nats.NewMsg("fn.teapot"))
+		if got := reply.Header.Get(invocation.HeaderStatus); got != "418" {
+			t.Errorf("status = %q, want 418", got)
+		}
+		if got := reply.Header.Get("X-Teapot"); got != "short and stout" {
+			t.Errorf("X-Teapot = %q", got)
+		}
+		if string(reply.Data) != "I'm a teapot" {
+			t.Errorf("body = %q", reply.Data)
+		}
+		if reply.Header.Get(invocation.HeaderError) != "" {
+			t.Error("a status the function chose is not an invocation error")
+		}
+	})
+
+	t.Run("default method is POST", func(t *testing.T) {
+		reply := request(t, nc, nats.NewMsg("fn.echo"))
+		var got echo.Request
+		_ = json.Unmarshal(reply.Data, &got)
+		if got.Method != invocation.DefaultMethod || got.Path != "/" {
+			t.Errorf("echo saw %s %s, want %s /", got.Method, got.Path, invocation.DefaultMethod)
+		}
+	})
+}
+
+// TestFailures pins down each failure an invocation can meet at a runner:
+// status, stable code, micro error headers and JSON body.
+func TestFailures(t *testing.T) {
+	s := brokertest.Start(t)
+	block := functionstest.NewBlock()
+	defer close(block.Release)
+	startRunner(t, s, testManifest, functionstest.Builtins(map[string]http.Handler{"block": block}))
+	nc := brokertest.Connect(t, s)
+
+	// Fill the block function's two slots so the next call is refused.
+	for range 2 {
+		if err := nc.PublishRequest("fn.block", nats.NewInbox(), nil); err != nil {
+			t.Fatal(err)
+		}
+		<-block.Started
+	}
+
+	tests := []struct {
+		name    string
+		subject string
+		header  map[string]string
+		status  int
+		code    invocation.Code
+	}{
+		{"panic", "fn.panic", nil, 500, invocation.CodeFunctionPanic},
+		{"timeout", "fn.sleep", map[string]string{invocation.HeaderQuery: "d=10s"}, 504, invocation.CodeTimeout},
+		{"overloaded", "fn.block", nil, 429, invocation.CodeOverloaded},
+		{"bad method", "fn.ping", map[string]string{invocation.HeaderMethod: "GE T"}, 400, invocation.CodeBadRequest},
+		{"bad path", "fn.ping", map[string]string{invocation.HeaderPath: "no-slash"}, 400, invocation.CodeBadRequest},
+		{"answer too large", "fn.big", map[string]string{invocation.HeaderQuery: "n=" + strconv.Itoa(brokertest.MaxPayload)}, 500, invocation.CodeResponseTooLarge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			msg := nats.NewMsg(tt.subject)
+			for k, v := range tt.header {
+				msg.Header.Set(k, v)
+			}
+			start := time.Now()
+			reply := request(t, nc, msg)
+			if got := reply.Header.Get(micro.ErrorCodeHeader); got != strconv.Itoa(tt.status) {
+				t.Errorf("%s = %q, want %d", micro.ErrorCodeHeader, got, tt.status)
+			}
+			if reply.Header.Get(micro.ErrorHeader) == "" {
+				t.Errorf("%s is empty", micro.ErrorHeader)
+			}
+			if got := invocation.Code(reply.Header.Get(invocation.HeaderError)); got != tt.code {
+				t.Errorf("%s = %q, want %q", invocation.HeaderError, got, tt.code)
+			}
+			ierr, ok := invocation.ParseError(tt.status, reply.Data)
+			if !ok || ierr.Code != tt.code || ierr.Message == "" {
+				t.Errorf("body %q is not a %s error", reply.Data, tt.code)
+			}
+			if tt.code == invocation.CodeTimeout && time.Since(start) > 3*time.Second {
+				t.Errorf("timeout answered after %s; the function's timeout is 300ms", time.Since(start))
+			}
+		})
+	}
+
+	// The runner and its other functions are unaffected.
+	if reply := request(t, nc, nats.NewMsg("fn.ping")); string(reply.Data) != "pong!" {
+		t.Errorf("ping after the failures = %q", reply.Data)
+	}
+}
+
+// TestServiceDiscovery checks what `nats micro ls/info/stats` show, and
+// that the STATS figures stay true while invocations run on goroutines.
+func TestServiceDiscovery(t *testing.T) {
+	s := brokertest.Start(t)
+	block := functionstest.NewBlock()
+	r := startRunner(t, s, testManifest, functionstest.Builtins(map[string]http.Handler{"block": block}))
+	nc := brokertest.Connect(t, s)
+
+	var info micro.Info
+	reply := request(t, nc, nats.NewMsg("$SRV.INFO."+invocation.ServiceName))
+	if err := json.Unmarshal(reply.Data, &info); err != nil {
+		t.Fatal(err)
+	}
+	if info.ID != r.ID() || len(info.Endpoints) != len(r.Functions()) {
+		t.Fatalf("info = %+v, want id %s with %d endpoints", info, r.ID(), len(r.Functions()))
+	}
+	for _, ep := range info.Endpoints {
+		if ep.Subject != invocation.Subject(ep.Name) || ep.QueueGroup != invocation.QueueGroup {
+			t.Errorf("endpoint %s: subject %s queue %s", ep.Name, ep.Subject, ep.QueueGroup)
+		}
+		if ep.Name == "sleep" && (ep.Metadata["timeout"] != "300ms" || ep.Metadata["handler"] != "builtin:sleep") {
+			t.Errorf("sleep metadata = %v", ep.Metadata)
+		}
+	}
+
+	// Two invocations running, one refused, five completed of which one
+	// panicked.
+	for range 4 {
+		request(t, nc, nats.NewMsg("fn.ping"))
+	}
+	request(t, nc, nats.NewMsg("fn.panic"))
+	for range 2 {
+		if err := nc.PublishRequest("fn.block", nats.NewInbox(), nil); err != nil {
+			t.Fatal(err)
+		}
+		<-block.Started
+	}
+	request(t, nc, nats.NewMsg("fn.block"))
+
+	// micro counts a request once its handler has returned, which may be
+	// just after the reply went out: read the figures until they settle.
+	var microBlock *micro.EndpointStats
+	stats := func() map[string]runner.EndpointStats {
+		var st micro.Stats
+		reply := request(t, nc, nats.NewMsg("$SRV.STATS."+invocation.ServiceName+"."+r.ID()))
+		if err := json.Unmarshal(reply.Data, &st); err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]runner.EndpointStats{}
+		for _, ep := range st.Endpoints {
+			var d runner.EndpointStats
+			if err := json.Unmarshal(ep.Data, &d); err != nil {
+				t.Fatalf("endpoint %s data %s: %v", ep.Name, ep.Data, err)
+			}
+			out[ep.Name] = d
+			if ep.Name == "block" {
+				microBlock = ep
+			}
+		}
+		return out
+	}
+	eventually(t, func() bool {
+		stats()
+		return microBlock.NumRequests == 3 && microBlock.NumErrors == 1
+	}, "micro's own block figures: want 3 received, 1 refused")
+	st := stats()
+	if got := st["ping"]; got.Received != 4 || got.Completed != 4 || got.Errors != 0 || got.InFlight != 0 || got.ProcessingTime <= 0 {
+		t.Errorf("ping stats = %+v", got)
+	}
+	if got := st["panic"]; got.Completed != 1 || got.Errors != 1 || got.Panics != 1 || !strings.Contains(got.LastError, "function_panic") {
+		t.Errorf("panic stats = %+v", got)
+	}
+	if got := st["block"]; got.InFlight != 2 || got.Concurrency != 2 || got.Received != 3 || got.Rejected != 1 || got.Completed != 0 {
+		t.Errorf("block stats while running = %+v", got)
+	}
+	close(block.Release)
+	eventually(t, func() bool {
+		got := stats()["block"]
+		return got.Completed == 2 && got.InFlight == 0
+	}, "block stats after release: want 2 completed and none in flight")
+}
+
+// eventually waits up to 5s for cond.
+func eventually(t *testing.T, cond func() bool, msg string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal(msg)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestQueueGroupSpreadsLoad: three runners share 300 invocations and each
+// serves some.
+func TestQueueGroupSpreadsLoad(t *testing.T) {
+	s := brokertest.Start(t)
+	fns := functionstest.Builtins(map[string]http.Handler{"block": functionstest.NewBlock()})
+	runners := []*runner.Runner{startRunner(t, s, testManifest, fns), startRunner(t, s, testManifest, fns), startRunner(t, s, testManifest, fns)}
+	nc := brokertest.Connect(t, s)
+	for range 300 {
+		if reply := request(t, nc, nats.NewMsg("fn.ping")); string(reply.Data) != "pong!" {
+			t.Fatalf("reply = %q", reply.Data)
+		}
+	}
+	var total uint64
+	for i, r := range runners {
+		st, _ := r.Stats("ping")
+		if st.Completed == 0 {
+			t.Errorf("runner %d served none of the 300 invocations", i)
+		}
+		total += st.Completed
+	}
+	if total != 300 {
+		t.Errorf("runners served %d invocations in all, want 300", total)
+	}
+}
+
+// TestGracefulStopLosesNothing stops one of two runners while invocations
+// flow: every invocation is answered successfully.
+func TestGracefulStopLosesNothing(t *testing.T) {
+	s := brokertest.Start(t)
+	fns := functionstest.Builtins(map[string]http.Handler{"block": functionstest.NewBlock()})
+	const src = `version: 1
+functions:
+  sleep: {handler: {builtin: sleep}, timeout: 5s, concurrency: 1000}
+`
+	stopping := startRunner(t, s, src, fns)
+	startRunner(t, s, src, fns)
+	nc := brokertest.Connect(t, s)
+
+	var ok, failed atomic.Int64
+	var firstErr atomic.Value
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	stopLoad := make(chan struct{})
+	for range 16 {
+		wg.Go(func() {
+			for i := 0; i < 500; i++ { // bounded: 16 x 500 at most
+				select {
+				case <-stopLoad:
+					return
+				default:
+				}
+				msg := nats.NewMsg("fn.sleep")
+				msg.Header.Set(invocation.HeaderQuery, "d=20ms")
+				reply, err := nc.RequestMsgWithContext(ctx, msg)
+				if err == nil && reply.Header.Get(invocation.HeaderStatus) != "200" {
+					err = fmt.Errorf("status %s: %s", reply.Header.Get(invocation.HeaderStatus), reply.Data)
+				}
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+					continue
+				}
+				ok.Add(1)
+			}
+		})
+	}
+	time.Sleep(200 * time.Millisecond)
+	inFlight, _ := stopping.Stats("sleep")
+	stopCtx, stopCancel := context.WithTimeout(context.Background(), 5*time.Second)
+	err := stopping.Stop(stopCtx)
+	stopCancel()
+	if err != nil {
+		t.Errorf("Stop: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	close(stopLoad)
+	wg.Wait()
+
+	st, _ := stopping.Stats("sleep")
+	t.Logf("%d answered, %d failed; the stopped runner had %d in flight at stop and completed %d", ok.Load(), failed.Load(), inFlight.InFlight, st.Completed)
+	if failed.Load() > 0 {
+		t.Errorf("%d invocations failed across a graceful stop; first: %v", failed.Load(), firstErr.Load())
+	}
+	if st.Completed == 0 || ok.Load() <= int64(st.Completed) {
+		t.Errorf("load did not reach both runners: stopped runner completed %d of %d", st.Completed, ok.Load())
+	}
+}
+
+// TestStopDeadline: an invocation still running when the drain deadline
+// passes is answered 503 unavailable, not left hanging.
+func TestStopDeadline(t *testing.T) {
+	s := brokertest.Start(t)
+	block := functionstest.NewBlock()
+	defer close(block.Release)
+	r := startRunner(t, s, testManifest, functionstest.Builtins(map[string]http.Handler{"block": block}))
+	nc := brokertest.Connect(t, s)
+
+	replies := make(chan *nats.Msg, 1)
+	go func() {
+		reply, err := nc.Request("fn.block", nil, 10*time.Second)
+		if err != nil {
+			t.Errorf("request: %v", err)
+		}
+		replies <- reply
+	}()
+	<-block.Started
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := r.Stop(ctx); err == nil || !strings.Contains(err.Error(), "answered 503") {
+		t.Errorf("Stop = %v, want a report of the invocation answered 503", err)
+	}
+	reply := <-replies
+	if reply == nil {
+		return
+	}
+	if got := invocation.Code(reply.Header.Get(invocation.HeaderError)); got != invocation.CodeUnavailable {
+		t.Errorf("code = %q (%s), want %s", got, reply.Data, invocation.CodeUnavailable)
+	}
+	if err := r.Stop(context.Background()); err == nil {
+		t.Error("a second Stop should return the first one's result")
+	}
+	if _, err := nc.Request("fn.ping", nil, time.Second); !errors.Is(err, nats.ErrNoResponders) {
+		t.Errorf("after Stop, ping: %v, want no responders", err)
+	}
+}
