@@ -33,21 +33,88 @@ var hopHeaders = map[string]bool{
 	"Content-Length":      true,
 }
 
-// forwardable reports whether an HTTP header crosses between a caller and
-// a function. connection lists the extra hop-by-hop names a Connection
-// header named.
-func forwardable(name string, connection []string) bool {
+// crosses reports whether a header, by its canonical name, may pass
+// between a caller and a function. connection holds the Connection
+// header's values, which name further hop-by-hop headers.
+func crosses(name string, connection []string) bool {
 	if hopHeaders[name] || Reserved(name) {
 		return false
 	}
 	for _, c := range connection {
 		for f := range strings.SplitSeq(c, ",") {
-			if http.CanonicalHeaderKey(strings.TrimSpace(f)) == name {
+			if textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(f)) == name {
 				return false
 			}
 		}
 	}
 	return true
+}
+
+// canonicalize puts h's names in canonical HTTP form in place, merging the
+// values of names that differ only in case. NATS keeps header names as the
+// sender wrote them; HTTP compares them without case.
+func canonicalize(h map[string][]string) {
+	for k, v := range h {
+		if c := textproto.CanonicalMIMEHeaderKey(k); c != k {
+			delete(h, k)
+			h[c] = append(h[c], v...)
+		}
+	}
+}
+
+// scrub canonicalizes h in place and removes what must not cross between
+// a caller and a function: hop-by-hop and reserved headers, and values
+// that cannot travel in a header (with CR or LF).
+func scrub(h map[string][]string) {
+	canonicalize(h)
+	connection := h["Connection"]
+	for k, v := range h {
+		if !crosses(k, connection) || !validValues(v) {
+			delete(h, k)
+		}
+	}
+}
+
+func validValues(vs []string) bool {
+	for _, v := range vs {
+		if strings.ContainsAny(v, "\r\n") {
+			return false
+		}
+	}
+	return true
+}
+
+// Header values shared by every message, to spare an allocation per
+// invocation. Messages are encoded, never modified, once built: nothing
+// may write into these slices.
+var (
+	protoHTTP    = []string{"http"}
+	protoHTTPS   = []string{"https"}
+	methodValues = map[string][]string{
+		"GET": {"GET"}, "HEAD": {"HEAD"}, "POST": {"POST"}, "PUT": {"PUT"},
+		"PATCH": {"PATCH"}, "DELETE": {"DELETE"}, "OPTIONS": {"OPTIONS"},
+	}
+	statusValues [600][]string
+)
+
+func init() {
+	for code := 100; code < len(statusValues); code++ {
+		statusValues[code] = []string{strconv.Itoa(code)}
+	}
+}
+
+func methodValue(m string) []string {
+	if v, ok := methodValues[m]; ok {
+		return v
+	}
+	return []string{m}
+}
+
+func statusValue(code int) []string {
+	if code >= 100 && code < len(statusValues) {
+		return statusValues[code]
+	}
+	return []string{strconv.Itoa(code)}
 }
 
 // NewRequestMsg builds the NATS message that invokes a function on behalf
@@ -59,7 +126,8 @@ func NewRequestMsg(subject string, r *http.Request, path string, body []byte) *n
 	connection := r.Header["Connection"]
 	h := make(nats.Header, len(r.Header)+6)
 	for k, v := range r.Header {
-		if forwardable(k, connection) {
+		// net/http has put the names in canonical form already.
+		if crosses(k, connection) {
 			h[k] = v
 		}
 	}
@@ -70,7 +138,9 @@ func NewRequestMsg(subject string, r *http.Request, path string, body []byte) *n
 	if r.URL.RawQuery != "" {
 		h[HeaderQuery] = []string{r.URL.RawQuery}
 	}
-	// Tell the function who called, as a reverse proxy does.
+	// Tell the function who called, as a reverse proxy does: the client's
+	// address is appended to X-Forwarded-For; X-Forwarded-Host and -Proto
+	// describe this request only, whatever the client sent.
 	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		if prior := r.Header["X-Forwarded-For"]; len(prior) > 0 {
 			host = strings.Join(prior, ", ") + ", " + host
@@ -79,6 +149,8 @@ func NewRequestMsg(subject string, r *http.Request, path string, body []byte) *n
 	}
 	if r.Host != "" {
 		h["X-Forwarded-Host"] = []string{r.Host}
+	} else {
+		delete(h, "X-Forwarded-Host")
 	}
 	if r.TLS != nil {
 		h["X-Forwarded-Proto"] = protoHTTPS
@@ -88,30 +160,17 @@ func NewRequestMsg(subject string, r *http.Request, path string, body []byte) *n
 	return &nats.Msg{Subject: subject, Header: h, Data: body}
 }
 
-// Header values shared by every message, to spare an allocation per
-// invocation; messages are encoded, never modified, once built.
-var (
-	protoHTTP    = []string{"http"}
-	protoHTTPS   = []string{"https"}
-	methodValues = map[string][]string{
-		"GET": {"GET"}, "HEAD": {"HEAD"}, "POST": {"POST"}, "PUT": {"PUT"},
-		"PATCH": {"PATCH"}, "DELETE": {"DELETE"}, "OPTIONS": {"OPTIONS"},
-	}
-)
-
-func methodValue(m string) []string {
-	if v, ok := methodValues[m]; ok {
-		return v
-	}
-	return []string{m}
-}
-
 // NewHTTPRequest rebuilds the HTTP request an invocation carries, for a
-// function written as an http.Handler. It takes ownership of header: the
-// protocol's own headers are removed from it and the rest become the
-// request's headers. The URL holds only the path below /function/NAME and
-// the query. A malformed invocation yields a [CodeBadRequest] *Error.
+// function written as an http.Handler. It takes ownership of header: its
+// names are put in canonical form, the protocol's own headers are read
+// and removed, and the rest become the request's headers. The URL holds
+// only the path below /function/NAME and the query. A malformed invocation
+// yields a [CodeBadRequest] *Error.
 func NewHTTPRequest(ctx context.Context, header nats.Header, body []byte) (*http.Request, error) {
+	if header == nil {
+		header = nats.Header{}
+	}
+	canonicalize(header)
 	method, path, query := DefaultMethod, "/", ""
 	if v := header[HeaderMethod]; len(v) > 0 {
 		method = v[0]
@@ -129,12 +188,11 @@ func NewHTTPRequest(ctx context.Context, header nats.Header, body []byte) (*http
 	if err != nil {
 		return nil, Errorf(http.StatusBadRequest, CodeBadRequest, "%s %q is not a valid escaped path: %v", HeaderPath, path, err)
 	}
-	var rd *bytes.Reader
+	var rd io.Reader = http.NoBody
 	if len(body) > 0 {
 		rd = bytes.NewReader(body)
 	}
-	// A nil *bytes.Reader must not become a non-nil io.Reader.
-	req, err := http.NewRequestWithContext(ctx, method, "/", nilSafe(rd))
+	req, err := http.NewRequestWithContext(ctx, method, "/", rd)
 	if err != nil {
 		return nil, Errorf(http.StatusBadRequest, CodeBadRequest, "%s %q is not a valid HTTP method", HeaderMethod, method)
 	}
@@ -144,72 +202,37 @@ func NewHTTPRequest(ctx context.Context, header nats.Header, body []byte) (*http
 	}
 	req.URL.RawQuery = query
 	req.RequestURI = req.URL.RequestURI()
-	req.Header = functionHeader(header)
+	scrub(header)
+	req.Header = http.Header(header)
 	if v := req.Header["X-Forwarded-Host"]; len(v) > 0 {
 		req.Host = v[0]
 	}
 	return req, nil
 }
 
-func nilSafe(r *bytes.Reader) io.Reader {
-	if r == nil {
-		return http.NoBody
-	}
-	return r
-}
-
-// functionHeader turns NATS headers into the headers a function sees:
-// reserved names removed, names in canonical HTTP form. It edits h in place.
-func functionHeader(h nats.Header) http.Header {
-	for k, v := range h {
-		if Reserved(k) || hopHeaders[k] {
-			delete(h, k)
-			continue
-		}
-		if c := textproto.CanonicalMIMEHeaderKey(k); c != k {
-			delete(h, k)
-			h[c] = append(h[c], v...)
-		}
-	}
-	if h == nil {
-		return http.Header{}
-	}
-	return http.Header(h)
-}
-
 // NewResponseMsg builds the reply that carries a function's answer. It
-// takes ownership of header: reserved names and values that cannot travel
-// in a header (with CR or LF) are dropped, and Shoal-Status is added.
+// takes ownership of header: names are put in canonical form, hop-by-hop
+// and reserved headers and values with CR or LF are dropped, and
+// Shoal-Status is added.
 func NewResponseMsg(reply string, status int, header http.Header, body []byte) *nats.Msg {
 	h := nats.Header(header)
 	if h == nil {
 		h = make(nats.Header, 1)
 	}
-	for k, v := range h {
-		if Reserved(k) || hopHeaders[k] || !validValues(v) {
-			delete(h, k)
-		}
-	}
-	h[HeaderStatus] = []string{strconv.Itoa(status)}
+	scrub(h)
+	h[HeaderStatus] = statusValue(status)
 	return &nats.Msg{Subject: reply, Header: h, Data: body}
-}
-
-func validValues(vs []string) bool {
-	for _, v := range vs {
-		if strings.ContainsAny(v, "\r\n") {
-			return false
-		}
-	}
-	return true
 }
 
 // Status returns the HTTP status of a reply: the error code of an error
 // reply, else Shoal-Status, else 200 for a responder that does not speak
-// this protocol. A reply whose status cannot be read yields a
-// [CodeBadGateway] *Error.
+// this protocol. It puts h's names in canonical form, in place, so that a
+// responder's spelling does not matter. A reply whose status cannot be
+// read yields a [CodeBadGateway] *Error.
 func Status(h nats.Header) (int, error) {
-	if v := h.Get(HeaderServiceErrorCode); v != "" {
-		code, err := strconv.Atoi(v)
+	canonicalize(h)
+	if v := h[HeaderServiceErrorCode]; len(v) > 0 && v[0] != "" {
+		code, err := strconv.Atoi(v[0])
 		if err != nil || code < 400 || code > 599 {
 			// Another NATS service's error code that is not an HTTP
 			// status: still an error.
@@ -217,24 +240,25 @@ func Status(h nats.Header) (int, error) {
 		}
 		return code, nil
 	}
-	v := h.Get(HeaderStatus)
-	if v == "" {
+	v := h[HeaderStatus]
+	if len(v) == 0 || v[0] == "" {
 		return http.StatusOK, nil
 	}
-	code, err := strconv.Atoi(v)
+	code, err := strconv.Atoi(v[0])
 	if err != nil || code < 200 || code > 599 {
-		return 0, Errorf(http.StatusBadGateway, CodeBadGateway, "the runner sent an invalid %s %q", HeaderStatus, v)
+		return 0, Errorf(http.StatusBadGateway, CodeBadGateway, "the runner sent an invalid %s %q", HeaderStatus, v[0])
 	}
 	return code, nil
 }
 
-// CopyResponseHeader copies a reply's headers that belong to the function's
-// answer into an HTTP response header.
+// CopyResponseHeader adds a reply's headers that belong to the function's
+// answer to an HTTP response header. Names are compared without case.
 func CopyResponseHeader(dst http.Header, src nats.Header) {
+	canonicalize(src)
+	connection := src["Connection"]
 	for k, v := range src {
-		if Reserved(k) || hopHeaders[k] || !validValues(v) {
-			continue
+		if crosses(k, connection) && validValues(v) {
+			dst[k] = append(dst[k], v...)
 		}
-		dst[textproto.CanonicalMIMEHeaderKey(k)] = v
 	}
 }

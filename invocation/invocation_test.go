@@ -182,3 +182,54 @@ func TestErrorShape(t *testing.T) {
 		t.Error("a timeout is not an invitation to retry at once")
 	}
 }
+
+// TestHeaderNamesIgnoreCase: NATS keeps header names as sent, HTTP ignores
+// their case; the protocol must not depend on a sender's spelling.
+func TestHeaderNamesIgnoreCase(t *testing.T) {
+	h := nats.Header{
+		"shoal-method": {"PUT"},
+		"SHOAL-PATH":   {"/x"},
+		"shoal-query":  {"a=1"},
+		"x-a":          {"1"},
+		"X-A":          {"2"},
+		"nats-msg-id":  {"reserved"},
+		"connection":   {"x-private"},
+		"x-private":    {"hop"},
+	}
+	r, err := invocation.NewHTTPRequest(context.Background(), h, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Method != "PUT" || r.URL.Path != "/x" || r.URL.RawQuery != "a=1" {
+		t.Errorf("request = %s %s ?%s, want PUT /x ?a=1", r.Method, r.URL.Path, r.URL.RawQuery)
+	}
+	if got := r.Header["X-A"]; len(got) != 2 {
+		t.Errorf("X-A = %v, want both values", got)
+	}
+	for _, k := range []string{"Nats-Msg-Id", "Connection", "X-Private", "Shoal-Method"} {
+		if _, ok := r.Header[k]; ok {
+			t.Errorf("%s reached the function", k)
+		}
+	}
+
+	reply := nats.Header{"shoal-status": {"204"}, "connection": {"close"}, "x-b": {"1"}, "X-B": {"2"}}
+	status, err := invocation.Status(reply)
+	if err != nil || status != 204 {
+		t.Errorf("Status of a lower-case shoal-status 204 = %d, %v", status, err)
+	}
+	out := http.Header{}
+	invocation.CopyResponseHeader(out, reply)
+	if len(out["X-B"]) != 2 || out.Get("Connection") != "" {
+		t.Errorf("copied headers = %v, want X-B twice and no Connection", out)
+	}
+}
+
+func TestForwardedHostNotSpoofable(t *testing.T) {
+	r := httptest.NewRequest("GET", "/function/f", nil)
+	r.Host = ""
+	r.Header.Set("X-Forwarded-Host", "evil.example")
+	msg := invocation.NewRequestMsg("fn.f", r, "", nil)
+	if v := msg.Header.Get("X-Forwarded-Host"); v != "" {
+		t.Errorf("X-Forwarded-Host = %q from the client, want none", v)
+	}
+}

@@ -57,6 +57,17 @@ func (b *byteSize) String() string {
 
 func (b *byteSize) Type() string { return "size" }
 
+// maxBodyLimit is the largest --max-body: a body travels in one NATS
+// message, and NATS caps messages at 64 MiB; 1 MiB is kept for headers.
+const maxBodyLimit = 63 << 20
+
+func checkMaxBody(b byteSize) error {
+	if b > maxBodyLimit {
+		return fmt.Errorf("--max-body %s: at most 63MiB, since a body travels in one NATS message (64 MiB at most)", b.String())
+	}
+	return nil
+}
+
 // natsFlags are the flags of commands that connect to a NATS server.
 type natsFlags struct {
 	url   string
@@ -70,7 +81,7 @@ func (f *natsFlags) register(fs *pflag.FlagSet) {
 
 // connect opens a NATS connection that keeps reconnecting and logs its
 // state changes; name shows in the server's connection list.
-func (f *natsFlags) connect(name string) (*nats.Conn, error) {
+func (f *natsFlags) connect(name string, extra ...nats.Option) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -94,6 +105,7 @@ func (f *natsFlags) connect(name string) (*nats.Conn, error) {
 	if f.creds != "" {
 		opts = append(opts, nats.UserCredentials(f.creds))
 	}
+	opts = append(opts, extra...)
 	nc, err := nats.Connect(f.url, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", redact(f.url), err)

@@ -32,6 +32,10 @@ type servingGateway struct {
 	reported bool
 }
 
+// gatewayConnOpts are the gateway's NATS connection options: no reconnect
+// buffer, so that invocations fail at once (503) while NATS is away.
+var gatewayConnOpts = []nats.Option{nats.ReconnectBufSize(-1)}
+
 // startGateway starts a gateway that owns nc and serves HTTP on addr.
 func startGateway(nc *nats.Conn, m *manifest.Manifest, addr string, maxBody int64) (*servingGateway, error) {
 	g, err := gateway.New(gateway.Config{NATS: nc, Manifest: m, MaxBody: maxBody, Logger: logger.With("component", "gateway")})
@@ -108,11 +112,14 @@ func newGatewayCmd() *cobra.Command {
 request per invocation. Run runners (shoal runner) against the same NATS.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkMaxBody(maxBody); err != nil {
+				return err
+			}
 			m, err := loadManifest(file)
 			if err != nil {
 				return err
 			}
-			nc, err := nf.connect("shoal-gateway")
+			nc, err := nf.connect("shoal-gateway", gatewayConnOpts...)
 			if err != nil {
 				return err
 			}

@@ -56,6 +56,9 @@ func up(ctx context.Context, o upOptions) error {
 	if o.workers < 1 {
 		return fmt.Errorf("--workers %d: want at least 1", o.workers)
 	}
+	if err := checkMaxBody(o.maxBody); err != nil {
+		return err
+	}
 	m, err := loadManifest(o.file)
 	if err != nil {
 		return err
@@ -96,7 +99,7 @@ func up(ctx context.Context, o upOptions) error {
 	}
 	logger.Info("runners serving", "workers", len(runners), "functions", runners[0].Functions())
 
-	nc, err := nf.connect("shoal-gateway")
+	nc, err := nf.connect("shoal-gateway", gatewayConnOpts...)
 	if err != nil {
 		return errors.Join(err, stopRunners(ctx))
 	}

@@ -28,7 +28,7 @@ func benchHTTP(b *testing.B, url string) {
 		for pb.Next() {
 			resp, err := client.Get(url)
 			if err != nil {
-				b.Error(err)
+				b.Errorf("GET %s: %v", url, err)
 				return
 			}
 			body, _ := io.ReadAll(resp.Body)
@@ -63,8 +63,12 @@ func BenchmarkRoundTrip(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				reply, err := nc.Request("fn.ping", nil, 5*time.Second)
-				if err != nil || string(reply.Data) != "pong!" {
-					b.Error(err)
+				if err != nil {
+					b.Errorf("request fn.ping: %v", err)
+					return
+				}
+				if string(reply.Data) != "pong!" {
+					b.Errorf("fn.ping answered %q (%v)", reply.Data, reply.Header)
 					return
 				}
 			}

@@ -43,7 +43,9 @@ const overloadRetries = 2
 // Config configures a gateway.
 type Config struct {
 	// NATS is the connection invocations travel on. The gateway takes
-	// ownership: Shutdown closes it.
+	// ownership: Shutdown closes it. Connect it with
+	// nats.ReconnectBufSize(-1), so that a request sent while NATS is
+	// unreachable fails at once (503) instead of waiting in a buffer.
 	NATS *nats.Conn
 	// Manifest declares the routable functions.
 	Manifest *manifest.Manifest
@@ -135,6 +137,11 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	// Stops the listener, closes idle connections and waits for active
 	// requests, which still have NATS to finish on.
 	err := g.srv.Shutdown(ctx)
+	if err != nil {
+		// Out of time: cut what is left (including connections that
+		// never sent a request, which Shutdown leaves for 5 s).
+		_ = g.srv.Close()
+	}
 	g.nc.Close()
 	if err != nil {
 		return fmt.Errorf("gateway: drain in-flight requests: %w", err)

@@ -26,11 +26,12 @@ import (
 	"github.com/shoal-dev/shoal/platform/broker/brokertest"
 	"github.com/shoal-dev/shoal/platform/gateway"
 	"github.com/shoal-dev/shoal/platform/runner"
+	"github.com/shoal-dev/shoal/platform/runner/runnertest"
 )
 
 const testManifest = `version: 1
 functions:
-  ping: {handler: {builtin: ping}, public: true}
+  ping: {handler: {builtin: ping}, public: true, concurrency: 10000}
   echo: {handler: {builtin: echo}, public: true}
   teapot: {handler: {builtin: teapot}}
   panic: {handler: {builtin: panic}}
@@ -50,6 +51,11 @@ type platform struct {
 	counter *functionstest.Counter
 	fns     map[string]http.Handler
 	m       *manifest.Manifest
+	gateway *gateway.Gateway
+	// released is set by a test that closed block.Release itself.
+	released bool
+	// disconnected is closed when the gateway's NATS connection drops.
+	disconnected chan struct{}
 }
 
 type options struct {
@@ -84,7 +90,11 @@ func start(t testing.TB, o options) *platform {
 		p.addRunner(t)
 	}
 
-	nc, err := nats.Connect(s.ClientURL())
+	p.disconnected = make(chan struct{})
+	var once sync.Once
+	// As shoal gateway connects: no reconnect buffer.
+	nc, err := nats.Connect(s.ClientURL(), nats.ReconnectBufSize(-1),
+		nats.DisconnectErrHandler(func(*nats.Conn, error) { once.Do(func() { close(p.disconnected) }) }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +109,10 @@ func start(t testing.TB, o options) *platform {
 	served := make(chan error, 1)
 	go func() { served <- g.Serve(ln) }()
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		// Idle client connections the server never saw a request on would
+		// hold Shutdown for 5 s; close them as a client going away does.
+		http.DefaultClient.CloseIdleConnections()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := g.Shutdown(ctx); err != nil {
 			t.Errorf("gateway shutdown: %v", err)
@@ -109,28 +122,20 @@ func start(t testing.TB, o options) *platform {
 		}
 	})
 	p.url = "http://" + ln.Addr().String()
+	p.gateway = g
 	// Cleanups run last-registered first: release blocked invocations
 	// before the gateway drains.
-	t.Cleanup(func() { close(p.block.Release) })
+	t.Cleanup(func() {
+		if !p.released {
+			close(p.block.Release)
+		}
+	})
 	return p
 }
 
 func (p *platform) addRunner(t testing.TB) *runner.Runner {
 	t.Helper()
-	nc, err := nats.Connect(p.broker.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := runner.Start(nc, runner.Config{Manifest: p.m, Builtins: p.fns})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = r.Stop(ctx)
-	})
-	return r
+	return runnertest.Start(t, p.broker.ClientURL(), runner.Config{Manifest: p.m, Builtins: p.fns})
 }
 
 type response struct {
@@ -399,5 +404,78 @@ func TestRunnersShareLoadAndStopGracefully(t *testing.T) {
 	}
 	if served >= 300 {
 		t.Errorf("the first runner served none of the 300 requests (the others served %d)", served)
+	}
+}
+
+// TestShutdownDrainsInFlight: Shutdown waits for a request in flight, which
+// gets its answer, and refuses new connections meanwhile.
+func TestShutdownDrainsInFlight(t *testing.T) {
+	p := start(t, options{})
+	answered := make(chan response, 1)
+	go func() {
+		resp, err := http.Get(p.url + "/function/block")
+		if err != nil {
+			answered <- response{status: -1, body: err.Error()}
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		answered <- response{status: resp.StatusCode, body: string(b)}
+	}()
+	<-p.block.Started
+
+	shutdownDone := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shutdownDone <- p.gateway.Shutdown(ctx)
+	}()
+	// Shutdown must wait for the request in flight.
+	eventuallyRefused(t, p.url)
+	select {
+	case err := <-shutdownDone:
+		t.Fatalf("Shutdown returned (%v) while a request was in flight", err)
+	default:
+	}
+	close(p.block.Release)
+	p.released = true
+	if r := <-answered; r.status != 200 || r.body != "released" {
+		t.Errorf("request in flight during shutdown = %d %q, want 200 released", r.status, r.body)
+	}
+	if err := <-shutdownDone; err != nil {
+		t.Errorf("Shutdown = %v", err)
+	}
+}
+
+// eventuallyRefused waits until the gateway refuses new connections.
+func eventuallyRefused(t *testing.T, url string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+		if err != nil {
+			return
+		}
+		conn.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the gateway still accepts connections 5s into its shutdown")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestNATSUnavailable: with NATS gone, an invocation is answered 503 at
+// once, not after the function's timeout.
+func TestNATSUnavailable(t *testing.T) {
+	p := start(t, options{})
+	p.broker.Shutdown()
+	<-p.disconnected
+	start := time.Now()
+	r := do(t, newRequest(t, "GET", p.url+"/function/orphan", nil)) // timeout 10s
+	if r.status != 503 || !strings.Contains(r.body, string(invocation.CodeUnavailable)) || r.header.Get("Retry-After") == "" {
+		t.Errorf("with NATS down: %d %s", r.status, r.body)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("answered after %s; the function's timeout is 10s, NATS being down should be reported at once", took)
 	}
 }

@@ -44,6 +44,13 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	}
 	defer putBuffer(buf)
 
+	if !g.nc.IsConnected() {
+		// Reconnecting: answer now rather than let the invocation wait
+		// in a reconnect buffer until its deadline.
+		invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable,
+			"the gateway cannot reach NATS right now; retry shortly").WriteHTTP(w)
+		return
+	}
 	msg := invocation.NewRequestMsg(rt.subject, r, subpath, buf.Bytes())
 	ctx, cancel := context.WithTimeout(r.Context(), rt.wait)
 	defer cancel()
@@ -138,7 +145,9 @@ func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request) (*bytes.Buffe
 		return buf, nil
 	}
 	if r.ContentLength > 0 {
-		buf.Grow(int(r.ContentLength))
+		// ReadFrom wants MinRead spare bytes to see the end; without them
+		// it would grow (and copy) the buffer once more.
+		buf.Grow(int(r.ContentLength) + bytes.MinRead)
 	}
 	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, g.maxBody))
 	if err == nil {

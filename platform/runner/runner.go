@@ -181,7 +181,9 @@ func (r *Runner) Stats(function string) (EndpointStats, bool) {
 // Stop leaves the queue groups and waits, until ctx is done, for every
 // invocation that reached this runner to be answered; then it closes the
 // connection. Invocations still running when ctx is done are answered 503
-// unavailable. Nothing that reached the runner goes unanswered.
+// unavailable. Only if ctx ends before the subscriptions have even handed
+// over what was delivered (a deadline of milliseconds) are those last
+// invocations lost with the connection; their callers time out.
 func (r *Runner) Stop(ctx context.Context) error {
 	r.stopOnce.Do(func() { r.stopErr = r.stop(ctx) })
 	return r.stopErr
@@ -196,8 +198,9 @@ func (r *Runner) stop(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("stop service: %w", err))
 	}
 	// 2. Wait until every subscription has drained, i.e. every delivered
-	//    invocation has been admitted (or refused) by a handler.
-	if !waitUntil(ctx, func() bool { return r.nc.NumSubscriptions() == 0 }) {
+	//    invocation has been admitted (or refused) by a handler. Without a
+	//    server there is nothing left to drain.
+	if !waitUntil(ctx, func() bool { return r.nc.NumSubscriptions() == 0 || !r.nc.IsConnected() }) {
 		errs = append(errs, errors.New("subscriptions did not drain in time"))
 	}
 	// 3. Wait until every admitted invocation has been answered.
@@ -214,7 +217,9 @@ func (r *Runner) stop(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("%d invocations were still running at the drain deadline and were answered 503", n))
 	}
 	// 5. Send the last answers and close.
-	if err := r.nc.FlushTimeout(5 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+	if !r.nc.IsConnected() {
+		errs = append(errs, errors.New("not connected to NATS: answers not yet sent are lost"))
+	} else if err := r.nc.FlushTimeout(5 * time.Second); err != nil {
 		errs = append(errs, fmt.Errorf("flush replies: %w", err))
 	}
 	r.nc.Close()

@@ -25,6 +25,7 @@ import (
 	"github.com/shoal-dev/shoal/platform/broker"
 	"github.com/shoal-dev/shoal/platform/broker/brokertest"
 	"github.com/shoal-dev/shoal/platform/runner"
+	"github.com/shoal-dev/shoal/platform/runner/runnertest"
 )
 
 const testManifest = `version: 1
@@ -47,23 +48,10 @@ func loadManifest(t testing.TB, src string, fns map[string]http.Handler) *manife
 	return m
 }
 
-// startRunner starts a runner on its own connection; it stops with the test.
+// startRunner starts a runner of the manifest src; it stops with the test.
 func startRunner(t testing.TB, s *broker.Server, src string, fns map[string]http.Handler) *runner.Runner {
 	t.Helper()
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := runner.Start(nc, runner.Config{Manifest: loadManifest(t, src, fns), Builtins: fns})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = r.Stop(ctx)
-	})
-	return r
+	return runnertest.Start(t, s.ClientURL(), runner.Config{Manifest: loadManifest(t, src, fns), Builtins: fns})
 }
 
 func request(t testing.TB, nc *nats.Conn, msg *nats.Msg) *nats.Msg {
