@@ -83,11 +83,20 @@ func Start(cfg Config) (*Server, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	ns.SetLogger(&slogAdapter{log: logger}, false, false)
+	adapter := &slogAdapter{log: logger, fatal: make(chan string, 1)}
+	ns.SetLogger(adapter, false, false)
 	go ns.Start()
-	if !ns.ReadyForConnections(readyTimeout) {
-		ns.Shutdown()
-		return nil, fmt.Errorf("embedded nats: not ready to accept connections on %s after %s", cfg.Addr, readyTimeout)
+	for deadline := time.Now().Add(readyTimeout); !ns.ReadyForConnections(100 * time.Millisecond); {
+		select {
+		case msg := <-adapter.fatal: // e.g. the port is taken
+			ns.Shutdown()
+			return nil, fmt.Errorf("embedded nats: %s", msg)
+		default:
+		}
+		if time.Now().After(deadline) {
+			ns.Shutdown()
+			return nil, fmt.Errorf("embedded nats: not ready to accept connections on %s after %s", cfg.Addr, readyTimeout)
+		}
 	}
 	if !ns.JetStreamEnabled() {
 		ns.Shutdown()
@@ -119,7 +128,11 @@ func (s *Server) Shutdown() {
 // slogAdapter feeds nats-server's log into slog. The server's start-up
 // banner is notice-level and would drown Shoal's one line per component, so
 // notices go to debug; warnings and errors keep their level.
-type slogAdapter struct{ log *slog.Logger }
+type slogAdapter struct {
+	log *slog.Logger
+	// fatal receives the first fatal error, which ends start-up.
+	fatal chan string
+}
 
 func (a *slogAdapter) Noticef(format string, v ...any) {
 	a.log.Debug(fmt.Sprintf(format, v...), "component", "nats")
@@ -140,7 +153,12 @@ func (a *slogAdapter) Errorf(format string, v ...any) {
 }
 
 func (a *slogAdapter) Fatalf(format string, v ...any) {
-	a.log.Error(fmt.Sprintf(format, v...), "component", "nats", "fatal", true)
+	msg := fmt.Sprintf(format, v...)
+	a.log.Error(msg, "component", "nats", "fatal", true)
+	select {
+	case a.fatal <- msg:
+	default:
+	}
 }
 
 func (a *slogAdapter) Debugf(format string, v ...any) {

@@ -1,0 +1,79 @@
+package broker_test
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/shoal-dev/shoal/platform/broker"
+)
+
+func TestStart(t *testing.T) {
+	dir := t.TempDir()
+	s, err := broker.Start(broker.Config{Addr: "127.0.0.1:0", DataDir: dir, MaxPayload: 9 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown()
+	if s.StoreDir() != filepath.Join(dir, "jetstream") {
+		t.Errorf("StoreDir = %s, want %s/jetstream", s.StoreDir(), dir)
+	}
+	if _, err := os.Stat(s.StoreDir()); err != nil {
+		t.Errorf("store directory: %v", err)
+	}
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if nc.MaxPayload() != 9<<20 {
+		t.Errorf("max_payload = %d, want %d", nc.MaxPayload(), 9<<20)
+	}
+	js, err := nc.JetStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.AccountInfo(); err != nil {
+		t.Errorf("JetStream is not available: %v", err)
+	}
+}
+
+func TestStartErrors(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+
+	tests := []struct {
+		name string
+		cfg  broker.Config
+		want string
+	}{
+		{"port taken", broker.Config{Addr: taken.Addr().String(), DataDir: t.TempDir()}, "address already in use"},
+		{"no port", broker.Config{Addr: "127.0.0.1", DataDir: t.TempDir()}, "listen address"},
+		{"bad port", broker.Config{Addr: "127.0.0.1:http2", DataDir: t.TempDir()}, "invalid port"},
+		{"no data directory", broker.Config{Addr: "127.0.0.1:0"}, "data directory is required"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Now()
+			s, err := broker.Start(tt.cfg)
+			if err == nil {
+				s.Shutdown()
+				t.Fatal("Start succeeded")
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("err = %v, want it to say %q", err, tt.want)
+			}
+			if took := time.Since(start); took > 5*time.Second {
+				t.Errorf("failed after %s; a start-up error should end start-up at once", took)
+			}
+		})
+	}
+}

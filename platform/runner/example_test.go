@@ -1,0 +1,64 @@
+package runner_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/shoal-dev/shoal/functions"
+	"github.com/shoal-dev/shoal/manifest"
+	"github.com/shoal-dev/shoal/platform/broker"
+	"github.com/shoal-dev/shoal/platform/runner"
+)
+
+// A runner serves the functions of a manifest on its own NATS connection;
+// any NATS client then invokes them with a request on fn.NAME.
+func ExampleStart() {
+	dir, _ := os.MkdirTemp("", "shoal-example")
+	defer os.RemoveAll(dir)
+	s, err := broker.Start(broker.Config{Addr: "127.0.0.1:0", DataDir: dir})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer s.Shutdown()
+
+	m, err := manifest.Parse("fn.yaml", []byte("version: 1\nfunctions:\n  ping: {handler: {builtin: ping}}\n"),
+		manifest.Options{Builtins: functions.Names()})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	rc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	r, err := runner.Start(rc, runner.Config{Manifest: m, Builtins: functions.Builtins()})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = r.Stop(ctx) // drains, then closes rc
+	}()
+
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer nc.Close()
+	reply, err := nc.Request("fn.ping", nil, 5*time.Second)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(string(reply.Data), reply.Header.Get("Shoal-Status"))
+	// Output: pong! 200
+}
