@@ -37,13 +37,6 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 			"the request body of %d bytes is larger than the limit of %d bytes", r.ContentLength, g.maxBody).WriteHTTP(w)
 		return
 	}
-	buf, ierr := g.readBody(w, r)
-	if ierr != nil {
-		ierr.WriteHTTP(w)
-		return
-	}
-	defer putBuffer(buf)
-
 	if !g.nc.IsConnected() {
 		// Reconnecting: answer now rather than let the invocation wait
 		// in a reconnect buffer until its deadline.
@@ -51,6 +44,13 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 			"the gateway cannot reach NATS right now; retry shortly").WriteHTTP(w)
 		return
 	}
+	buf, ierr := g.readBody(w, r)
+	if ierr != nil {
+		ierr.WriteHTTP(w)
+		return
+	}
+	defer putBuffer(buf)
+
 	msg := invocation.NewRequestMsg(rt.subject, r, subpath, buf.Bytes())
 	ctx, cancel := context.WithTimeout(r.Context(), rt.wait)
 	defer cancel()
