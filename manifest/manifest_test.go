@@ -2,8 +2,10 @@ package manifest_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -316,6 +318,26 @@ func TestRepositoryManifest(t *testing.T) {
 	for _, name := range []string{"ping", "auth"} {
 		if _, ok := m.Lookup(name); !ok {
 			t.Errorf("fn.yaml does not declare %s", name)
+		}
+	}
+}
+
+// TestDocumentedExamples keeps the fn.yaml examples in the docs valid.
+func TestDocumentedExamples(t *testing.T) {
+	yamlBlock := regexp.MustCompile("(?s)```yaml\n(.*?)```")
+	for _, doc := range []string{"../README.md", "../docs/fn-yaml.md"} {
+		text, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blocks := yamlBlock.FindAllSubmatch(text, -1)
+		if len(blocks) == 0 {
+			t.Errorf("%s has no yaml example", doc)
+		}
+		for i, b := range blocks {
+			if _, err := manifest.Parse(fmt.Sprintf("%s example %d", doc, i+1), b[1], opts); err != nil {
+				t.Errorf("%v", err)
+			}
 		}
 	}
 }
