@@ -183,6 +183,10 @@ func TestUp(t *testing.T) {
 	if status, body := get(t, gw+"/function/ping"); status != 200 || body != "pong!" {
 		t.Errorf("GET /function/ping = %d %q", status, body)
 	}
+	// auth is routable and says plainly that it issues no tokens yet.
+	if status, body := get(t, gw+"/function/auth/token"); status != 501 || !strings.Contains(body, `"not_implemented"`) {
+		t.Errorf("GET /function/auth/token = %d %s, want 501 not_implemented", status, body)
+	}
 	if _, err := os.Stat(filepath.Join(data, "jetstream")); err != nil {
 		t.Errorf("JetStream store not under --data: %v", err)
 	}
