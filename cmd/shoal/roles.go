@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/shoal-dev/shoal/functions"
 	"github.com/shoal-dev/shoal/manifest"
@@ -32,13 +33,35 @@ type servingGateway struct {
 	reported bool
 }
 
+// gatewayLimits are the gateway's flags that bound what it accepts.
+type gatewayLimits struct {
+	maxBody     byteSize
+	maxInFlight int
+}
+
+func (l *gatewayLimits) register(fs *pflag.FlagSet) {
+	l.maxBody = byteSize(gateway.DefaultMaxBody)
+	fs.Var(&l.maxBody, "max-body", "largest request body accepted (at most 63MiB)")
+	fs.IntVar(&l.maxInFlight, "max-inflight", gateway.DefaultMaxInFlight, "most invocations in flight at the gateway; past it, 429")
+}
+
+func (l *gatewayLimits) check() error {
+	if l.maxInFlight < 1 {
+		return fmt.Errorf("--max-inflight %d: want at least 1", l.maxInFlight)
+	}
+	return checkMaxBody(l.maxBody)
+}
+
 // gatewayConnOpts are the gateway's NATS connection options: no reconnect
 // buffer, so that invocations fail at once (503) while NATS is away.
 var gatewayConnOpts = []nats.Option{nats.ReconnectBufSize(-1)}
 
 // startGateway starts a gateway that owns nc and serves HTTP on addr.
-func startGateway(nc *nats.Conn, m *manifest.Manifest, addr string, maxBody int64) (*servingGateway, error) {
-	g, err := gateway.New(gateway.Config{NATS: nc, Manifest: m, MaxBody: maxBody, Logger: logger.With("component", "gateway")})
+func startGateway(nc *nats.Conn, m *manifest.Manifest, addr string, limits gatewayLimits) (*servingGateway, error) {
+	g, err := gateway.New(gateway.Config{
+		NATS: nc, Manifest: m, MaxBody: int64(limits.maxBody), MaxInFlight: limits.maxInFlight,
+		Logger: logger.With("component", "gateway"),
+	})
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -99,11 +122,11 @@ func waitForStop(ctx context.Context, sg *servingGateway) error {
 
 func newGatewayCmd() *cobra.Command {
 	var (
-		nf      natsFlags
-		file    string
-		addr    string
-		maxBody = byteSize(gateway.DefaultMaxBody)
-		drain   time.Duration
+		nf     natsFlags
+		file   string
+		addr   string
+		limits gatewayLimits
+		drain  time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "gateway",
@@ -112,7 +135,7 @@ func newGatewayCmd() *cobra.Command {
 request per invocation. Run runners (shoal runner) against the same NATS.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkMaxBody(maxBody); err != nil {
+			if err := limits.check(); err != nil {
 				return err
 			}
 			m, err := loadManifest(file)
@@ -123,7 +146,7 @@ request per invocation. Run runners (shoal runner) against the same NATS.`,
 			if err != nil {
 				return err
 			}
-			sg, err := startGateway(nc, m, addr, int64(maxBody))
+			sg, err := startGateway(nc, m, addr, limits)
 			if err != nil {
 				return err
 			}
@@ -136,7 +159,7 @@ request per invocation. Run runners (shoal runner) against the same NATS.`,
 	nf.register(cmd.Flags())
 	cmd.Flags().StringVarP(&file, "file", "f", defaultManifest, "function manifest")
 	cmd.Flags().StringVar(&addr, "http", defaultHTTPAddr, "HTTP listen address")
-	cmd.Flags().Var(&maxBody, "max-body", "largest request body accepted")
+	limits.register(cmd.Flags())
 	cmd.Flags().DurationVar(&drain, "drain-timeout", defaultDrainTimeout, "how long shutdown waits for in-flight requests")
 	return cmd
 }

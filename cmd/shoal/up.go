@@ -11,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shoal-dev/shoal/platform/broker"
-	"github.com/shoal-dev/shoal/platform/gateway"
 	"github.com/shoal-dev/shoal/platform/runner"
 )
 
@@ -25,12 +24,12 @@ type upOptions struct {
 	natsAddr string
 	dataDir  string
 	workers  int
-	maxBody  byteSize
+	limits   gatewayLimits
 	drain    time.Duration
 }
 
 func newUpCmd() *cobra.Command {
-	o := upOptions{maxBody: byteSize(gateway.DefaultMaxBody)}
+	var o upOptions
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Start the whole platform on this machine: embedded NATS, gateway and runners",
@@ -47,7 +46,7 @@ requests and exits 0.`,
 	f.StringVar(&o.natsAddr, "nats", broker.DefaultAddr, "listen address of the embedded NATS server (port 0 picks a free one)")
 	f.StringVar(&o.dataDir, "data", ".shoal", "data directory (JetStream store)")
 	f.IntVar(&o.workers, "workers", runtime.NumCPU(), "runner workers, each on its own NATS connection")
-	f.Var(&o.maxBody, "max-body", "largest request body accepted")
+	o.limits.register(f)
 	f.DurationVar(&o.drain, "drain-timeout", defaultDrainTimeout, "how long shutdown waits for in-flight requests")
 	return cmd
 }
@@ -56,7 +55,7 @@ func up(ctx context.Context, o upOptions) error {
 	if o.workers < 1 {
 		return fmt.Errorf("--workers %d: want at least 1", o.workers)
 	}
-	if err := checkMaxBody(o.maxBody); err != nil {
+	if err := o.limits.check(); err != nil {
 		return err
 	}
 	m, err := loadManifest(o.file)
@@ -66,7 +65,7 @@ func up(ctx context.Context, o upOptions) error {
 	srv, err := broker.Start(broker.Config{
 		Addr:       o.natsAddr,
 		DataDir:    o.dataDir,
-		MaxPayload: int(o.maxBody) + payloadHeaderRoom,
+		MaxPayload: int(o.limits.maxBody) + payloadHeaderRoom,
 		Logger:     logger,
 	})
 	if err != nil {
@@ -103,7 +102,7 @@ func up(ctx context.Context, o upOptions) error {
 	if err != nil {
 		return errors.Join(err, stopRunners(ctx))
 	}
-	sg, err := startGateway(nc, m, o.httpAddr, int64(o.maxBody))
+	sg, err := startGateway(nc, m, o.httpAddr, o.limits)
 	if err != nil {
 		return errors.Join(err, stopRunners(context.Background()))
 	}

@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -29,6 +30,11 @@ import (
 
 // DefaultMaxBody is the default limit on a request body: 8 MiB.
 const DefaultMaxBody = 8 << 20
+
+// DefaultMaxInFlight is the default limit on invocations in flight at one
+// gateway. Each holds its body and answer in memory, so the limit bounds
+// memory: at most MaxInFlight × (MaxBody + answer) bytes.
+const DefaultMaxInFlight = 1024
 
 // timeoutGrace is how much longer than a function's timeout the gateway
 // waits: the runner answers 504 itself at the timeout, so the gateway's
@@ -51,6 +57,9 @@ type Config struct {
 	Manifest *manifest.Manifest
 	// MaxBody limits a request body in bytes; 0 means DefaultMaxBody.
 	MaxBody int64
+	// MaxInFlight limits the invocations in flight; past it the gateway
+	// answers 429 overloaded at once. 0 means DefaultMaxInFlight.
+	MaxInFlight int
 	// Logger receives the gateway's log; nil discards it.
 	Logger *slog.Logger
 }
@@ -60,9 +69,12 @@ type Gateway struct {
 	nc      *nats.Conn
 	routes  map[string]*route
 	maxBody int64
-	log     *slog.Logger
-	mux     http.Handler
-	srv     *http.Server
+	// inFlight counts invocations being served, against maxInFlight.
+	inFlight    atomic.Int64
+	maxInFlight int64
+	log         *slog.Logger
+	mux         http.Handler
+	srv         *http.Server
 }
 
 // route is a routable function with what the hot path needs precomputed.
@@ -85,6 +97,10 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	if g.maxBody <= 0 {
 		g.maxBody = DefaultMaxBody
+	}
+	g.maxInFlight = int64(cfg.MaxInFlight)
+	if g.maxInFlight <= 0 {
+		g.maxInFlight = DefaultMaxInFlight
 	}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)

@@ -59,9 +59,10 @@ type platform struct {
 }
 
 type options struct {
-	maxBody    int64
-	maxPayload int
-	runners    int
+	maxBody     int64
+	maxInFlight int
+	maxPayload  int
+	runners     int
 }
 
 func start(t testing.TB, o options) *platform {
@@ -98,7 +99,7 @@ func start(t testing.TB, o options) *platform {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := gateway.New(gateway.Config{NATS: nc, Manifest: p.m, MaxBody: o.maxBody})
+	g, err := gateway.New(gateway.Config{NATS: nc, Manifest: p.m, MaxBody: o.maxBody, MaxInFlight: o.maxInFlight})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -477,5 +478,42 @@ func TestNATSUnavailable(t *testing.T) {
 	}
 	if took := time.Since(start); took > 2*time.Second {
 		t.Errorf("answered after %s; the function's timeout is 10s, NATS being down should be reported at once", took)
+	}
+}
+
+// TestGatewayInFlightLimit: past its limit of invocations in flight the
+// gateway answers 429 at once, without reading the body or calling NATS,
+// and serves again as soon as one finishes.
+func TestGatewayInFlightLimit(t *testing.T) {
+	p := start(t, options{maxInFlight: 1})
+	held := make(chan int, 1)
+	go func() {
+		resp, err := http.Get(p.url + "/function/block")
+		if err != nil {
+			held <- -1
+			return
+		}
+		resp.Body.Close()
+		held <- resp.StatusCode
+	}()
+	<-p.block.Started
+
+	r := do(t, newRequest(t, "POST", p.url+"/function/counter", strings.NewReader("x")))
+	if r.status != 429 || !strings.Contains(r.body, string(invocation.CodeOverloaded)) || !strings.Contains(r.body, "gateway") || r.header.Get("Retry-After") == "" {
+		t.Errorf("second invocation at a limit of 1 = %d %s", r.status, r.body)
+	}
+	if p.counter.N.Load() != 0 {
+		t.Error("the refused invocation reached the function")
+	}
+	if r := do(t, newRequest(t, "GET", p.url+"/function/nope", nil)); r.status != 404 {
+		t.Errorf("an unknown function is still a 404 at the limit, got %d", r.status)
+	}
+	close(p.block.Release)
+	p.released = true
+	if s := <-held; s != 200 {
+		t.Errorf("held invocation = %d", s)
+	}
+	if r := do(t, newRequest(t, "GET", p.url+"/function/ping", nil)); r.status != 200 {
+		t.Errorf("after the held invocation finished: %d %s", r.status, r.body)
 	}
 }

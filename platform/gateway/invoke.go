@@ -32,6 +32,13 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 		invocation.Errorf(http.StatusNotFound, invocation.CodeFunctionNotFound, "function %q is not declared in the manifest", name).WriteHTTP(w)
 		return
 	}
+	if g.inFlight.Add(1) > g.maxInFlight {
+		g.inFlight.Add(-1)
+		invocation.Errorf(http.StatusTooManyRequests, invocation.CodeOverloaded,
+			"the gateway is serving %d invocations, its limit; retry shortly or add gateways", g.maxInFlight).WriteHTTP(w)
+		return
+	}
+	defer g.inFlight.Add(-1)
 	if r.ContentLength > g.maxBody {
 		invocation.Errorf(http.StatusRequestEntityTooLarge, invocation.CodePayloadTooLarge,
 			"the request body of %d bytes is larger than the limit of %d bytes", r.ContentLength, g.maxBody).WriteHTTP(w)
