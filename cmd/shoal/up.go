@@ -85,14 +85,20 @@ func up(ctx context.Context, o upOptions) error {
 		wg.Wait()
 		return errors.Join(errs...)
 	}
+	// abort undoes a start that failed half-way.
+	abort := func(err error) error {
+		ctx, cancel := context.WithTimeout(context.Background(), o.drain)
+		defer cancel()
+		return errors.Join(err, stopRunners(ctx))
+	}
 	for i := range o.workers {
 		nc, err := nf.connect(fmt.Sprintf("shoal-runner-%d", i+1))
 		if err != nil {
-			return errors.Join(err, stopRunners(ctx))
+			return abort(err)
 		}
 		r, err := startRunner(nc, m, i+1)
 		if err != nil {
-			return errors.Join(err, stopRunners(ctx))
+			return abort(err)
 		}
 		runners = append(runners, r)
 	}
@@ -100,11 +106,11 @@ func up(ctx context.Context, o upOptions) error {
 
 	nc, err := nf.connect("shoal-gateway", gatewayConnOpts...)
 	if err != nil {
-		return errors.Join(err, stopRunners(ctx))
+		return abort(err)
 	}
 	sg, err := startGateway(nc, m, o.httpAddr, o.limits)
 	if err != nil {
-		return errors.Join(err, stopRunners(context.Background()))
+		return abort(err)
 	}
 
 	runErr := waitForStop(ctx, sg)
