@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -438,5 +439,19 @@ func TestInvokeWithoutPlatform(t *testing.T) {
 	_, errOut, code = runShoal(t, t.TempDir(), "invoke", "ping", "--nats", s.ClientURL(), "--timeout", "5s")
 	if code != 1 || !strings.Contains(errOut, "no runner is serving ping") {
 		t.Errorf("invoke with no runner: exit %d %s", code, errOut)
+	}
+}
+
+// TestUpPortTaken: a start that fails half-way (the HTTP port is taken)
+// says why, undoes what started and exits 1.
+func TestUpPortTaken(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	_, errOut, code := runShoal(t, t.TempDir(), "up", "-f", repoManifest(t), "--http", taken.Addr().String(), "--nats", "127.0.0.1:0", "--workers", "1")
+	if code != 1 || !strings.Contains(errOut, "address already in use") {
+		t.Errorf("up on a taken port: exit %d\n%s", code, errOut)
 	}
 }
