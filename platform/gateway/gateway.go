@@ -32,8 +32,9 @@ import (
 const DefaultMaxBody = 8 << 20
 
 // DefaultMaxInFlight is the default limit on invocations in flight at one
-// gateway. Each holds its body and answer in memory, so the limit bounds
-// memory: at most MaxInFlight × (MaxBody + answer) bytes.
+// gateway, counted from when the body has been read until the answer is
+// written. Each holds its body and answer in memory, so the limit bounds
+// that memory: at most MaxInFlight × (MaxBody + answer) bytes.
 const DefaultMaxInFlight = 1024
 
 // timeoutGrace is how much longer than a function's timeout the gateway

@@ -517,3 +517,27 @@ func TestGatewayInFlightLimit(t *testing.T) {
 		t.Errorf("after the held invocation finished: %d %s", r.status, r.body)
 	}
 }
+
+// TestSlowClientHoldsNoInvocationPlace: a client that announces a large
+// body and sends none holds its connection only, not one of the gateway's
+// places for invocations in flight.
+func TestSlowClientHoldsNoInvocationPlace(t *testing.T) {
+	p := start(t, options{maxInFlight: 1})
+	for range 4 {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(p.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if _, err := io.WriteString(conn, "POST /function/counter HTTP/1.1\r\nHost: x\r\nContent-Length: 8000000\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // let the gateway start reading those bodies
+	if r := do(t, newRequest(t, "GET", p.url+"/function/ping", nil)); r.status != 200 {
+		t.Errorf("ping beside slow uploads = %d %s", r.status, r.body)
+	}
+	if p.counter.N.Load() != 0 {
+		t.Error("an unfinished body reached the function")
+	}
+}

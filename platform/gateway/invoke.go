@@ -18,6 +18,9 @@ import (
 // functionPrefix starts every invocation URL: /function/NAME[/sub/path].
 const functionPrefix = "/function/"
 
+// preallocLimit is the most body buffer allocated before the bytes arrive.
+const preallocLimit = 256 << 10
+
 // invoke is the gateway side of the hot path: HTTP request in, one NATS
 // request to the function's subject, the runner's reply out as the HTTP
 // response.
@@ -32,13 +35,6 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 		invocation.Errorf(http.StatusNotFound, invocation.CodeFunctionNotFound, "function %q is not declared in the manifest", name).WriteHTTP(w)
 		return
 	}
-	if g.inFlight.Add(1) > g.maxInFlight {
-		g.inFlight.Add(-1)
-		invocation.Errorf(http.StatusTooManyRequests, invocation.CodeOverloaded,
-			"the gateway is serving %d invocations, its limit; retry shortly or add gateways", g.maxInFlight).WriteHTTP(w)
-		return
-	}
-	defer g.inFlight.Add(-1)
 	if r.ContentLength > g.maxBody {
 		invocation.Errorf(http.StatusRequestEntityTooLarge, invocation.CodePayloadTooLarge,
 			"the request body of %d bytes is larger than the limit of %d bytes", r.ContentLength, g.maxBody).WriteHTTP(w)
@@ -57,6 +53,16 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer putBuffer(buf)
+	// Count the invocation once its body is in: a client that is slow to
+	// send its body holds a connection, not a place among those waiting
+	// on runners.
+	if g.inFlight.Add(1) > g.maxInFlight {
+		g.inFlight.Add(-1)
+		invocation.Errorf(http.StatusTooManyRequests, invocation.CodeOverloaded,
+			"the gateway is serving %d invocations, its limit; retry shortly or add gateways", g.maxInFlight).WriteHTTP(w)
+		return
+	}
+	defer g.inFlight.Add(-1)
 
 	msg := invocation.NewRequestMsg(rt.subject, r, subpath, buf.Bytes())
 	ctx, cancel := context.WithTimeout(r.Context(), rt.wait)
@@ -152,9 +158,10 @@ func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request) (*bytes.Buffe
 		return buf, nil
 	}
 	if r.ContentLength > 0 {
-		// ReadFrom wants MinRead spare bytes to see the end; without them
-		// it would grow (and copy) the buffer once more.
-		buf.Grow(int(r.ContentLength) + bytes.MinRead)
+		// Size the buffer for the announced body, up to a point: memory
+		// follows the bytes that really arrive, not what a client claims.
+		// ReadFrom wants MinRead spare bytes to see the end.
+		buf.Grow(int(min(r.ContentLength, preallocLimit)) + bytes.MinRead)
 	}
 	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, g.maxBody))
 	if err == nil {

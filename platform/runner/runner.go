@@ -181,9 +181,13 @@ func (r *Runner) Stats(function string) (EndpointStats, bool) {
 // Stop leaves the queue groups and waits, until ctx is done, for every
 // invocation that reached this runner to be answered; then it closes the
 // connection. Invocations still running when ctx is done are answered 503
-// unavailable. Only if ctx ends before the subscriptions have even handed
-// over what was delivered (a deadline of milliseconds) are those last
-// invocations lost with the connection; their callers time out.
+// unavailable. If NATS is unreachable when Stop starts, Stop first waits
+// for the connection to come back (nothing is routed to the runner
+// meanwhile); if it drops during the drain, Stop answers what is in
+// flight 503 and closes at once. Only if ctx ends before the
+// subscriptions have even handed over what was delivered (a deadline of
+// milliseconds) are those last invocations lost with the connection;
+// their callers time out.
 func (r *Runner) Stop(ctx context.Context) error {
 	r.stopOnce.Do(func() { r.stopErr = r.stop(ctx) })
 	return r.stopErr
@@ -191,32 +195,52 @@ func (r *Runner) Stop(ctx context.Context) error {
 
 func (r *Runner) stop(ctx context.Context) error {
 	var errs []error
-	// 1. Unsubscribe, in drain mode: the server sends this runner no new
-	//    invocations, and those already delivered to it still reach the
-	//    endpoint handlers.
-	if err := r.svc.Stop(); err != nil {
-		errs = append(errs, fmt.Errorf("stop service: %w", err))
+	drained := false
+	// 1. Leaving the queue groups needs the server: nats.go sends no
+	//    unsubscription while disconnected and re-subscribes draining
+	//    subscriptions when it reconnects, after which the server would
+	//    route invocations to a runner that no longer takes them. So wait
+	//    for the connection first; while it is down, nothing is routed here.
+	if !waitUntil(ctx, r.nc.IsConnected) {
+		errs = append(errs, errors.New("NATS was unreachable until the drain deadline"))
+	} else {
+		reconnects := r.nc.Stats().Reconnects
+		// 2. Unsubscribe, in drain mode: the server sends this runner no
+		//    new invocations, and those already delivered to it still
+		//    reach the endpoint handlers.
+		if err := r.svc.Stop(); err != nil {
+			errs = append(errs, fmt.Errorf("stop service: %w", err))
+		}
+		// 3. Wait until every subscription has drained, i.e. every
+		//    delivered invocation has been admitted (or refused).
+		subsDrained := waitUntil(ctx, func() bool { return r.nc.NumSubscriptions() == 0 || !r.nc.IsConnected() })
+		switch {
+		case r.nc.Stats().Reconnects != reconnects || !r.nc.IsConnected():
+			// The connection dropped during the drain (see 1): new
+			// invocations may be routed here and dropped until the
+			// connection closes, so close it now; what is in flight is
+			// answered 503 below.
+			errs = append(errs, errors.New("the NATS connection dropped during the drain; in-flight invocations were cut short"))
+		case !subsDrained:
+			errs = append(errs, errors.New("subscriptions did not drain in time"))
+		default:
+			// 4. Wait until every admitted invocation has been answered.
+			drained = waitUntil(ctx, func() bool { return r.unanswered.Load() == 0 })
+		}
 	}
-	// 2. Wait until every subscription has drained, i.e. every delivered
-	//    invocation has been admitted (or refused) by a handler. Without a
-	//    server there is nothing left to drain.
-	if !waitUntil(ctx, func() bool { return r.nc.NumSubscriptions() == 0 || !r.nc.IsConnected() }) {
-		errs = append(errs, errors.New("subscriptions did not drain in time"))
-	}
-	// 3. Wait until every admitted invocation has been answered.
-	drained := waitUntil(ctx, func() bool { return r.unanswered.Load() == 0 })
-	// 4. Cancel what still runs. An invocation not answered yet answers
+	// 5. Cancel what still runs. An invocation not answered yet answers
 	//    503 unavailable now; functions running past their timeout see
 	//    their context end.
 	r.cancel()
 	if !drained {
-		n := r.unanswered.Load()
-		grace, cancel := context.WithTimeout(context.Background(), time.Second)
-		waitUntil(grace, func() bool { return r.unanswered.Load() == 0 })
-		cancel()
-		errs = append(errs, fmt.Errorf("%d invocations were still running at the drain deadline and were answered 503", n))
+		if n := r.unanswered.Load(); n > 0 {
+			grace, cancel := context.WithTimeout(context.Background(), time.Second)
+			waitUntil(grace, func() bool { return r.unanswered.Load() == 0 })
+			cancel()
+			errs = append(errs, fmt.Errorf("%d invocations were still running and were answered 503", n))
+		}
 	}
-	// 5. Send the last answers and close.
+	// 6. Send the last answers and close.
 	if !r.nc.IsConnected() {
 		errs = append(errs, errors.New("not connected to NATS: answers not yet sent are lost"))
 	} else if err := r.nc.FlushTimeout(5 * time.Second); err != nil {

@@ -428,3 +428,58 @@ func TestStopDeadline(t *testing.T) {
 		t.Errorf("after Stop, ping: %v, want no responders", err)
 	}
 }
+
+// TestStopWhileNATSIsDown: a runner stopped while NATS is unreachable
+// waits for it to come back before leaving the queue group, so that no
+// invocation is routed to it once it no longer takes them.
+func TestStopWhileNATSIsDown(t *testing.T) {
+	s := brokertest.Start(t)
+	addr := s.Addr().String()
+	block := functionstest.NewBlock()
+	fns := functionstest.Builtins(map[string]http.Handler{"block": block})
+	stopping := startRunner(t, s, testManifest, fns)
+	nc := brokertest.Connect(t, s, nats.ReconnectWait(50*time.Millisecond), nats.MaxReconnects(-1))
+	if err := nc.PublishRequest("fn.block", nats.NewInbox(), nil); err != nil {
+		t.Fatal(err)
+	}
+	<-block.Started
+
+	s.Shutdown()
+	// Let the connections notice the outage before Stop starts.
+	eventually(t, func() bool { return !nc.IsConnected() }, "the client did not notice the outage")
+	time.Sleep(50 * time.Millisecond)
+	stopped := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		stopped <- stopping.Stop(ctx)
+	}()
+	time.Sleep(100 * time.Millisecond) // Stop is now waiting for NATS
+
+	s2, err := broker.Start(broker.Config{Addr: addr, DataDir: t.TempDir(), MaxPayload: brokertest.MaxPayload})
+	if err != nil {
+		t.Fatalf("restart nats on %s: %v", addr, err)
+	}
+	t.Cleanup(s2.Shutdown)
+	startRunner(t, s2, testManifest, fns)
+	eventually(t, nc.IsConnected, "the client did not reconnect")
+
+	lost := 0
+	for range 40 {
+		if _, err := nc.Request("fn.ping", nil, 3*time.Second); err != nil {
+			lost++
+		}
+	}
+	if lost > 0 {
+		t.Errorf("%d of 40 invocations lost while a runner stopped across a NATS outage", lost)
+	}
+	close(block.Release)
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Errorf("Stop = %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Error("Stop did not return")
+	}
+}
