@@ -231,14 +231,13 @@ func (r *Runner) stop(ctx context.Context) error {
 	// 5. Cancel what still runs. An invocation not answered yet answers
 	//    503 unavailable now; functions running past their timeout see
 	//    their context end.
+	pending := r.unanswered.Load() // before cancel answers them
 	r.cancel()
-	if !drained {
-		if n := r.unanswered.Load(); n > 0 {
-			grace, cancel := context.WithTimeout(context.Background(), time.Second)
-			waitUntil(grace, func() bool { return r.unanswered.Load() == 0 })
-			cancel()
-			errs = append(errs, fmt.Errorf("%d invocations were still running and were answered 503", n))
-		}
+	if !drained && pending > 0 {
+		grace, cancel := context.WithTimeout(context.Background(), time.Second)
+		waitUntil(grace, func() bool { return r.unanswered.Load() == 0 })
+		cancel()
+		errs = append(errs, fmt.Errorf("%d invocations were still running and were answered 503", pending))
 	}
 	// 6. Send the last answers and close.
 	if !r.nc.IsConnected() {
