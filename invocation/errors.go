@@ -44,6 +44,7 @@ func Errorf(status int, code Code, format string, args ...any) *Error {
 	return &Error{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
+// Error formats the error as "code: message".
 func (e *Error) Error() string { return string(e.Code) + ": " + e.Message }
 
 // retryable codes invite the caller to try again shortly, so their answers

@@ -36,6 +36,7 @@ type Error struct {
 	Msg   string
 }
 
+// Error formats the problem as "file:line:col: field: message".
 func (e *Error) Error() string {
 	if e.Field == "" {
 		return e.Pos.String() + ": " + e.Msg
@@ -46,6 +47,7 @@ func (e *Error) Error() string {
 // Errors is every problem found in one manifest, in file order.
 type Errors []*Error
 
+// Error lists the problems one per line.
 func (es Errors) Error() string {
 	var b strings.Builder
 	for i, e := range es {

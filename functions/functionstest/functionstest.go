@@ -62,6 +62,7 @@ func NewBlock() *Block {
 	return &Block{Started: make(chan struct{}, 1000), Release: make(chan struct{})}
 }
 
+// ServeHTTP reports the start, waits for Release and answers "released".
 func (b *Block) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	b.Started <- struct{}{}
 	<-b.Release
@@ -71,6 +72,7 @@ func (b *Block) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 // Counter is a function that counts its invocations and answers "counted".
 type Counter struct{ N atomic.Int64 }
 
+// ServeHTTP counts the invocation and answers "counted".
 func (c *Counter) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 	c.N.Add(1)
 	_, _ = w.Write([]byte("counted"))
