@@ -2,6 +2,7 @@ package invocation_test
 
 import (
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -31,7 +32,7 @@ func Example() {
 		fmt.Println("invoke:", err) // nats.ErrNoResponders: no runner serves echo
 		return
 	}
-	status, err := invocation.Status(reply.Header)
+	status, err := invocation.ReadReply(http.Header{}, reply.Header)
 	if err != nil {
 		fmt.Println(err)
 		return

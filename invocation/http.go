@@ -62,11 +62,10 @@ func canonicalize(h map[string][]string) {
 	}
 }
 
-// scrub canonicalizes h in place and removes what must not cross between
-// a caller and a function: hop-by-hop and reserved headers, and values
-// that cannot travel in a header (with CR or LF).
+// scrub removes from h, whose names are canonical, what must not cross
+// between a caller and a function: hop-by-hop and reserved headers, and
+// values that cannot travel in a header (with CR or LF).
 func scrub(h map[string][]string) {
-	canonicalize(h)
 	connection := h["Connection"]
 	for k, v := range h {
 		if !crosses(k, connection) || !validValues(v) {
@@ -219,18 +218,35 @@ func NewResponseMsg(reply string, status int, header http.Header, body []byte) *
 	if h == nil {
 		h = make(nats.Header, 1)
 	}
+	canonicalize(h)
 	scrub(h)
 	h[HeaderStatus] = statusValue(status)
 	return &nats.Msg{Subject: reply, Header: h, Data: body}
 }
 
-// Status returns the HTTP status of a reply: the error code of an error
-// reply, else Shoal-Status, else 200 for a responder that does not speak
-// this protocol. It puts h's names in canonical form, in place, so that a
-// responder's spelling does not matter. A reply whose status cannot be
-// read yields a [CodeBadGateway] *Error.
-func Status(h nats.Header) (int, error) {
+// ReadReply reads a reply: it returns the HTTP status and adds the headers
+// that belong to the function's answer to dst. The status is the error
+// code of an error reply, else Shoal-Status, else 200 for a responder that
+// does not speak this protocol. h's names are put in canonical form, in
+// place, so a responder's spelling does not matter. A reply whose status
+// cannot be read yields a [CodeBadGateway] *Error and adds nothing to dst.
+func ReadReply(dst http.Header, h nats.Header) (int, error) {
 	canonicalize(h)
+	status, err := replyStatus(h)
+	if err != nil {
+		return 0, err
+	}
+	connection := h["Connection"]
+	for k, v := range h {
+		if crosses(k, connection) && validValues(v) {
+			dst[k] = append(dst[k], v...)
+		}
+	}
+	return status, nil
+}
+
+// replyStatus reads the status of a reply whose names are canonical.
+func replyStatus(h nats.Header) (int, error) {
 	if v := h[HeaderServiceErrorCode]; len(v) > 0 && v[0] != "" {
 		code, err := strconv.Atoi(v[0])
 		if err != nil || code < 400 || code > 599 {
@@ -249,16 +265,4 @@ func Status(h nats.Header) (int, error) {
 		return 0, Errorf(http.StatusBadGateway, CodeBadGateway, "the runner sent an invalid %s %q", HeaderStatus, v[0])
 	}
 	return code, nil
-}
-
-// CopyResponseHeader adds a reply's headers that belong to the function's
-// answer to an HTTP response header. Names are compared without case.
-func CopyResponseHeader(dst http.Header, src nats.Header) {
-	canonicalize(src)
-	connection := src["Connection"]
-	for k, v := range src {
-		if crosses(k, connection) && validValues(v) {
-			dst[k] = append(dst[k], v...)
-		}
-	}
 }

@@ -118,12 +118,11 @@ func TestResponseRoundTrip(t *testing.T) {
 		"Set-Cookie":    {"a=1", "b=2"},
 	}
 	msg := invocation.NewResponseMsg("_INBOX.x", 201, h, []byte("made"))
-	status, err := invocation.Status(msg.Header)
-	if err != nil || status != 201 {
-		t.Fatalf("Status = %d, %v; want 201", status, err)
-	}
 	out := http.Header{}
-	invocation.CopyResponseHeader(out, msg.Header)
+	status, err := invocation.ReadReply(out, msg.Header)
+	if err != nil || status != 201 {
+		t.Fatalf("ReadReply = %d, %v; want 201", status, err)
+	}
 	want := http.Header{"Content-Type": {"text/plain"}, "Set-Cookie": {"a=1", "b=2"}}
 	if len(out) != len(want) {
 		t.Errorf("headers = %v, want %v", out, want)
@@ -135,24 +134,28 @@ func TestResponseRoundTrip(t *testing.T) {
 	}
 }
 
-func TestStatus(t *testing.T) {
+func TestReplyStatus(t *testing.T) {
 	tests := []struct {
 		name    string
 		header  nats.Header
 		want    int
 		wantErr bool
 	}{
-		{"plain NATS responder", nil, 200, false},
+		{"plain NATS responder", nats.Header{"X-A": {"1"}}, 200, false},
 		{"function status", nats.Header{invocation.HeaderStatus: {"404"}}, 404, false},
 		{"error reply", nats.Header{invocation.HeaderServiceErrorCode: {"504"}, invocation.HeaderStatus: {"504"}}, 504, false},
 		{"foreign micro error code", nats.Header{invocation.HeaderServiceErrorCode: {"E42"}}, 500, false},
-		{"status not a number", nats.Header{invocation.HeaderStatus: {"ok"}}, 0, true},
-		{"informational status", nats.Header{invocation.HeaderStatus: {"101"}}, 0, true},
+		{"status not a number", nats.Header{invocation.HeaderStatus: {"ok"}, "X-A": {"1"}}, 0, true},
+		{"informational status", nats.Header{invocation.HeaderStatus: {"101"}, "X-A": {"1"}}, 0, true},
 	}
 	for _, tt := range tests {
-		got, err := invocation.Status(tt.header)
+		out := http.Header{}
+		got, err := invocation.ReadReply(out, tt.header)
 		if got != tt.want || (err != nil) != tt.wantErr {
-			t.Errorf("%s: Status = %d, %v; want %d, error %v", tt.name, got, err, tt.want, tt.wantErr)
+			t.Errorf("%s: ReadReply = %d, %v; want %d, error %v", tt.name, got, err, tt.want, tt.wantErr)
+		}
+		if err != nil && len(out) > 0 {
+			t.Errorf("%s: a reply with an unreadable status added headers %v", tt.name, out)
 		}
 	}
 }
@@ -213,12 +216,11 @@ func TestHeaderNamesIgnoreCase(t *testing.T) {
 	}
 
 	reply := nats.Header{"shoal-status": {"204"}, "connection": {"close"}, "x-b": {"1"}, "X-B": {"2"}}
-	status, err := invocation.Status(reply)
-	if err != nil || status != 204 {
-		t.Errorf("Status of a lower-case shoal-status 204 = %d, %v", status, err)
-	}
 	out := http.Header{}
-	invocation.CopyResponseHeader(out, reply)
+	status, err := invocation.ReadReply(out, reply)
+	if err != nil || status != 204 {
+		t.Errorf("ReadReply of a lower-case shoal-status 204 = %d, %v", status, err)
+	}
 	if len(out["X-B"]) != 2 || out.Get("Connection") != "" {
 		t.Errorf("copied headers = %v, want X-B twice and no Connection", out)
 	}

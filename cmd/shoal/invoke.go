@@ -194,11 +194,10 @@ func invokeNATS(ctx context.Context, name, method, path, query string, header ht
 	case err != nil:
 		return nil, err
 	}
-	status, err := invocation.Status(reply.Header)
+	h := http.Header{}
+	status, err := invocation.ReadReply(h, reply.Header)
 	if err != nil {
 		return nil, err
 	}
-	h := http.Header{}
-	invocation.CopyResponseHeader(h, reply.Header)
 	return &answer{status: status, header: h, body: reply.Data}, nil
 }

@@ -76,7 +76,8 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	status, err := invocation.Status(reply.Header)
+	h := w.Header()
+	status, err := invocation.ReadReply(h, reply.Header)
 	if err != nil {
 		g.log.Warn("malformed reply from a runner", "function", name, "error", err)
 		var ierr *invocation.Error
@@ -84,8 +85,6 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 		ierr.WriteHTTP(w)
 		return
 	}
-	h := w.Header()
-	invocation.CopyResponseHeader(h, reply.Header)
 	if bodyAllowed(status) {
 		h["Content-Length"] = []string{strconv.Itoa(len(reply.Data))}
 	}
