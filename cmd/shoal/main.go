@@ -21,12 +21,9 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	go func() {
-		// The first signal starts a graceful shutdown; restoring the
-		// default behaviour lets a second one end the process at once.
-		<-ctx.Done()
-		stop()
-	}()
+	// The first signal starts a graceful shutdown; restoring the default
+	// behaviour then lets a second one end the process at once.
+	context.AfterFunc(ctx, stop)
 	if err := newRootCmd().ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "shoal: "+err.Error())
 		var ec exitCode
