@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -529,11 +530,18 @@ func TestSlowClientHoldsNoInvocationPlace(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer conn.Close()
-		if _, err := io.WriteString(conn, "POST /function/counter HTTP/1.1\r\nHost: x\r\nContent-Length: 8000000\r\n\r\n"); err != nil {
+		// With Expect: 100-continue the server says "100 Continue" only
+		// once the gateway starts reading the body: then it is surely
+		// waiting on this slow client.
+		if _, err := io.WriteString(conn, "POST /function/counter HTTP/1.1\r\nHost: x\r\nContent-Length: 8000000\r\nExpect: 100-continue\r\n\r\n"); err != nil {
 			t.Fatal(err)
 		}
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		line, err := bufio.NewReader(conn).ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, "HTTP/1.1 100") {
+			t.Fatalf("slow client %q, %v; want 100 Continue", line, err)
+		}
 	}
-	time.Sleep(100 * time.Millisecond) // let the gateway start reading those bodies
 	if r := do(t, newRequest(t, "GET", p.url+"/function/ping", nil)); r.status != 200 {
 		t.Errorf("ping beside slow uploads = %d %s", r.status, r.body)
 	}
