@@ -15,7 +15,7 @@ func ExampleNames() {
 // A built-in function is an http.Handler; a runner calls it with the
 // request an invocation carries.
 func ExampleBuiltins() {
-	ping := functions.Builtins()["ping"]
+	ping := functions.Builtins(functions.Deps{})["ping"]
 	w := httptest.NewRecorder()
 	ping.ServeHTTP(w, httptest.NewRequest("GET", "/", nil))
 	fmt.Println(w.Code, w.Body.String())

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -15,19 +16,24 @@ type Code string
 
 // Error codes and the HTTP status each travels with.
 const (
-	CodeNotFound         Code = "not_found"          // 404: no such route on the gateway
-	CodeFunctionNotFound Code = "function_not_found" // 404: the function is not declared
-	CodeBadRequest       Code = "bad_request"        // 400: the invocation itself is malformed
-	CodePayloadTooLarge  Code = "payload_too_large"  // 413: request body over the limit
-	CodeOverloaded       Code = "overloaded"         // 429: every runner reached was at its concurrency limit
-	CodeFunctionPanic    Code = "function_panic"     // 500: the function panicked
-	CodeResponseTooLarge Code = "response_too_large" // 500: the answer does not fit in a NATS message
-	CodeInternal         Code = "internal"           // 500: a fault in Shoal itself
-	CodeNotImplemented   Code = "not_implemented"    // 501: the function does not offer this yet
-	CodeBadGateway       Code = "bad_gateway"        // 502: a runner answered in a way the protocol does not allow
-	CodeNoRunner         Code = "no_runner"          // 503: no runner serves the function
-	CodeUnavailable      Code = "unavailable"        // 503: NATS unreachable, or the runner is shutting down
-	CodeTimeout          Code = "timeout"            // 504: the function did not answer within its timeout
+	CodeNotFound         Code = "not_found"           // 404: no such route on the gateway
+	CodeFunctionNotFound Code = "function_not_found"  // 404: the function is not declared
+	CodeBadRequest       Code = "bad_request"         // 400: the invocation itself is malformed
+	CodeInvalidToken     Code = "invalid_token"       // 401: no bearer token, or one that does not verify
+	CodeBadCredentials   Code = "invalid_credentials" // 401: a login with a wrong username or password
+	CodeForbidden        Code = "insufficient_scope"  // 403: the token lacks a permission the function requires
+	CodeMethodNotAllowed Code = "method_not_allowed"  // 405: the function does not answer this method
+	CodePayloadTooLarge  Code = "payload_too_large"   // 413: request body over the limit
+	CodeOverloaded       Code = "overloaded"          // 429: every runner reached was at its concurrency limit
+	CodeTooManyAttempts  Code = "too_many_attempts"   // 429: too many failed logins; wait for Retry-After
+	CodeFunctionPanic    Code = "function_panic"      // 500: the function panicked
+	CodeResponseTooLarge Code = "response_too_large"  // 500: the answer does not fit in a NATS message
+	CodeInternal         Code = "internal"            // 500: a fault in Shoal itself
+	CodeNotImplemented   Code = "not_implemented"     // 501: the function does not offer this yet
+	CodeBadGateway       Code = "bad_gateway"         // 502: a runner answered in a way the protocol does not allow
+	CodeNoRunner         Code = "no_runner"           // 503: no runner serves the function
+	CodeUnavailable      Code = "unavailable"         // 503: NATS unreachable, or the runner is shutting down
+	CodeTimeout          Code = "timeout"             // 504: the function did not answer within its timeout
 )
 
 // Error is a failed invocation, in the one shape every Shoal error has on
@@ -37,6 +43,11 @@ type Error struct {
 	Status  int    `json:"-"`
 	Code    Code   `json:"code"`
 	Message string `json:"message"`
+	// RetryAfter, when positive, is sent as Retry-After in whole seconds
+	// (rounded up); retryable codes send 1 second when it is unset.
+	RetryAfter time.Duration `json:"-"`
+	// Challenge, when set, is sent as WWW-Authenticate (RFC 6750).
+	Challenge string `json:"-"`
 }
 
 // Errorf returns an Error with a formatted message.
@@ -47,14 +58,17 @@ func Errorf(status int, code Code, format string, args ...any) *Error {
 // Error formats the error as "code: message".
 func (e *Error) Error() string { return string(e.Code) + ": " + e.Message }
 
-// retryable codes invite the caller to try again shortly, so their answers
-// carry Retry-After.
-func (e *Error) retryable() bool {
-	return e.Code == CodeNoRunner || e.Code == CodeOverloaded || e.Code == CodeUnavailable
+// retryAfter is the Retry-After value of the answer, "" for none.
+// Retryable codes invite the caller to try again shortly.
+func (e *Error) retryAfter() string {
+	if e.RetryAfter > 0 {
+		return strconv.FormatInt(int64((e.RetryAfter+time.Second-1)/time.Second), 10)
+	}
+	if e.Code == CodeNoRunner || e.Code == CodeOverloaded || e.Code == CodeUnavailable {
+		return "1"
+	}
+	return ""
 }
-
-// retryAfterSeconds is the Retry-After value sent with retryable errors.
-const retryAfterSeconds = "1"
 
 type errorBody struct {
 	Error *Error `json:"error"`
@@ -74,8 +88,11 @@ func (e *Error) WriteHTTP(w http.ResponseWriter) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("X-Content-Type-Options", "nosniff")
-	if e.retryable() {
-		h.Set("Retry-After", retryAfterSeconds)
+	if ra := e.retryAfter(); ra != "" {
+		h.Set("Retry-After", ra)
+	}
+	if e.Challenge != "" {
+		h.Set("WWW-Authenticate", e.Challenge)
 	}
 	w.WriteHeader(e.Status)
 	_, _ = w.Write(e.Body()) // the client went away; nothing to do
@@ -92,8 +109,11 @@ func (e *Error) Header() nats.Header {
 		HeaderStatus:           {status},
 		"Content-Type":         {"application/json"},
 	}
-	if e.retryable() {
-		h["Retry-After"] = []string{retryAfterSeconds}
+	if ra := e.retryAfter(); ra != "" {
+		h["Retry-After"] = []string{ra}
+	}
+	if e.Challenge != "" {
+		h["Www-Authenticate"] = []string{e.Challenge}
 	}
 	return h
 }

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -12,6 +15,7 @@ import (
 
 	"github.com/shoal-dev/shoal/functions"
 	"github.com/shoal-dev/shoal/manifest"
+	"github.com/shoal-dev/shoal/platform/broker"
 )
 
 // byteSize is a flag holding a size in bytes, written as a number with an
@@ -70,13 +74,87 @@ func checkMaxBody(b byteSize) error {
 
 // natsFlags are the flags of commands that connect to a NATS server.
 type natsFlags struct {
-	url   string
-	creds string
+	url         string
+	creds       string
+	nkey        string
+	inboxPrefix string
+	context     string
+	// user and password come from a context only.
+	user, password string
 }
 
 func (f *natsFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.url, "nats", nats.DefaultURL, "NATS server URL; several, comma-separated, for a cluster (user:password@ in the URL for plain auth)")
 	fs.StringVar(&f.creds, "nats-creds", "", "NATS credentials file (JWT and NKey seed) for decentralized auth")
+	fs.StringVar(&f.nkey, "nats-nkey", "", "NATS NKey seed file (shoal up keeps one per role in DATA/credentials)")
+	fs.StringVar(&f.inboxPrefix, "nats-inbox-prefix", "", "inbox prefix for replies (the client role must use "+broker.ClientInboxPrefix+")")
+	fs.StringVar(&f.context, "nats-context", "", "take URL, credentials and inbox prefix from this nats CLI context (shoal up saves one named shoal)")
+}
+
+// defaultNKey uses seed as the credentials when none were given.
+func (f *natsFlags) defaultNKey(seed string) {
+	if f.creds != "" || f.nkey != "" || f.context != "" {
+		return
+	}
+	if _, err := os.Stat(seed); err == nil {
+		f.nkey = seed
+	}
+}
+
+// natsContext is the part of a nats CLI context file Shoal reads.
+type natsContext struct {
+	URL         string `json:"url"`
+	User        string `json:"user"`
+	Password    string `json:"password"`
+	Creds       string `json:"creds"`
+	NKey        string `json:"nkey"`
+	InboxPrefix string `json:"inbox_prefix"`
+}
+
+// natsContextDir is where the nats CLI keeps its contexts.
+func natsContextDir() (string, error) {
+	dir := os.Getenv("XDG_CONFIG_HOME")
+	if dir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return "", fmt.Errorf("find the nats CLI's context directory: %w", err)
+		}
+		dir = filepath.Join(home, ".config")
+	}
+	return filepath.Join(dir, "nats", "context"), nil
+}
+
+// applyContext fills what the flags left unset from the named context.
+func (f *natsFlags) applyContext() error {
+	if f.context == "" {
+		return nil
+	}
+	dir, err := natsContextDir()
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(dir, f.context+".json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("--nats-context %s: %w", f.context, err)
+	}
+	var c natsContext
+	if err := json.Unmarshal(b, &c); err != nil {
+		return fmt.Errorf("--nats-context %s: %s: %w", f.context, path, err)
+	}
+	if c.URL != "" && f.url == nats.DefaultURL {
+		f.url = c.URL
+	}
+	if c.User != "" && !strings.Contains(f.url, "@") {
+		f.user, f.password = c.User, c.Password
+	}
+	if f.creds == "" && f.nkey == "" {
+		f.creds, f.nkey = c.Creds, c.NKey
+	}
+	if f.inboxPrefix == "" {
+		f.inboxPrefix = c.InboxPrefix
+	}
+	return nil
 }
 
 // connect opens a NATS connection that keeps reconnecting and logs its
@@ -102,8 +180,24 @@ func (f *natsFlags) connect(name string, extra ...nats.Option) (*nats.Conn, erro
 			logger.Error("nats error", "connection", name, "subject", subject, "error", err)
 		}),
 	}
+	if err := f.applyContext(); err != nil {
+		return nil, err
+	}
 	if f.creds != "" {
 		opts = append(opts, nats.UserCredentials(f.creds))
+	}
+	if f.nkey != "" {
+		o, err := nats.NkeyOptionFromSeed(f.nkey)
+		if err != nil {
+			return nil, fmt.Errorf("--nats-nkey: %w", err)
+		}
+		opts = append(opts, o)
+	}
+	if f.user != "" {
+		opts = append(opts, nats.UserInfo(f.user, f.password))
+	}
+	if f.inboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(f.inboxPrefix))
 	}
 	opts = append(opts, extra...)
 	nc, err := nats.Connect(f.url, opts...)

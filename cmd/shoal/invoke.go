@@ -28,6 +28,7 @@ type invokeOptions struct {
 	nats    natsFlags
 	timeout time.Duration
 	include bool
+	token   string
 }
 
 func newInvokeCmd() *cobra.Command {
@@ -36,18 +37,27 @@ func newInvokeCmd() *cobra.Command {
 		Use:   "invoke NAME",
 		Short: "Call a function and print its answer",
 		Long: `Call a function through the HTTP gateway (default) or directly over NATS
-(--nats) and print the answer's body. The exit status is 0 for an answer
-below 400, else 1, with the error on stderr.`,
+(--nats or --nats-context) and print the answer's body. The exit status is
+0 for an answer below 400, else 1, with the error on stderr. --token (or
+$SHOAL_TOKEN) sends a bearer token for functions that are not public.`,
 		Example: `  shoal invoke ping
+  export SHOAL_TOKEN=$(shoal token --sub me --perm echo)
   shoal invoke echo -d 'hello' --path /a/b?x=1 -H 'X-Trace: 1'
-  shoal invoke echo -d @payload.json --nats nats://127.0.0.1:4222`,
+  shoal invoke echo -d @payload.json --nats-context shoal`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			viaNATS := cmd.Flags().Changed("nats") || cmd.Flags().Changed("nats-context")
 			switch {
-			case !cmd.Flags().Changed("nats"):
+			case !viaNATS:
 				o.nats.url = "" // through the gateway
 			case cmd.Flags().Changed("gateway"):
 				return errors.New("use either --gateway or --nats, not both")
+			}
+			if o.token == "" {
+				o.token = os.Getenv("SHOAL_TOKEN")
+			}
+			if o.token != "" {
+				o.headers = append(o.headers, "Authorization: Bearer "+o.token)
 			}
 			return invoke(cmd.Context(), cmd.OutOrStdout(), cmd.InOrStdin(), args[0], o)
 		},
@@ -61,6 +71,7 @@ below 400, else 1, with the error on stderr.`,
 	o.nats.register(f)
 	f.DurationVar(&o.timeout, "timeout", time.Minute, "how long to wait for the answer")
 	f.BoolVarP(&o.include, "include", "i", false, "print the status and headers before the body")
+	f.StringVar(&o.token, "token", "", "bearer token to send (default $SHOAL_TOKEN)")
 	return cmd
 }
 

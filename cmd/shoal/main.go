@@ -64,7 +64,8 @@ func newRootCmd() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	root.AddCommand(newUpCmd(), newGatewayCmd(), newRunnerCmd(), newInvokeCmd(), newValidateCmd(), newVersionCmd())
+	root.AddCommand(newUpCmd(), newGatewayCmd(), newRunnerCmd(), newInvokeCmd(), newValidateCmd(),
+		newTokenCmd(), newUserCmd(), newKeyCmd(), newVersionCmd())
 	return root
 }
 

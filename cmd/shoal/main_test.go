@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/shoal-dev/shoal/invocation"
+	"github.com/shoal-dev/shoal/platform/broker"
 	"github.com/shoal-dev/shoal/platform/broker/brokertest"
 	"github.com/shoal-dev/shoal/platform/runner"
 )
@@ -37,7 +38,18 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	// shoal up saves a nats CLI context under the user's configuration
+	// directory: keep the tests' out of the real one. Child processes
+	// inherit the environment.
+	config, err := os.MkdirTemp("", "shoal-test-config")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Setenv("XDG_CONFIG_HOME", config)
+	code := m.Run()
+	os.RemoveAll(config)
+	os.Exit(code)
 }
 
 // proc is a shoal process whose log the test reads line by line.
@@ -153,12 +165,53 @@ func get(t *testing.T, url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
+// post sends body to url with a bearer token (none if empty).
+func post(t *testing.T, url, body, bearer string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest("POST", url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("POST %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// connectAs connects to NATS with an NKey seed file.
+func connectAs(t *testing.T, url, seed string) *nats.Conn {
+	t.Helper()
+	opt, err := nats.NkeyOptionFromSeed(seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(url, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
 // runShoal runs a shoal command to completion.
 func runShoal(t *testing.T, dir string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	return runShoalIn(t, dir, "", args...)
+}
+
+// runShoalIn runs a shoal command to completion with stdin as its input.
+func runShoalIn(t *testing.T, dir, stdin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), beShoal+"=1")
 	cmd.Dir = dir
+	cmd.Stdin = strings.NewReader(stdin)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
@@ -184,34 +237,68 @@ func TestUp(t *testing.T) {
 	if status, body := get(t, gw+"/function/ping"); status != 200 || body != "pong!" {
 		t.Errorf("GET /function/ping = %d %q", status, body)
 	}
-	// auth is routable and says plainly that it issues no tokens yet.
-	if status, body := get(t, gw+"/function/auth/token"); status != 501 || !strings.Contains(body, `"not_implemented"`) {
-		t.Errorf("GET /function/auth/token = %d %s, want 501 not_implemented", status, body)
-	}
 	if _, err := os.Stat(filepath.Join(data, "jetstream")); err != nil {
 		t.Errorf("JetStream store not under --data: %v", err)
 	}
 	dir := t.TempDir()
-	for _, via := range [][]string{{"--gateway", gw}, {"--nats", natsURL}} {
+	admin := []string{"--data", data, "--nats", natsURL}
+
+	// A user logs in through the auth function and calls echo, which
+	// needs the echo permission.
+	out, errOut, code := runShoalIn(t, dir, "correct horse\n", append([]string{"user", "add", "alice", "--perm", "echo", "--password-stdin"}, admin...)...)
+	if code != 0 {
+		t.Fatalf("shoal user add = %d %s %s", code, out, errOut)
+	}
+	out, _, code = runShoal(t, dir, append([]string{"user", "list"}, admin...)...)
+	if code != 0 || !regexp.MustCompile(`(?m)^alice\s+echo\s`).MatchString(out) {
+		t.Errorf("shoal user list = %d %q", code, out)
+	}
+	status, body := post(t, gw+"/function/auth/token", `{"username":"alice","password":"correct horse"}`, "")
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := json.Unmarshal([]byte(body), &tok); status != 200 || err != nil || tok.AccessToken == "" {
+		t.Fatalf("login = %d %s", status, body)
+	}
+	if status, body := post(t, gw+"/function/echo", "hi", tok.AccessToken); status != 200 || !strings.Contains(body, `"body": "hi"`) {
+		t.Errorf("echo with alice's token = %d %s", status, body)
+	}
+	if status, body := post(t, gw+"/function/echo", "hi", ""); status != 401 || !strings.Contains(body, "invalid_token") {
+		t.Errorf("echo without a token = %d %s", status, body)
+	}
+	// shoal token finds the signing key in the data directory by itself.
+	minted, errOut, code := runShoal(t, dir, "token", "--data", data, "--sub", "ops", "--perm", "echo", "--ttl", "5m")
+	minted = strings.TrimSpace(minted)
+	if code != 0 || strings.Count(minted, ".") != 2 {
+		t.Fatalf("shoal token = %d %q %s", code, minted, errOut)
+	}
+
+	// shoal invoke, through the gateway and over NATS with the client
+	// context shoal up saved.
+	for _, via := range [][]string{{"--gateway", gw}, {"--nats-context", "shoal"}} {
 		out, errOut, code := runShoal(t, dir, append([]string{"invoke", "ping"}, via...)...)
 		if code != 0 || out != "pong!" {
 			t.Errorf("shoal invoke ping %v = %d %q %s", via, code, out, errOut)
 		}
-	}
-	out, errOut, code := runShoal(t, dir, "invoke", "echo", "--gateway", gw, "-d", "hi", "-X", "PUT", "--path", "/x/y?z=1", "-H", "X-A: b")
-	if code != 0 || !strings.Contains(out, `"method": "PUT"`) || !strings.Contains(out, `"path": "/x/y"`) || !strings.Contains(out, `"X-A"`) || !strings.Contains(out, `"body": "hi"`) {
-		t.Errorf("shoal invoke echo = %d %s %s", code, out, errOut)
+		out, errOut, code = runShoal(t, dir, append([]string{"invoke", "echo", "--token", minted, "-d", "hi", "-X", "PUT", "--path", "/x/y?z=1", "-H", "X-A: b"}, via...)...)
+		if code != 0 || !strings.Contains(out, `"method": "PUT"`) || !strings.Contains(out, `"path": "/x/y"`) || !strings.Contains(out, `"X-A"`) || !strings.Contains(out, `"body": "hi"`) {
+			t.Errorf("shoal invoke echo %v = %d %s %s", via, code, out, errOut)
+		}
+		if _, errOut, code := runShoal(t, dir, append([]string{"invoke", "echo", "-d", "hi"}, via...)...); code != 1 || !strings.Contains(errOut, "401 invalid_token") {
+			t.Errorf("shoal invoke echo without a token %v = %d %s", via, code, errOut)
+		}
 	}
 	if _, errOut, code := runShoal(t, dir, "invoke", "nope", "--gateway", gw); code != 1 || !strings.Contains(errOut, "404 function_not_found") {
 		t.Errorf("shoal invoke nope = %d %s", code, errOut)
 	}
 
-	// The runner workers registered with the NATS services framework.
-	nc, err := nats.Connect(natsURL)
-	if err != nil {
-		t.Fatal(err)
+	// NATS admits no stranger.
+	if nc, err := nats.Connect(natsURL); err == nil {
+		nc.Close()
+		t.Error("the embedded NATS server accepted a connection without credentials")
 	}
-	defer nc.Close()
+	// The runner workers registered with the NATS services framework.
+	nc := connectAs(t, natsURL, filepath.Join(data, "credentials", "admin.nk"))
 	if n := len(discover(t, nc, "PING")); n != 2 {
 		t.Errorf("%d runner instances answer $SRV.PING, want 2", n)
 	}
@@ -259,7 +346,7 @@ func TestUp(t *testing.T) {
 		})
 	}
 	time.Sleep(300 * time.Millisecond)
-	err = p.stop(syscall.SIGTERM)
+	err := p.stop(syscall.SIGTERM)
 	close(stopLoad)
 	wg.Wait()
 	if err != nil {
@@ -328,17 +415,31 @@ func completed(t *testing.T, st micro.Stats, function string) uint64 {
 // processes against one NATS server: the runners share the load, and one
 // stopped with SIGTERM while requests flow loses none of them.
 func TestSeparateRoles(t *testing.T) {
-	s := brokertest.Start(t)
+	s, creds := brokertest.StartSecured(t)
 	fn := repoManifest(t)
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "signing.jwks")
+	as := func(role broker.Role) []string {
+		return []string{"--nats", s.ClientURL(), "--nats-nkey", creds.SeedFile(role)}
+	}
+	// The operator creates the signing key and publishes its public half.
+	if out, errOut, code := runShoal(t, dir, append([]string{"key", "rotate", "--key", keyFile}, as(broker.RoleAdmin)...)...); code != 0 {
+		t.Fatalf("shoal key rotate = %d %s %s", code, out, errOut)
+	}
 	var runners []*proc
 	for range 3 {
-		r := startShoal(t, "runner", "--nats", s.ClientURL(), "-f", fn)
+		r := startShoal(t, append([]string{"runner", "-f", fn, "--key", keyFile}, as(broker.RoleRunner)...)...)
 		r.waitLog(`msg="runner serving"`)
 		runners = append(runners, r)
 	}
-	g := startShoal(t, "gateway", "--nats", s.ClientURL(), "-f", fn, "--http", "127.0.0.1:0")
+	g := startShoal(t, append([]string{"gateway", "-f", fn, "--http", "127.0.0.1:0"}, as(broker.RoleGateway)...)...)
 	gw := g.waitLog(`msg="gateway listening" url=(\S+)`)[1]
-	nc := brokertest.Connect(t, s)
+	nc := brokertest.ConnectAs(t, s, creds, broker.RoleAdmin)
+	minted, errOut, code := runShoal(t, dir, "token", "--key", keyFile, "--sub", "load", "--perm", "echo")
+	if code != 0 {
+		t.Fatalf("shoal token = %d %s", code, errOut)
+	}
+	bearer := "Bearer " + strings.TrimSpace(minted)
 
 	var failures atomic.Int64
 	var firstErr atomic.Value
@@ -348,7 +449,12 @@ func TestSeparateRoles(t *testing.T) {
 	for range 8 {
 		wg.Go(func() {
 			for range jobs {
-				resp, err := client.Post(gw+"/function/echo", "text/plain", strings.NewReader("x"))
+				var resp *http.Response
+				req, err := http.NewRequest("POST", gw+"/function/echo", strings.NewReader("x"))
+				if err == nil {
+					req.Header.Set("Authorization", bearer)
+					resp, err = client.Do(req)
+				}
 				if err == nil {
 					_, _ = io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
@@ -441,8 +547,9 @@ func TestInvokeWithoutPlatform(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "invoke ping:") {
 		t.Errorf("invoke with no gateway: exit %d %s", code, errOut)
 	}
-	s := brokertest.Start(t)
-	_, errOut, code = runShoal(t, t.TempDir(), "invoke", "ping", "--nats", s.ClientURL(), "--timeout", "5s")
+	s, creds := brokertest.StartSecured(t)
+	_, errOut, code = runShoal(t, t.TempDir(), "invoke", "ping", "--nats", s.ClientURL(), "--timeout", "5s",
+		"--nats-nkey", creds.SeedFile(broker.RoleClient), "--nats-inbox-prefix", broker.ClientInboxPrefix)
 	if code != 1 || !strings.Contains(errOut, "no runner is serving ping") {
 		t.Errorf("invoke with no runner: exit %d %s", code, errOut)
 	}

@@ -8,14 +8,18 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/MicahParks/jwkset"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/shoal-dev/shoal/functions"
+	"github.com/shoal-dev/shoal/functions/auth"
 	"github.com/shoal-dev/shoal/manifest"
 	"github.com/shoal-dev/shoal/platform/gateway"
 	"github.com/shoal-dev/shoal/platform/runner"
+	"github.com/shoal-dev/shoal/token"
 )
 
 const (
@@ -57,9 +61,10 @@ func (l *gatewayLimits) check() error {
 var gatewayConnOpts = []nats.Option{nats.ReconnectBufSize(-1)}
 
 // startGateway starts a gateway that owns nc and serves HTTP on addr.
-func startGateway(nc *nats.Conn, m *manifest.Manifest, addr string, limits gatewayLimits) (*servingGateway, error) {
+func startGateway(nc *nats.Conn, m *manifest.Manifest, addr string, limits gatewayLimits, tr *trust) (*servingGateway, error) {
 	g, err := gateway.New(gateway.Config{
 		NATS: nc, Manifest: m, MaxBody: int64(limits.maxBody), MaxInFlight: limits.maxInFlight,
+		Verifier: tr.verifier, JWKS: tr.jwks,
 		Logger: logger.With("component", "gateway"),
 	})
 	if err != nil {
@@ -91,20 +96,79 @@ func (sg *servingGateway) shutdown(ctx context.Context) error {
 	return errors.Join(err, sg.err)
 }
 
-// startRunner starts a runner that owns nc.
-func startRunner(nc *nats.Conn, m *manifest.Manifest, worker int) (*runner.Runner, error) {
+// authFlags configure the auth function of a runner.
+type authFlags struct {
+	ttl     time.Duration
+	limits  auth.Limits
+	keyFile string
+}
+
+func (a *authFlags) register(fs *pflag.FlagSet, withKeyFile bool) {
+	fs.DurationVar(&a.ttl, "token-ttl", defaultTokenTTL, "lifetime of the tokens the auth function issues")
+	fs.IntVar(&a.limits.PerUser, "login-limit-user", 5, "failed logins per username per --login-window before 429")
+	fs.IntVar(&a.limits.PerAddr, "login-limit-addr", 20, "failed logins per client address per --login-window before 429")
+	fs.DurationVar(&a.limits.Window, "login-window", 5*time.Minute, "window of the failed-login limits")
+	if withKeyFile {
+		fs.StringVar(&a.keyFile, "key", "", "signing key file (JWK set, newest key signs); without it this runner does not serve the auth function")
+	}
+}
+
+// runnerEnv is what every runner of a process shares.
+type runnerEnv struct {
+	trust *trust
+	// auth configures the auth function; nil when this process has no
+	// signing key and does not serve it.
+	auth *auth.Config
+}
+
+// startRunner starts a runner that owns nc. nc must serve only this
+// runner: its stop waits for the connection's subscriptions to drain.
+func startRunner(nc *nats.Conn, m *manifest.Manifest, worker int, env runnerEnv) (*runner.Runner, error) {
 	log := logger.With("component", "runner")
 	meta := map[string]string{}
 	if worker > 0 {
 		log = log.With("worker", worker)
 		meta["worker"] = strconv.Itoa(worker)
 	}
-	r, err := runner.Start(nc, runner.Config{Manifest: m, Builtins: functions.Builtins(), Metadata: meta, Logger: log})
+	var deps functions.Deps
+	if env.auth != nil {
+		deps.Auth = *env.auth
+	}
+	r, err := runner.Start(nc, runner.Config{
+		Manifest: m, Builtins: functions.Builtins(deps), Verifier: env.trust.verifier, Metadata: meta, Logger: log,
+	})
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
 	return r, nil
+}
+
+// authConfig opens the auth function's KV buckets on nc, creating them
+// empty when they do not exist yet.
+func authConfig(ctx context.Context, nc *nats.Conn, signer auth.Signer, af authFlags) (*auth.Config, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	users, err := auth.OpenUsers(ctx, js)
+	if errors.Is(err, auth.ErrNoUserStore) {
+		users, err = auth.CreateUsers(ctx, js, 1)
+	}
+	if err != nil {
+		return nil, err
+	}
+	limiter, err := auth.OpenLimiter(ctx, js, af.limits)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		limiter, err = auth.CreateLimiter(ctx, js, af.limits, 1)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &auth.Config{Users: users, Limiter: limiter, Signer: signer, TTL: af.ttl,
+		Logger: logger.With("component", "runner", "function", "auth")}, nil
 }
 
 // waitForStop blocks until the process is asked to stop (ctx, by signal)
@@ -123,6 +187,7 @@ func waitForStop(ctx context.Context, sg *servingGateway) error {
 func newGatewayCmd() *cobra.Command {
 	var (
 		nf     natsFlags
+		tf     trustFlags
 		file   string
 		addr   string
 		limits gatewayLimits
@@ -131,11 +196,12 @@ func newGatewayCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "gateway",
 		Short: "Run the HTTP gateway against a NATS server or cluster",
-		Long: `Run the HTTP gateway: it routes /function/NAME/... onto NATS as one
-request per invocation. Run runners (shoal runner) against the same NATS.`,
+		Long: `Run the HTTP gateway: it checks the caller's token and routes
+/function/NAME/... onto NATS as one request per invocation. Run runners
+(shoal runner) against the same NATS.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := limits.check(); err != nil {
+			if err := errors.Join(limits.check(), tf.check()); err != nil {
 				return err
 			}
 			m, err := loadManifest(file)
@@ -146,7 +212,13 @@ request per invocation. Run runners (shoal runner) against the same NATS.`,
 			if err != nil {
 				return err
 			}
-			sg, err := startGateway(nc, m, addr, limits)
+			tr, err := buildTrust(cmd.Context(), nc, &tf, nil, needsTokens(m))
+			if err != nil {
+				nc.Close()
+				return err
+			}
+			defer tr.stop()
+			sg, err := startGateway(nc, m, addr, limits, tr)
 			if err != nil {
 				return err
 			}
@@ -157,6 +229,7 @@ request per invocation. Run runners (shoal runner) against the same NATS.`,
 		},
 	}
 	nf.register(cmd.Flags())
+	tf.register(cmd.Flags())
 	cmd.Flags().StringVarP(&file, "file", "f", defaultManifest, "function manifest")
 	cmd.Flags().StringVar(&addr, "http", defaultHTTPAddr, "HTTP listen address")
 	limits.register(cmd.Flags())
@@ -164,9 +237,23 @@ request per invocation. Run runners (shoal runner) against the same NATS.`,
 	return cmd
 }
 
+// buildTrust builds the token verifier on nc, which follows the published
+// keys.
+func buildTrust(ctx context.Context, nc *nats.Conn, tf *trustFlags, local []jwkset.JWK, required bool) (*trust, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return tf.build(ctx, js, local, required)
+}
+
 func newRunnerCmd() *cobra.Command {
 	var (
 		nf    natsFlags
+		tf    trustFlags
+		af    authFlags
 		file  string
 		drain time.Duration
 	)
@@ -174,18 +261,50 @@ func newRunnerCmd() *cobra.Command {
 		Use:   "runner",
 		Short: "Run a function runner against a NATS server or cluster",
 		Long: `Run a runner: it serves the manifest's functions from the NATS queue
-group shoal-runners, so that any number of runners share the load.`,
+group shoal-runners, so that any number of runners share the load. It
+verifies the caller's token again on every invocation of a function that is
+not public. Given the signing key file (--key), it also serves the auth
+function.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := tf.check(); err != nil {
+				return err
+			}
 			m, err := loadManifest(file)
 			if err != nil {
 				return err
+			}
+			var signer auth.Signer
+			if af.keyFile != "" {
+				s, err := token.NewFileSigner(af.keyFile, tf.issuer, tf.audience)
+				if err != nil {
+					return fmt.Errorf("--key: %w", err)
+				}
+				signer = s
+			}
+			// The runner owns its connection alone; the key watch and the
+			// auth function's KV work go on a second one.
+			snc, err := nf.connect("shoal-runner-support")
+			if err != nil {
+				return err
+			}
+			defer snc.Close()
+			tr, err := buildTrust(cmd.Context(), snc, &tf, nil, needsTokens(m))
+			if err != nil {
+				return err
+			}
+			defer tr.stop()
+			env := runnerEnv{trust: tr}
+			if signer != nil {
+				if env.auth, err = authConfig(cmd.Context(), snc, signer, af); err != nil {
+					return err
+				}
 			}
 			nc, err := nf.connect("shoal-runner")
 			if err != nil {
 				return err
 			}
-			r, err := startRunner(nc, m, 0)
+			r, err := startRunner(nc, m, 0, env)
 			if err != nil {
 				return err
 			}
@@ -198,6 +317,8 @@ group shoal-runners, so that any number of runners share the load.`,
 		},
 	}
 	nf.register(cmd.Flags())
+	tf.register(cmd.Flags())
+	af.register(cmd.Flags(), true)
 	cmd.Flags().StringVarP(&file, "file", "f", defaultManifest, "function manifest")
 	cmd.Flags().DurationVar(&drain, "drain-timeout", defaultDrainTimeout, "how long shutdown waits for in-flight invocations")
 	return cmd

@@ -24,7 +24,7 @@ import (
 //
 // extra adds or replaces functions.
 func Builtins(extra map[string]http.Handler) map[string]http.Handler {
-	fns := functions.Builtins()
+	fns := functions.Builtins(functions.Deps{})
 	fns["teapot"] = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("X-Teapot", "short and stout")
 		w.Header().Set("Shoal-Status", "200") // reserved: must not leak into the reply

@@ -32,6 +32,10 @@ type Config struct {
 	// MaxPayload is the largest message the server accepts, headers
 	// included; 0 keeps the NATS default (1 MiB).
 	MaxPayload int
+	// Users are the identities allowed to connect, with their
+	// permissions (see [Credentials.Users]); none leaves the server open
+	// to anyone, which only tests do.
+	Users []*server.NkeyUser
 	// Logger receives the server's log; nil discards it.
 	Logger *slog.Logger
 }
@@ -72,6 +76,7 @@ func Start(cfg Config) (*Server, error) {
 		JetStream:  true,
 		StoreDir:   cfg.DataDir,
 		MaxPayload: int32(cfg.MaxPayload),
+		Nkeys:      cfg.Users,
 		// The shoal process owns signals and shuts the server down itself.
 		NoSigs: true,
 	}

@@ -9,13 +9,17 @@ import (
 
 	"github.com/shoal-dev/shoal/functions/ping"
 	"github.com/shoal-dev/shoal/platform/broker/brokertest"
+	"github.com/shoal-dev/shoal/token"
 )
 
 // benchClients is the number of concurrent callers, like wrk's 64
 // connections: parallelism times GOMAXPROCS.
 const benchParallelism = 32
 
-func benchHTTP(b *testing.B, url string) {
+func benchHTTP(b *testing.B, url string) { benchHTTPAs(b, url, "") }
+
+// benchHTTPAs is benchHTTP with an Authorization header (none if empty).
+func benchHTTPAs(b *testing.B, url, authorization string) {
 	client := &http.Client{Transport: &http.Transport{
 		MaxIdleConnsPerHost: 1024,
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
@@ -26,7 +30,15 @@ func benchHTTP(b *testing.B, url string) {
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			resp, err := client.Get(url)
+			req, err := http.NewRequest("GET", url, nil)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			if authorization != "" {
+				req.Header.Set("Authorization", authorization)
+			}
+			resp, err := client.Do(req)
 			if err != nil {
 				b.Errorf("GET %s: %v", url, err)
 				return
@@ -84,4 +96,27 @@ func BenchmarkRoundTrip(b *testing.B) {
 		defer srv.Close()
 		benchHTTP(b, "http://"+ln.Addr().String()+"/")
 	})
+}
+
+// BenchmarkTokenCheck measures what token verification costs end to end:
+// GET -> pong! through a secured platform (NATS roles, keys in KV),
+// side by side for a public function, a function that needs a token with
+// the verifiers' cache (the gateway and the runner each verify), and the
+// same with the cache off.
+func BenchmarkTokenCheck(b *testing.B) {
+	run := func(b *testing.B, cacheSize int, fn string) {
+		p := startSecured(b, cacheSize)
+		signer, err := token.NewSigner(p.key, "shoal", "shoal")
+		if err != nil {
+			b.Fatal(err)
+		}
+		tok, _, err := signer.Sign("bench", []string{"echo"}, time.Hour)
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchHTTPAs(b, p.url+"/function/"+fn, "Bearer "+tok)
+	}
+	b.Run("public", func(b *testing.B) { run(b, 0, "ping") })
+	b.Run("token-cached", func(b *testing.B) { run(b, 0, "guarded") })
+	b.Run("token-uncached", func(b *testing.B) { run(b, -1, "guarded") })
 }

@@ -28,7 +28,7 @@ func ExampleNew() {
 		return
 	}
 	defer s.Shutdown()
-	m, err := manifest.Parse("fn.yaml", []byte("version: 1\nfunctions:\n  ping: {handler: {builtin: ping}}\n"),
+	m, err := manifest.Parse("fn.yaml", []byte("version: 1\nfunctions:\n  ping: {handler: {builtin: ping}, public: true}\n"),
 		manifest.Options{Builtins: functions.Names()})
 	if err != nil {
 		fmt.Println(err)
@@ -36,7 +36,7 @@ func ExampleNew() {
 	}
 
 	rc, _ := nats.Connect(s.ClientURL())
-	r, err := runner.Start(rc, runner.Config{Manifest: m, Builtins: functions.Builtins()})
+	r, err := runner.Start(rc, runner.Config{Manifest: m, Builtins: functions.Builtins(functions.Deps{})})
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -26,6 +26,7 @@ import (
 
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/manifest"
+	"github.com/shoal-dev/shoal/token"
 )
 
 // DefaultMaxBody is the default limit on a request body: 8 MiB.
@@ -61,9 +62,22 @@ type Config struct {
 	// MaxInFlight limits the invocations in flight; past it the gateway
 	// answers 429 overloaded at once. 0 means DefaultMaxInFlight.
 	MaxInFlight int
+	// Verifier checks the bearer token of every invocation of a function
+	// that is not public; it is required when the manifest has such a
+	// function.
+	Verifier *token.Verifier
+	// JWKS returns the JSON Web Key Set served at /.well-known/jwks.json:
+	// the public keys Shoal's tokens are signed with. nil serves an empty
+	// set.
+	JWKS func() ([]byte, error)
 	// Logger receives the gateway's log; nil discards it.
 	Logger *slog.Logger
 }
+
+// MaxHeaderBytes limits the request line and headers of one request; a
+// larger request is refused with 431 before any of it reaches a function.
+// Tokens are at most 8 KiB (see the token package), well inside it.
+const MaxHeaderBytes = 64 << 10
 
 // Gateway serves the HTTP API.
 type Gateway struct {
@@ -74,6 +88,8 @@ type Gateway struct {
 	inFlight    atomic.Int64
 	maxInFlight int64
 	log         *slog.Logger
+	verifier    *token.Verifier
+	jwks        func() ([]byte, error)
 	mux         http.Handler
 	srv         *http.Server
 }
@@ -91,10 +107,12 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, errors.New("gateway: a NATS connection and a manifest are required")
 	}
 	g := &Gateway{
-		nc:      cfg.NATS,
-		routes:  make(map[string]*route, len(cfg.Manifest.Functions)),
-		maxBody: cfg.MaxBody,
-		log:     cfg.Logger,
+		nc:       cfg.NATS,
+		routes:   make(map[string]*route, len(cfg.Manifest.Functions)),
+		maxBody:  cfg.MaxBody,
+		log:      cfg.Logger,
+		verifier: cfg.Verifier,
+		jwks:     cfg.JWKS,
 	}
 	if g.maxBody <= 0 {
 		g.maxBody = DefaultMaxBody
@@ -107,6 +125,9 @@ func New(cfg Config) (*Gateway, error) {
 		g.log = slog.New(slog.DiscardHandler)
 	}
 	for _, fn := range cfg.Manifest.Functions {
+		if !fn.Public && g.verifier == nil {
+			return nil, fmt.Errorf("gateway: function %q needs a token, and the gateway has no token verifier configured", fn.Name)
+		}
 		g.routes[fn.Name] = &route{fn: fn, subject: invocation.Subject(fn.Name), wait: fn.Timeout + timeoutGrace}
 	}
 	if mp := g.nc.MaxPayload(); mp > 0 && mp < g.maxBody {
@@ -115,6 +136,7 @@ func New(cfg Config) (*Gateway, error) {
 	}
 
 	r := chi.NewRouter()
+	r.Get("/.well-known/jwks.json", g.serveJWKS)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		invocation.Errorf(http.StatusNotFound, invocation.CodeNotFound, "no route for %s %s; functions are at /function/NAME", r.Method, r.URL.Path).WriteHTTP(w)
 	})
@@ -124,6 +146,7 @@ func New(cfg Config) (*Gateway, error) {
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
 	}
 	return g, nil
@@ -164,4 +187,23 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		return fmt.Errorf("gateway: drain in-flight requests: %w", err)
 	}
 	return nil
+}
+
+// serveJWKS answers GET /.well-known/jwks.json with the public keys tokens
+// are signed with, so that other services can verify Shoal's tokens.
+func (g *Gateway) serveJWKS(w http.ResponseWriter, _ *http.Request) {
+	body := []byte(`{"keys":[]}`)
+	if g.jwks != nil {
+		b, err := g.jwks()
+		if err != nil {
+			g.log.Error("cannot encode the JWKS", "error", err)
+			invocation.Errorf(http.StatusInternalServerError, invocation.CodeInternal, "cannot encode the key set").WriteHTTP(w)
+			return
+		}
+		body = b
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/jwk-set+json")
+	h.Set("Cache-Control", "public, max-age=300")
+	_, _ = w.Write(body) // the client went away; nothing to do
 }

@@ -34,13 +34,13 @@ const testManifest = `version: 1
 functions:
   ping: {handler: {builtin: ping}, public: true, concurrency: 10000}
   echo: {handler: {builtin: echo}, public: true}
-  teapot: {handler: {builtin: teapot}}
-  panic: {handler: {builtin: panic}}
-  sleep: {handler: {builtin: sleep}, timeout: 300ms}
-  block: {handler: {builtin: block}, concurrency: 1}
-  counter: {handler: {builtin: counter}}
-  orphan: {handler: {builtin: orphan}, timeout: 10s}
-  silent: {handler: {builtin: silent}, timeout: 300ms}
+  teapot: {handler: {builtin: teapot}, public: true}
+  panic: {handler: {builtin: panic}, public: true}
+  sleep: {handler: {builtin: sleep}, public: true, timeout: 300ms}
+  block: {handler: {builtin: block}, public: true, concurrency: 1}
+  counter: {handler: {builtin: counter}, public: true}
+  orphan: {handler: {builtin: orphan}, public: true, timeout: 10s}
+  silent: {handler: {builtin: silent}, public: true, timeout: 300ms}
 `
 
 // platform is a broker, runners and a gateway serving real HTTP on

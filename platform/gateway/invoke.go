@@ -35,6 +35,12 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 		invocation.Errorf(http.StatusNotFound, invocation.CodeFunctionNotFound, "function %q is not declared in the manifest", name).WriteHTTP(w)
 		return
 	}
+	if !rt.fn.Public {
+		if ierr := g.authorize(r, rt); ierr != nil {
+			ierr.WriteHTTP(w)
+			return
+		}
+	}
 	if r.ContentLength > g.maxBody {
 		invocation.Errorf(http.StatusRequestEntityTooLarge, invocation.CodePayloadTooLarge,
 			"the request body of %d bytes is larger than the limit of %d bytes", r.ContentLength, g.maxBody).WriteHTTP(w)
@@ -92,6 +98,17 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	if len(reply.Data) > 0 && bodyAllowed(status) {
 		_, _ = w.Write(reply.Data) // the client went away; nothing to do
 	}
+}
+
+// authorize checks the caller's bearer token against the function's
+// permissions. The header then travels on to the runner, which checks it
+// again: a caller that goes straight to NATS meets the same check.
+func (g *Gateway) authorize(r *http.Request, rt *route) *invocation.Error {
+	_, aerr := g.verifier.AuthorizeHeader(r.Context(), r.Header["Authorization"], rt.fn.Permissions)
+	if aerr != nil {
+		return &invocation.Error{Status: aerr.Status, Code: invocation.Code(aerr.Code), Message: aerr.Description, Challenge: aerr.Challenge()}
+	}
+	return nil
 }
 
 // splitFunctionPath splits /function/NAME/rest into NAME and "/rest" ("" when

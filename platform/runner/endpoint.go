@@ -15,6 +15,7 @@ import (
 
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/manifest"
+	"github.com/shoal-dev/shoal/token"
 )
 
 // endpoint serves one function: the runner side of the hot path.
@@ -120,6 +121,13 @@ func (e *endpoint) run(ctx context.Context, header nats.Header, data []byte) (w 
 	if err != nil {
 		errors.As(err, &ierr)
 		return w, ierr
+	}
+	if !e.fn.Public {
+		claims, aerr := e.r.verifier.AuthorizeHeader(ctx, req.Header["Authorization"], e.fn.Permissions)
+		if aerr != nil {
+			return w, &invocation.Error{Status: aerr.Status, Code: invocation.Code(aerr.Code), Message: aerr.Description, Challenge: aerr.Challenge()}
+		}
+		req = req.WithContext(token.NewContext(ctx, claims))
 	}
 	defer func() {
 		if p := recover(); p != nil {

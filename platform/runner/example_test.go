@@ -26,7 +26,7 @@ func ExampleStart() {
 	}
 	defer s.Shutdown()
 
-	m, err := manifest.Parse("fn.yaml", []byte("version: 1\nfunctions:\n  ping: {handler: {builtin: ping}}\n"),
+	m, err := manifest.Parse("fn.yaml", []byte("version: 1\nfunctions:\n  ping: {handler: {builtin: ping}, public: true}\n"),
 		manifest.Options{Builtins: functions.Names()})
 	if err != nil {
 		fmt.Println(err)
@@ -37,7 +37,7 @@ func ExampleStart() {
 		fmt.Println(err)
 		return
 	}
-	r, err := runner.Start(rc, runner.Config{Manifest: m, Builtins: functions.Builtins()})
+	r, err := runner.Start(rc, runner.Config{Manifest: m, Builtins: functions.Builtins(functions.Deps{})})
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -31,6 +31,7 @@ import (
 	"github.com/shoal-dev/shoal"
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/manifest"
+	"github.com/shoal-dev/shoal/token"
 )
 
 // Config configures a runner.
@@ -40,6 +41,11 @@ type Config struct {
 	Manifest *manifest.Manifest
 	// Builtins are the built-in functions by handler name.
 	Builtins map[string]http.Handler
+	// Verifier checks the bearer token of every invocation of a function
+	// that is not public, again after the gateway: callers may come
+	// straight over NATS. It is required when a served function is not
+	// public.
+	Verifier *token.Verifier
 	// Metadata is added to the runner's service metadata (e.g. a worker id).
 	Metadata map[string]string
 	// Logger receives the runner's log; nil discards it.
@@ -48,11 +54,12 @@ type Config struct {
 
 // Runner serves the functions of a manifest on one NATS connection.
 type Runner struct {
-	nc     *nats.Conn
-	svc    micro.Service
-	log    *slog.Logger
-	eps    map[string]*endpoint
-	served []string
+	nc       *nats.Conn
+	svc      micro.Service
+	verifier *token.Verifier
+	log      *slog.Logger
+	eps      map[string]*endpoint
+	served   []string
 	// maxBody bounds a buffered answer so that it fits in a NATS message.
 	maxBody int
 
@@ -72,6 +79,8 @@ const replyHeaderRoom = 64 << 10
 
 // Start registers the runner with the NATS services framework and begins
 // serving. The runner takes ownership of nc: Stop drains and closes it.
+// nc must serve this runner alone: Stop waits until every subscription on
+// it has drained.
 func Start(nc *nats.Conn, cfg Config) (*Runner, error) {
 	if cfg.Manifest == nil {
 		return nil, errors.New("runner: no manifest")
@@ -82,12 +91,13 @@ func Start(nc *nats.Conn, cfg Config) (*Runner, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Runner{
-		nc:      nc,
-		log:     log,
-		eps:     map[string]*endpoint{},
-		maxBody: max(int(nc.MaxPayload())-replyHeaderRoom, 0),
-		ctx:     ctx,
-		cancel:  cancel,
+		nc:       nc,
+		verifier: cfg.Verifier,
+		log:      log,
+		eps:      map[string]*endpoint{},
+		maxBody:  max(int(nc.MaxPayload())-replyHeaderRoom, 0),
+		ctx:      ctx,
+		cancel:   cancel,
 	}
 	// Build every endpoint before registering: micro may ask for stats
 	// as soon as the service exists, and r.eps is read-only from then on.
@@ -97,6 +107,10 @@ func Start(nc *nats.Conn, cfg Config) (*Runner, error) {
 		if !ok {
 			log.Warn("function not served: this runner has no handler for it", "function", fn.Name, "handler", fn.Handler.String())
 			continue
+		}
+		if !fn.Public && cfg.Verifier == nil {
+			cancel()
+			return nil, fmt.Errorf("runner: function %q needs a token, and the runner has no token verifier configured", fn.Name)
 		}
 		ep := &endpoint{r: r, fn: fn, handler: h, limit: int64(fn.Concurrency)}
 		r.eps[fn.Name] = ep

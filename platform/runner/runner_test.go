@@ -26,17 +26,18 @@ import (
 	"github.com/shoal-dev/shoal/platform/broker/brokertest"
 	"github.com/shoal-dev/shoal/platform/runner"
 	"github.com/shoal-dev/shoal/platform/runner/runnertest"
+	"github.com/shoal-dev/shoal/token"
 )
 
 const testManifest = `version: 1
 functions:
   ping: {handler: {builtin: ping}, public: true}
   echo: {handler: {builtin: echo}, public: true}
-  teapot: {handler: {builtin: teapot}}
-  panic: {handler: {builtin: panic}}
-  sleep: {handler: {builtin: sleep}, timeout: 300ms}
-  big: {handler: {builtin: big}}
-  block: {handler: {builtin: block}, concurrency: 2}
+  teapot: {handler: {builtin: teapot}, public: true}
+  panic: {handler: {builtin: panic}, public: true}
+  sleep: {handler: {builtin: sleep}, public: true, timeout: 300ms}
+  big: {handler: {builtin: big}, public: true}
+  block: {handler: {builtin: block}, public: true, concurrency: 2}
 `
 
 func loadManifest(t testing.TB, src string, fns map[string]http.Handler) *manifest.Manifest {
@@ -334,7 +335,7 @@ func TestGracefulStopLosesNothing(t *testing.T) {
 	fns := functionstest.Builtins(map[string]http.Handler{"block": functionstest.NewBlock()})
 	const src = `version: 1
 functions:
-  sleep: {handler: {builtin: sleep}, timeout: 5s, concurrency: 1000}
+  sleep: {handler: {builtin: sleep}, public: true, timeout: 5s, concurrency: 1000}
 `
 	stopping := startRunner(t, s, src, fns)
 	startRunner(t, s, src, fns)
@@ -481,5 +482,84 @@ func TestStopWhileNATSIsDown(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Error("Stop did not return")
+	}
+}
+
+// TestRunnerChecksTokens: a runner refuses to serve a function that needs
+// a token without a verifier, answers 401 and 403 itself to callers that
+// come straight over NATS, and hands the verified claims to the function.
+func TestRunnerChecksTokens(t *testing.T) {
+	s := brokertest.Start(t)
+	whoami := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, ok := token.FromContext(r.Context())
+		if !ok {
+			http.Error(w, "no claims", 500)
+			return
+		}
+		fmt.Fprintf(w, "%s %v", c.Subject, c.Permissions)
+	})
+	fns := map[string]http.Handler{"whoami": whoami}
+	const src = "version: 1\nfunctions:\n  whoami: {handler: {builtin: whoami}, permissions: [read]}\n"
+	m := loadManifest(t, src, fns)
+	nc := brokertest.Connect(t, s)
+	if _, err := runner.Start(nc, runner.Config{Manifest: m, Builtins: fns}); err == nil || !strings.Contains(err.Error(), "no token verifier") {
+		t.Fatalf("start without a verifier: %v", err)
+	}
+
+	key, err := token.GenerateKey(token.EdDSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := token.StaticKeys(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := token.NewVerifier(token.VerifierConfig{Issuers: []token.Issuer{{Issuer: "shoal", Audience: "shoal", Keys: keys}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runnertest.Start(t, s.ClientURL(), runner.Config{Manifest: m, Builtins: fns, Verifier: v})
+	signer, err := token.NewSigner(key, "shoal", "shoal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bearer := func(perms ...string) string {
+		tok, _, err := signer.Sign("alice", perms, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return "Bearer " + tok
+	}
+	tests := []struct {
+		name, authorization string
+		status              int
+		body                string
+	}{
+		{"no token", "", 401, "invalid_token"},
+		{"garbage", "Bearer x.y.z", 401, "invalid_token"},
+		{"lacks read", bearer("write"), 403, "insufficient_scope"},
+		{"has read", bearer("read", "write"), 200, "alice [read write]"},
+	}
+	client := brokertest.Connect(t, s)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			msg := nats.NewMsg(invocation.Subject("whoami"))
+			if tt.authorization != "" {
+				// Any case of the header name works, as in HTTP.
+				msg.Header["authorization"] = []string{tt.authorization}
+			}
+			reply := request(t, client, msg)
+			h := http.Header{}
+			status, err := invocation.ReadReply(h, reply.Header)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if status != tt.status || !strings.Contains(string(reply.Data), tt.body) {
+				t.Errorf("%d %s, want %d %s", status, reply.Data, tt.status, tt.body)
+			}
+			if tt.status != 200 && !strings.Contains(h.Get("WWW-Authenticate"), `error="`+tt.body+`"`) {
+				t.Errorf("WWW-Authenticate %q", h.Get("WWW-Authenticate"))
+			}
+		})
 	}
 }

@@ -4,6 +4,7 @@
 package brokertest
 
 import (
+	"path/filepath"
 	"testing"
 
 	"github.com/nats-io/nats.go"
@@ -35,4 +36,35 @@ func Connect(tb testing.TB, s *broker.Server, opts ...nats.Option) *nats.Conn {
 	}
 	tb.Cleanup(nc.Close)
 	return nc
+}
+
+// StartSecured starts an embedded NATS server that, like `shoal up`'s,
+// admits only the role identities of the returned credentials.
+func StartSecured(tb testing.TB) (*broker.Server, *broker.Credentials) {
+	tb.Helper()
+	creds, err := broker.EnsureCredentials(filepath.Join(tb.TempDir(), "credentials"))
+	if err != nil {
+		tb.Fatalf("nats credentials: %v", err)
+	}
+	s, err := broker.Start(broker.Config{Addr: "127.0.0.1:0", DataDir: tb.TempDir(), MaxPayload: MaxPayload, Users: creds.Users()})
+	if err != nil {
+		tb.Fatalf("start embedded nats: %v", err)
+	}
+	tb.Cleanup(s.Shutdown)
+	return s, creds
+}
+
+// ConnectAs opens a connection to s with a role's identity, and the
+// client role's inbox prefix for that role.
+func ConnectAs(tb testing.TB, s *broker.Server, creds *broker.Credentials, role broker.Role, opts ...nats.Option) *nats.Conn {
+	tb.Helper()
+	auth, err := nats.NkeyOptionFromSeed(creds.SeedFile(role))
+	if err != nil {
+		tb.Fatalf("nkey seed: %v", err)
+	}
+	opts = append([]nats.Option{auth}, opts...)
+	if role == broker.RoleClient {
+		opts = append(opts, nats.CustomInboxPrefix(broker.ClientInboxPrefix))
+	}
+	return Connect(tb, s, opts...)
 }

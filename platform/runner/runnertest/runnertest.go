@@ -12,11 +12,12 @@ import (
 	"github.com/shoal-dev/shoal/platform/runner"
 )
 
-// Start connects to the NATS server at url and starts a runner on that
-// connection; the runner stops, draining, when the test ends.
-func Start(tb testing.TB, url string, cfg runner.Config) *runner.Runner {
+// Start connects to the NATS server at url, with opts, and starts a
+// runner on that connection; the runner stops, draining, when the test
+// ends.
+func Start(tb testing.TB, url string, cfg runner.Config, opts ...nats.Option) *runner.Runner {
 	tb.Helper()
-	nc, err := nats.Connect(url)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		tb.Fatalf("connect runner to nats: %v", err)
 	}

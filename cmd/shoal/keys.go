@@ -1,0 +1,310 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"text/tabwriter"
+	"time"
+
+	"github.com/MicahParks/jwkset"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/shoal-dev/shoal/platform/broker"
+	"github.com/shoal-dev/shoal/platform/keyring"
+	"github.com/shoal-dev/shoal/token"
+)
+
+// ensureKeyFile reads the signing key file, creating it with a new
+// Ed25519 key first if it does not exist.
+func ensureKeyFile(path string) ([]jwkset.JWK, error) {
+	keys, err := token.ReadKeyFile(path)
+	if err == nil {
+		return keys, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	k, err := token.GenerateKey(token.EdDSA)
+	if err != nil {
+		return nil, err
+	}
+	if err := token.WriteKeyFile(path, []jwkset.JWK{k}); err != nil {
+		return nil, err
+	}
+	logger.Info("created a token signing key", "kid", k.Marshal().KID, "file", path)
+	return []jwkset.JWK{k}, nil
+}
+
+// publishKeys publishes the public halves of the asymmetric keys.
+func publishKeys(ctx context.Context, kv jetstream.KeyValue, keys []jwkset.JWK) error {
+	for _, k := range keys {
+		if k.Marshal().KTY == jwkset.KtyOct {
+			continue // a shared secret is never published
+		}
+		if err := keyring.Publish(ctx, kv, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// adminFlags are the flags of the operator commands that act on a
+// running deployment with the admin role.
+type adminFlags struct {
+	nats natsFlags
+	data string
+}
+
+func (a *adminFlags) register(cmd *cobra.Command) {
+	a.nats.register(cmd.Flags())
+	cmd.Flags().StringVar(&a.data, "data", ".shoal", "data directory of shoal up, where the admin NATS credentials and the signing keys are found")
+}
+
+// connect opens an admin connection: the given credentials, else shoal
+// up's admin seed from the data directory.
+func (a *adminFlags) connect(ctx context.Context) (*nats.Conn, jetstream.JetStream, error) {
+	a.nats.defaultNKey(credentialsPath(a.data) + "/" + string(broker.RoleAdmin) + ".nk")
+	nc, err := a.nats.connect("shoal-admin", nats.MaxReconnects(0))
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return nc, js, nil
+}
+
+func newTokenCmd() *cobra.Command {
+	var (
+		sub, keyFile, data, issuer, audience string
+		perms                                []string
+		ttl                                  time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "token",
+		Short: "Mint an access token with the platform's signing key",
+		Long: `Mint an access token for scripts and operators, signed with the newest key
+of the signing key file (by default the one shoal up keeps in its data
+directory). Only the token is printed, so that TOKEN=$(shoal token ...)
+works.`,
+		Example: `  TOKEN=$(shoal token --sub alice --perm echo --ttl 1h)
+  curl -H "Authorization: Bearer $TOKEN" -d hi http://127.0.0.1:8080/function/echo`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if keyFile == "" {
+				keyFile = keyFilePath(data)
+			}
+			s, err := token.NewFileSigner(keyFile, issuer, audience)
+			if err != nil {
+				return fmt.Errorf("signing key: %w", err)
+			}
+			tok, _, err := s.Sign(sub, perms, ttl)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), tok)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&sub, "sub", "", "subject of the token: who it is for (required)")
+	f.StringSliceVar(&perms, "perm", nil, "permissions the token holds, comma-separated")
+	f.DurationVar(&ttl, "ttl", defaultTokenTTL, "lifetime of the token")
+	f.StringVar(&keyFile, "key", "", "signing key file (default DATA/"+keyFileName+")")
+	f.StringVar(&data, "data", ".shoal", "data directory of shoal up")
+	f.StringVar(&issuer, "token-issuer", defaultIssuer, "iss of the token")
+	f.StringVar(&audience, "token-audience", defaultAudience, "aud of the token")
+	_ = cmd.MarkFlagRequired("sub")
+	return cmd
+}
+
+func newKeyCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "key",
+		Short: "Rotate, list and withdraw the token signing keys",
+		Long: `Token signing keys live, private, in the signing key file (DATA/` + keyFileName + `);
+their public halves are published in the NATS KV bucket ` + keyring.Bucket + `, where every
+gateway and runner follows them. A rotation publishes the new public key
+first, then makes it the key that signs; tokens signed with older keys keep
+verifying until those keys are withdrawn with shoal key rm.`,
+	}
+	cmd.AddCommand(newKeyRotateCmd(), newKeyListCmd(), newKeyRemoveCmd())
+	return cmd
+}
+
+func newKeyRotateCmd() *cobra.Command {
+	var (
+		a   adminFlags
+		alg string
+		kf  string
+	)
+	cmd := &cobra.Command{
+		Use:   "rotate",
+		Short: "Create a new signing key and make it the one that signs",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if kf == "" {
+				kf = keyFilePath(a.data)
+			}
+			keys, err := token.ReadKeyFile(kf)
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			k, err := token.GenerateKey(alg)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			if alg != token.HS256 {
+				nc, js, err := a.connect(ctx)
+				if err != nil {
+					return err
+				}
+				defer nc.Close()
+				kv, err := keyring.Create(ctx, js, 0)
+				if err != nil {
+					return err
+				}
+				// Publish first: verifiers must know the key before a
+				// token signed with it reaches them.
+				if err := publishKeys(ctx, kv, []jwkset.JWK{k}); err != nil {
+					return err
+				}
+			}
+			if err := token.WriteKeyFile(kf, append(keys, k)); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "new signing key %s (%s); it signs from now on\n", k.Marshal().KID, alg)
+			if alg == token.HS256 {
+				fmt.Fprintln(cmd.OutOrStdout(), "HS256 is a shared secret: give gateways and runners the key file with --hs256-keys, and restart them")
+			}
+			return nil
+		},
+	}
+	a.register(cmd)
+	cmd.Flags().StringVar(&alg, "alg", token.EdDSA, "algorithm of the new key: EdDSA, ES256, RS256 or HS256")
+	cmd.Flags().StringVar(&kf, "key", "", "signing key file (default DATA/"+keyFileName+")")
+	return cmd
+}
+
+func newKeyListCmd() *cobra.Command {
+	var (
+		a  adminFlags
+		kf string
+	)
+	cmd := &cobra.Command{
+		Use:   "ls",
+		Short: "List the signing keys: in the key file and published",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if kf == "" {
+				kf = keyFilePath(a.data)
+			}
+			local, err := token.ReadKeyFile(kf)
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			nc, js, err := a.connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			published := map[string]bool{}
+			if kr, err := keyring.Watch(ctx, js, nil); err == nil {
+				for _, kid := range kr.KeyIDs() {
+					published[kid] = true
+				}
+				_ = kr.Stop()
+			} else if !errors.Is(err, keyring.ErrNoKeys) {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "KID\tALG\tIN KEY FILE\tPUBLISHED\tSIGNS")
+			seen := map[string]bool{}
+			for i, k := range local {
+				m := k.Marshal()
+				seen[m.KID] = true
+				fmt.Fprintf(tw, "%s\t%s\tyes\t%s\t%s\n", m.KID, m.ALG, yesNo(published[m.KID]), yesNo(i == len(local)-1))
+			}
+			for kid := range published {
+				if !seen[kid] {
+					fmt.Fprintf(tw, "%s\t\tno\tyes\tno\n", kid)
+				}
+			}
+			return tw.Flush()
+		},
+	}
+	a.register(cmd)
+	cmd.Flags().StringVar(&kf, "key", "", "signing key file (default DATA/"+keyFileName+")")
+	return cmd
+}
+
+func newKeyRemoveCmd() *cobra.Command {
+	var (
+		a  adminFlags
+		kf string
+	)
+	cmd := &cobra.Command{
+		Use:   "rm KID",
+		Short: "Withdraw a signing key: tokens signed with it stop verifying",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			kid := args[0]
+			if kf == "" {
+				kf = keyFilePath(a.data)
+			}
+			local, err := token.ReadKeyFile(kf)
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			var keep []jwkset.JWK
+			for i, k := range local {
+				if k.Marshal().KID != kid {
+					keep = append(keep, k)
+				} else if i == len(local)-1 {
+					return fmt.Errorf("key %s is the one that signs; run shoal key rotate first", kid)
+				}
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			nc, js, err := a.connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			kv, err := js.KeyValue(ctx, keyring.Bucket)
+			if err != nil {
+				return fmt.Errorf("open bucket %s: %w", keyring.Bucket, err)
+			}
+			removeErr := keyring.Remove(ctx, kv, kid)
+			if len(keep) < len(local) {
+				if err := token.WriteKeyFile(kf, keep); err != nil {
+					return err
+				}
+			} else if removeErr != nil {
+				return removeErr
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "key %s withdrawn\n", kid)
+			return nil
+		},
+	}
+	a.register(cmd)
+	cmd.Flags().StringVar(&kf, "key", "", "signing key file (default DATA/"+keyFileName+")")
+	return cmd
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}

@@ -1,0 +1,210 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
+)
+
+// Role is what one kind of NATS identity may do on a Shoal deployment. The
+// embedded server knows one NKey identity per role; each connection proves
+// its role with the NKey's seed, which never crosses the wire.
+type Role string
+
+// The roles.
+const (
+	// RoleAdmin may do anything: `shoal up` itself, `shoal user`, key
+	// rotation.
+	RoleAdmin Role = "admin"
+	// RoleGateway may send invocations and read the public signing keys.
+	RoleGateway Role = "gateway"
+	// RoleRunner may take invocations from the queue groups, answer them,
+	// read users and keys, and count failed logins.
+	RoleRunner Role = "runner"
+	// RoleClient may send invocations and read its own replies, on the
+	// inbox prefix [ClientInboxPrefix], and nothing else: it cannot
+	// subscribe to function subjects, so it can neither take other
+	// callers' invocations (and their tokens) nor pose as a runner, and it
+	// cannot read the replies the gateway receives.
+	RoleClient Role = "client"
+)
+
+// Roles lists every role.
+var Roles = []Role{RoleAdmin, RoleGateway, RoleRunner, RoleClient}
+
+// ClientInboxPrefix is the inbox prefix a client-role connection must use
+// (nats.CustomInboxPrefix, or the nats CLI's --inbox-prefix).
+const ClientInboxPrefix = "_INBOX_client"
+
+// Bucket names whose JetStream API subjects the roles are allowed. They
+// are the KV buckets of the auth work: public signing keys, users and
+// failed-login counters.
+const (
+	keysBucket     = "shoal_keys"
+	usersBucket    = "shoal_users"
+	failuresBucket = "shoal_login_failures"
+)
+
+// maxReplyWait is how long a runner may take to answer an invocation: the
+// longest function timeout fn.yaml allows (15m) plus a margin. Past it the
+// server no longer lets the runner publish to the caller's reply subject.
+const maxReplyWait = 16 * time.Minute
+
+// Permissions returns the NATS subject permissions of a role; nil for
+// RoleAdmin (no restriction).
+func Permissions(role Role) *server.Permissions {
+	switch role {
+	case RoleGateway:
+		return &server.Permissions{
+			Publish: &server.SubjectPermission{Allow: concat(
+				[]string{"fn.>", "$SRV.>"},
+				kvRead(keysBucket),
+			)},
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+		}
+	case RoleRunner:
+		return &server.Permissions{
+			Publish: &server.SubjectPermission{Allow: concat(
+				kvRead(keysBucket),
+				kvRead(usersBucket),
+				kvRead(failuresBucket),
+				[]string{
+					"$KV." + failuresBucket + ".>",
+					// A runner that serves the auth function creates its
+					// buckets, empty, when they do not exist yet.
+					"$JS.API.STREAM.CREATE.KV_" + usersBucket,
+					"$JS.API.STREAM.CREATE.KV_" + failuresBucket,
+				},
+			)},
+			Subscribe: &server.SubjectPermission{Allow: []string{"fn.>", "$SRV.>", "_INBOX.>"}},
+			// Answers go to the reply subject of a request received, once.
+			Response: &server.ResponsePermission{MaxMsgs: 1, Expires: maxReplyWait},
+		}
+	case RoleClient:
+		return &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: []string{"fn.>", "$SRV.>"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{ClientInboxPrefix + ".>"}},
+		}
+	default:
+		return nil
+	}
+}
+
+// kvRead is what reading and watching a KV bucket takes: stream info,
+// direct and classic gets, and an ordered consumer for watches.
+func kvRead(bucket string) []string {
+	stream := "KV_" + bucket
+	return []string{
+		"$JS.API.INFO",
+		"$JS.API.STREAM.INFO." + stream,
+		"$JS.API.DIRECT.GET." + stream,
+		"$JS.API.DIRECT.GET." + stream + ".>",
+		"$JS.API.STREAM.MSG.GET." + stream,
+		"$JS.API.CONSUMER.CREATE." + stream,
+		"$JS.API.CONSUMER.CREATE." + stream + ".>",
+		"$JS.API.CONSUMER.DELETE." + stream + ".>",
+		"$JS.API.CONSUMER.INFO." + stream + ".>",
+		"$JS.FC." + stream + ".>",
+	}
+}
+
+func concat(lists ...[]string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, l := range lists {
+		for _, s := range l {
+			if !seen[s] {
+				seen[s] = true
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+
+// Credentials are the NKey identities of the roles, kept as seed files in
+// one directory.
+type Credentials struct {
+	// Dir holds one seed file per role, ROLE.nk, mode 0600.
+	Dir string
+	// Public are the roles' public NKeys.
+	Public map[Role]string
+}
+
+// SeedFile is the path of a role's seed file, for nats.NkeyOptionFromSeed
+// or the nats CLI's --nkey.
+func (c *Credentials) SeedFile(role Role) string {
+	return filepath.Join(c.Dir, string(role)+".nk")
+}
+
+// Users returns the server-side identities, one per role, for
+// [Config.Users].
+func (c *Credentials) Users() []*server.NkeyUser {
+	users := make([]*server.NkeyUser, 0, len(Roles))
+	for _, role := range Roles {
+		users = append(users, &server.NkeyUser{Nkey: c.Public[role], Permissions: Permissions(role)})
+	}
+	return users
+}
+
+// EnsureCredentials loads the role identities from dir, creating the
+// directory and any missing seed file first. Existing seeds are kept, so
+// the identities survive restarts.
+func EnsureCredentials(dir string) (*Credentials, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("nats credentials: %w", err)
+	}
+	c := &Credentials{Dir: dir, Public: map[Role]string{}}
+	for _, role := range Roles {
+		path := c.SeedFile(role)
+		seed, err := os.ReadFile(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			seed, err = newSeed(path)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("nats credentials for role %s: %w", role, err)
+		}
+		kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(seed))))
+		if err != nil {
+			return nil, fmt.Errorf("nats credentials for role %s: %s is not an NKey user seed: %w", role, path, err)
+		}
+		pub, err := kp.PublicKey()
+		kp.Wipe()
+		if err != nil {
+			return nil, fmt.Errorf("nats credentials for role %s: %w", role, err)
+		}
+		c.Public[role] = pub
+	}
+	return c, nil
+}
+
+// newSeed writes a new user seed to path, failing if the file appeared
+// meanwhile.
+func newSeed(path string) ([]byte, error) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, err
+	}
+	defer kp.Wipe()
+	seed, err := kp.Seed()
+	if err != nil {
+		return nil, err
+	}
+	seed = append([]byte(nil), seed...) // Wipe zeroes the key pair's own copy
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.Write(append(seed, '\n')); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return seed, f.Close()
+}

@@ -1,0 +1,228 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/shoal-dev/shoal/platform/broker"
+	"github.com/shoal-dev/shoal/platform/broker/brokertest"
+)
+
+// TestRolePermissions checks, on a real server, what each role may
+// publish and subscribe to: one fresh connection per row, and the
+// server's verdict read after a round trip.
+func TestRolePermissions(t *testing.T) {
+	s, creds := brokertest.StartSecured(t)
+	tests := []struct {
+		role    broker.Role
+		sub     bool // subscribe, else publish
+		subject string
+		allowed bool
+	}{
+		// A client sends invocations and reads its own replies only.
+		{broker.RoleClient, false, "fn.ping", true},
+		{broker.RoleClient, true, broker.ClientInboxPrefix + ".x", true},
+		{broker.RoleClient, true, "fn.>", false},
+		{broker.RoleClient, true, "fn.ping", false},
+		{broker.RoleClient, true, ">", false},
+		{broker.RoleClient, true, "_INBOX.>", false}, // the gateway's replies
+		{broker.RoleClient, true, "$SRV.PING", false},
+		{broker.RoleClient, false, "$KV.shoal_users.alice", false},
+		{broker.RoleClient, false, "$JS.API.STREAM.INFO.KV_shoal_users", false},
+		{broker.RoleClient, false, "$KV.shoal_keys.evil", false},
+		// The gateway sends invocations; it takes none.
+		{broker.RoleGateway, false, "fn.ping", true},
+		{broker.RoleGateway, true, "_INBOX.x", true},
+		{broker.RoleGateway, true, "fn.>", false},
+		{broker.RoleGateway, false, "$KV.shoal_keys.evil", false},
+		// A runner takes invocations and reads users, but cannot write
+		// users or keys, nor send invocations or arbitrary messages.
+		{broker.RoleRunner, true, "fn.>", true},
+		{broker.RoleRunner, true, "$SRV.PING", true},
+		{broker.RoleRunner, false, "$KV.shoal_login_failures.u.x", true},
+		{broker.RoleRunner, false, "$KV.shoal_users.alice", false},
+		{broker.RoleRunner, false, "$KV.shoal_keys.evil", false},
+		{broker.RoleRunner, false, "fn.ping", false},
+		{broker.RoleRunner, false, "_INBOX.someone", false},
+		{broker.RoleRunner, false, "$JS.API.STREAM.DELETE.KV_shoal_users", false},
+		// The admin may do anything.
+		{broker.RoleAdmin, true, ">", true},
+		{broker.RoleAdmin, false, "$KV.shoal_users.alice", true},
+	}
+	for _, tt := range tests {
+		op := "publish"
+		if tt.sub {
+			op = "subscribe"
+		}
+		t.Run(string(tt.role)+"/"+op+"/"+tt.subject, func(t *testing.T) {
+			nc := brokertest.ConnectAs(t, s, creds, tt.role, nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+			var err error
+			if tt.sub {
+				_, err = nc.SubscribeSync(tt.subject)
+			} else {
+				err = nc.Publish(tt.subject, []byte("x"))
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The server answers a violation before the flush's PONG.
+			if err := nc.FlushTimeout(5 * time.Second); err != nil {
+				t.Fatal(err)
+			}
+			violated := errors.Is(nc.LastError(), nats.ErrPermissionViolation)
+			if violated == tt.allowed {
+				t.Errorf("allowed = %v, want %v (last error: %v)", !violated, tt.allowed, nc.LastError())
+			}
+		})
+	}
+}
+
+func TestSecuredServerRefusesStrangers(t *testing.T) {
+	s, _ := brokertest.StartSecured(t)
+	if nc, err := nats.Connect(s.ClientURL()); err == nil {
+		nc.Close()
+		t.Fatal("a connection without credentials was accepted")
+	} else if !errors.Is(err, nats.ErrAuthorization) && !strings.Contains(err.Error(), "Authorization Violation") {
+		t.Fatalf("error = %v, want an authorization violation", err)
+	}
+	// A seed the server does not know is refused too.
+	other, err := broker.EnsureCredentials(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt, err := nats.NkeyOptionFromSeed(other.SeedFile(broker.RoleAdmin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nc, err := nats.Connect(s.ClientURL(), opt); err == nil {
+		nc.Close()
+		t.Fatal("an unknown NKey was accepted")
+	}
+}
+
+// TestRolesUseKV checks that the JetStream work each role does is allowed
+// in full: a runner counts failed logins and reads users, the gateway
+// watches the signing keys, a client round-trips an invocation.
+func TestRolesUseKV(t *testing.T) {
+	s, creds := brokertest.StartSecured(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	admin, err := jetstream.New(brokertest.ConnectAs(t, s, creds, broker.RoleAdmin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []string{"shoal_keys", "shoal_users"} {
+		kv, err := admin.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: b})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kv.Put(ctx, "k1", []byte("v1")); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	runner, err := jetstream.New(brokertest.ConnectAs(t, s, creds, broker.RoleRunner))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Creates the failures bucket itself, then writes and updates it.
+	failures, err := runner.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "shoal_login_failures", TTL: time.Minute})
+	if err != nil {
+		t.Fatalf("runner creates the failures bucket: %v", err)
+	}
+	rev, err := failures.Create(ctx, "u.abc", []byte("1"))
+	if err != nil {
+		t.Fatalf("runner writes a failure: %v", err)
+	}
+	if _, err := failures.Update(ctx, "u.abc", []byte("2"), rev); err != nil {
+		t.Fatalf("runner updates a failure: %v", err)
+	}
+	users, err := runner.KeyValue(ctx, "shoal_users")
+	if err != nil {
+		t.Fatalf("runner opens users: %v", err)
+	}
+	if e, err := users.Get(ctx, "k1"); err != nil || string(e.Value()) != "v1" {
+		t.Fatalf("runner reads a user: %v", err)
+	}
+	if _, err := users.Put(denied(t), "k2", []byte("x")); err == nil {
+		t.Fatal("runner wrote a user")
+	}
+
+	gw, err := jetstream.New(brokertest.ConnectAs(t, s, creds, broker.RoleGateway))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := gw.KeyValue(ctx, "shoal_keys")
+	if err != nil {
+		t.Fatalf("gateway opens keys: %v", err)
+	}
+	w, err := keys.WatchAll(ctx)
+	if err != nil {
+		t.Fatalf("gateway watches keys: %v", err)
+	}
+	defer w.Stop()
+	select {
+	case e := <-w.Updates():
+		if e == nil || e.Key() != "k1" {
+			t.Fatalf("first watch entry = %v, want k1", e)
+		}
+	case <-ctx.Done():
+		t.Fatal("no key reached the gateway's watch")
+	}
+	if _, err := keys.Put(denied(t), "evil", []byte("x")); err == nil {
+		t.Fatal("gateway wrote a key")
+	}
+
+	// A client's invocation reaches a runner-role responder and back.
+	rc := brokertest.ConnectAs(t, s, creds, broker.RoleRunner)
+	if _, err := rc.QueueSubscribe("fn.ping", "shoal-runners", func(m *nats.Msg) { _ = m.Respond([]byte("pong!")) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	cc := brokertest.ConnectAs(t, s, creds, broker.RoleClient)
+	reply, err := cc.RequestWithContext(ctx, "fn.ping", nil)
+	if err != nil || string(reply.Data) != "pong!" {
+		t.Fatalf("client request = %v, %v", reply, err)
+	}
+}
+
+// denied is the context of an operation the server refuses: a refused
+// publish gets no acknowledgement, so the caller waits out the deadline.
+func denied(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestEnsureCredentialsKeepsIdentities(t *testing.T) {
+	dir := t.TempDir()
+	a, err := broker.EnsureCredentials(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := broker.EnsureCredentials(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, role := range broker.Roles {
+		if a.Public[role] == "" || a.Public[role] != b.Public[role] {
+			t.Errorf("%s: %q then %q", role, a.Public[role], b.Public[role])
+		}
+		fi, err := os.Stat(a.SeedFile(role))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s seed mode %v, want 0600", role, fi.Mode().Perm())
+		}
+	}
+}
