@@ -81,9 +81,12 @@ type natsFlags struct {
 	context     string
 	// user and password come from a context only.
 	user, password string
+	// fs tells which flags were given, once registered.
+	fs *pflag.FlagSet
 }
 
 func (f *natsFlags) register(fs *pflag.FlagSet) {
+	f.fs = fs
 	fs.StringVar(&f.url, "nats", nats.DefaultURL, "NATS server URL; several, comma-separated, for a cluster (user:password@ in the URL for plain auth)")
 	fs.StringVar(&f.creds, "nats-creds", "", "NATS credentials file (JWT and NKey seed) for decentralized auth")
 	fs.StringVar(&f.nkey, "nats-nkey", "", "NATS NKey seed file (shoal up keeps one per role in DATA/credentials)")
@@ -98,6 +101,14 @@ func (f *natsFlags) defaultNKey(seed string) {
 	}
 	if _, err := os.Stat(seed); err == nil {
 		f.nkey = seed
+	}
+}
+
+// defaultInbox uses prefix for reply inboxes unless told otherwise: on
+// shoal up's server each role may read its own prefix only.
+func (f *natsFlags) defaultInbox(prefix string) {
+	if f.inboxPrefix == "" && f.context == "" {
+		f.inboxPrefix = prefix
 	}
 }
 
@@ -142,7 +153,7 @@ func (f *natsFlags) applyContext() error {
 	if err := json.Unmarshal(b, &c); err != nil {
 		return fmt.Errorf("--nats-context %s: %s: %w", f.context, path, err)
 	}
-	if c.URL != "" && f.url == nats.DefaultURL {
+	if c.URL != "" && (f.fs == nil || !f.fs.Changed("nats")) {
 		f.url = c.URL
 	}
 	if c.User != "" && !strings.Contains(f.url, "@") {

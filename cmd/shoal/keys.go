@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -62,6 +64,43 @@ type adminFlags struct {
 func (a *adminFlags) register(cmd *cobra.Command) {
 	a.nats.register(cmd.Flags())
 	cmd.Flags().StringVar(&a.data, "data", ".shoal", "data directory of shoal up, where the admin NATS credentials and the signing keys are found")
+}
+
+// session runs fn with an admin connection, within 30 seconds.
+func (a *adminFlags) session(parent context.Context, fn func(ctx context.Context, js jetstream.JetStream) error) error {
+	ctx, cancel := context.WithTimeout(parent, 30*time.Second)
+	defer cancel()
+	nc, js, err := a.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	return fn(ctx, js)
+}
+
+// keyFlags are adminFlags plus the signing key file.
+type keyFlags struct {
+	adminFlags
+	file string
+}
+
+func (k *keyFlags) register(cmd *cobra.Command) {
+	k.adminFlags.register(cmd)
+	cmd.Flags().StringVar(&k.file, "key", "", "signing key file (default DATA/"+keyFileName+")")
+}
+
+// read returns the path of the key file and its keys; a missing file has
+// none.
+func (k *keyFlags) read() (string, []jwkset.JWK, error) {
+	path := k.file
+	if path == "" {
+		path = keyFilePath(k.data)
+	}
+	keys, err := token.ReadKeyFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", nil, err
+	}
+	return path, keys, nil
 }
 
 // connect opens an admin connection: the given credentials, else shoal
@@ -140,102 +179,88 @@ verifying until those keys are withdrawn with shoal key rm.`,
 
 func newKeyRotateCmd() *cobra.Command {
 	var (
-		a   adminFlags
+		k   keyFlags
 		alg string
-		kf  string
 	)
 	cmd := &cobra.Command{
 		Use:   "rotate",
 		Short: "Create a new signing key and make it the one that signs",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if kf == "" {
-				kf = keyFilePath(a.data)
-			}
-			keys, err := token.ReadKeyFile(kf)
-			if err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return err
-			}
-			k, err := token.GenerateKey(alg)
+			path, keys, err := k.read()
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
-			if alg != token.HS256 {
-				nc, js, err := a.connect(ctx)
-				if err != nil {
-					return err
-				}
-				defer nc.Close()
-				kv, err := keyring.Create(ctx, js, 0)
-				if err != nil {
-					return err
-				}
-				// Publish first: verifiers must know the key before a
-				// token signed with it reaches them.
-				if err := publishKeys(ctx, kv, []jwkset.JWK{k}); err != nil {
-					return err
-				}
-			}
-			if err := token.WriteKeyFile(kf, append(keys, k)); err != nil {
+			key, err := token.GenerateKey(alg)
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "new signing key %s (%s); it signs from now on\n", k.Marshal().KID, alg)
+			if alg != token.HS256 {
+				// Publish first: verifiers must know the key before a
+				// token signed with it reaches them.
+				err := k.session(cmd.Context(), func(ctx context.Context, js jetstream.JetStream) error {
+					kv, err := keyring.Create(ctx, js, 0)
+					if err != nil {
+						return err
+					}
+					return publishKeys(ctx, kv, []jwkset.JWK{key})
+				})
+				if err != nil {
+					return err
+				}
+			}
+			if err := token.WriteKeyFile(path, append(keys, key)); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "new signing key %s (%s); it signs from now on\n", key.Marshal().KID, alg)
 			if alg == token.HS256 {
 				fmt.Fprintln(cmd.OutOrStdout(), "HS256 is a shared secret: give gateways and runners the key file with --hs256-keys, and restart them")
 			}
 			return nil
 		},
 	}
-	a.register(cmd)
+	k.register(cmd)
 	cmd.Flags().StringVar(&alg, "alg", token.EdDSA, "algorithm of the new key: EdDSA, ES256, RS256 or HS256")
-	cmd.Flags().StringVar(&kf, "key", "", "signing key file (default DATA/"+keyFileName+")")
 	return cmd
 }
 
 func newKeyListCmd() *cobra.Command {
-	var (
-		a  adminFlags
-		kf string
-	)
+	var k keyFlags
 	cmd := &cobra.Command{
 		Use:   "ls",
 		Short: "List the signing keys: in the key file and published",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if kf == "" {
-				kf = keyFilePath(a.data)
-			}
-			local, err := token.ReadKeyFile(kf)
-			if err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
-			nc, js, err := a.connect(ctx)
+			_, local, err := k.read()
 			if err != nil {
 				return err
 			}
-			defer nc.Close()
 			published := map[string]bool{}
-			if kr, err := keyring.Watch(ctx, js, nil); err == nil {
+			err = k.session(cmd.Context(), func(ctx context.Context, js jetstream.JetStream) error {
+				kr, err := keyring.Watch(ctx, js, nil)
+				if errors.Is(err, keyring.ErrNoKeys) {
+					return nil
+				}
+				if err != nil {
+					return err
+				}
 				for _, kid := range kr.KeyIDs() {
 					published[kid] = true
 				}
-				_ = kr.Stop()
-			} else if !errors.Is(err, keyring.ErrNoKeys) {
+				return kr.Stop()
+			})
+			if err != nil {
 				return err
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "KID\tALG\tIN KEY FILE\tPUBLISHED\tSIGNS")
 			seen := map[string]bool{}
-			for i, k := range local {
-				m := k.Marshal()
+			for i, key := range local {
+				m := key.Marshal()
 				seen[m.KID] = true
 				fmt.Fprintf(tw, "%s\t%s\tyes\t%s\t%s\n", m.KID, m.ALG, yesNo(published[m.KID]), yesNo(i == len(local)-1))
 			}
-			for kid := range published {
+			for _, kid := range slices.Sorted(maps.Keys(published)) {
 				if !seen[kid] {
 					fmt.Fprintf(tw, "%s\t\tno\tyes\tno\n", kid)
 				}
@@ -243,62 +268,55 @@ func newKeyListCmd() *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	a.register(cmd)
-	cmd.Flags().StringVar(&kf, "key", "", "signing key file (default DATA/"+keyFileName+")")
+	k.register(cmd)
 	return cmd
 }
 
 func newKeyRemoveCmd() *cobra.Command {
-	var (
-		a  adminFlags
-		kf string
-	)
+	var k keyFlags
 	cmd := &cobra.Command{
 		Use:   "rm KID",
 		Short: "Withdraw a signing key: tokens signed with it stop verifying",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			kid := args[0]
-			if kf == "" {
-				kf = keyFilePath(a.data)
-			}
-			local, err := token.ReadKeyFile(kf)
-			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			path, local, err := k.read()
+			if err != nil {
 				return err
 			}
 			var keep []jwkset.JWK
-			for i, k := range local {
-				if k.Marshal().KID != kid {
-					keep = append(keep, k)
+			for i, key := range local {
+				if key.Marshal().KID != kid {
+					keep = append(keep, key)
 				} else if i == len(local)-1 {
 					return fmt.Errorf("key %s is the one that signs; run shoal key rotate first", kid)
 				}
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
-			nc, js, err := a.connect(ctx)
-			if err != nil {
-				return err
-			}
-			defer nc.Close()
-			kv, err := js.KeyValue(ctx, keyring.Bucket)
-			if err != nil {
-				return fmt.Errorf("open bucket %s: %w", keyring.Bucket, err)
-			}
-			removeErr := keyring.Remove(ctx, kv, kid)
-			if len(keep) < len(local) {
-				if err := token.WriteKeyFile(kf, keep); err != nil {
+			// Withdraw first, so that no verifier trusts the key once it
+			// is gone from the file.
+			removeErr := k.session(cmd.Context(), func(ctx context.Context, js jetstream.JetStream) error {
+				kv, err := js.KeyValue(ctx, keyring.Bucket)
+				if err != nil {
+					return fmt.Errorf("open bucket %s: %w", keyring.Bucket, err)
+				}
+				return keyring.Remove(ctx, kv, kid)
+			})
+			inFile := len(keep) < len(local)
+			switch {
+			case !inFile && removeErr != nil:
+				return removeErr
+			case inFile && removeErr != nil && !errors.Is(removeErr, keyring.ErrNotPublished):
+				return removeErr // not withdrawn: keep it in the file too
+			case inFile:
+				if err := token.WriteKeyFile(path, keep); err != nil {
 					return err
 				}
-			} else if removeErr != nil {
-				return removeErr
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "key %s withdrawn\n", kid)
 			return nil
 		},
 	}
-	a.register(cmd)
-	cmd.Flags().StringVar(&kf, "key", "", "signing key file (default DATA/"+keyFileName+")")
+	k.register(cmd)
 	return cmd
 }
 

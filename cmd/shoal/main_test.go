@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -165,6 +166,23 @@ func get(t *testing.T, url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
+// kidOf returns the kid in a token's header.
+func kidOf(t *testing.T, tok string) string {
+	t.Helper()
+	head, _, _ := strings.Cut(strings.TrimSpace(tok), ".")
+	b, err := base64.RawURLEncoding.DecodeString(head)
+	if err != nil {
+		t.Fatalf("token header: %v", err)
+	}
+	var h struct {
+		KID string `json:"kid"`
+	}
+	if err := json.Unmarshal(b, &h); err != nil || h.KID == "" {
+		t.Fatalf("token header %s: %v", b, err)
+	}
+	return h.KID
+}
+
 // post sends body to url with a bearer token (none if empty).
 func post(t *testing.T, url, body, bearer string) (int, string) {
 	t.Helper()
@@ -271,6 +289,32 @@ func TestUp(t *testing.T) {
 	minted = strings.TrimSpace(minted)
 	if code != 0 || strings.Count(minted, ".") != 2 {
 		t.Fatalf("shoal token = %d %q %s", code, minted, errOut)
+	}
+
+	// The saved nats CLI context holds the client role's credentials.
+	ctxFile := filepath.Join(os.Getenv("XDG_CONFIG_HOME"), "nats", "context", "shoal.json")
+	if fi, err := os.Stat(ctxFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("nats context %s: %v %v", ctxFile, fi, err)
+	} else if b, _ := os.ReadFile(ctxFile); !strings.Contains(string(b), "client.nk") || !strings.Contains(string(b), `"inbox_prefix": "_INBOX_client"`) {
+		t.Errorf("nats context: %s", b)
+	}
+
+	// Rotation without downtime: a new key signs, and tokens of the old
+	// one keep working while it is published.
+	if out, errOut, code := runShoal(t, dir, append([]string{"key", "rotate"}, admin...)...); code != 0 || !strings.Contains(out, "new signing key") {
+		t.Fatalf("shoal key rotate = %d %s %s", code, out, errOut)
+	}
+	rotated, _, _ := runShoal(t, dir, "token", "--data", data, "--sub", "ops", "--perm", "echo")
+	if kidOf(t, rotated) == kidOf(t, minted) {
+		t.Errorf("after rotation the token is still signed by %s", kidOf(t, minted))
+	}
+	for _, tok := range []string{minted, strings.TrimSpace(rotated)} {
+		if status, body := post(t, gw+"/function/echo", "hi", tok); status != 200 {
+			t.Errorf("echo with the token of key %s = %d %s", kidOf(t, tok), status, body)
+		}
+	}
+	if out, _, code := runShoal(t, dir, append([]string{"key", "ls"}, admin...)...); code != 0 || strings.Count(out, "yes") != 5 {
+		t.Errorf("shoal key ls = %d\n%s", code, out)
 	}
 
 	// shoal invoke, through the gateway and over NATS with the client
@@ -428,7 +472,7 @@ func TestSeparateRoles(t *testing.T) {
 	}
 	var runners []*proc
 	for range 3 {
-		r := startShoal(t, append([]string{"runner", "-f", fn, "--key", keyFile}, as(broker.RoleRunner)...)...)
+		r := startShoal(t, append([]string{"runner", "-f", fn, "--key", keyFile}, as(broker.RoleAuth)...)...)
 		r.waitLog(`msg="runner serving"`)
 		runners = append(runners, r)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/shoal-dev/shoal/functions"
 	"github.com/shoal-dev/shoal/functions/auth"
 	"github.com/shoal-dev/shoal/manifest"
+	"github.com/shoal-dev/shoal/platform/broker"
 	"github.com/shoal-dev/shoal/platform/gateway"
 	"github.com/shoal-dev/shoal/platform/runner"
 	"github.com/shoal-dev/shoal/token"
@@ -103,13 +104,25 @@ type authFlags struct {
 	keyFile string
 }
 
+func (a *authFlags) check() error {
+	switch {
+	case a.ttl < time.Second || a.ttl > token.MaxTTL:
+		return fmt.Errorf("--token-ttl %s: want 1s to %s", a.ttl, token.MaxTTL)
+	case a.limits.PerUser < 1 || a.limits.PerAddr < 1:
+		return errors.New("--login-limit-user and --login-limit-addr: want at least 1")
+	case a.limits.Window < time.Second:
+		return fmt.Errorf("--login-window %s: want at least 1s", a.limits.Window)
+	}
+	return nil
+}
+
 func (a *authFlags) register(fs *pflag.FlagSet, withKeyFile bool) {
 	fs.DurationVar(&a.ttl, "token-ttl", defaultTokenTTL, "lifetime of the tokens the auth function issues")
 	fs.IntVar(&a.limits.PerUser, "login-limit-user", 5, "failed logins per username per --login-window before 429")
 	fs.IntVar(&a.limits.PerAddr, "login-limit-addr", 20, "failed logins per client address per --login-window before 429")
 	fs.DurationVar(&a.limits.Window, "login-window", 5*time.Minute, "window of the failed-login limits")
 	if withKeyFile {
-		fs.StringVar(&a.keyFile, "key", "", "signing key file (JWK set, newest key signs); without it this runner does not serve the auth function")
+		fs.StringVar(&a.keyFile, "key", "", "signing key file (JWK set, newest key signs); with it this runner also serves the auth function and needs the auth role's credentials")
 	}
 }
 
@@ -204,6 +217,7 @@ func newGatewayCmd() *cobra.Command {
 			if err := errors.Join(limits.check(), tf.check()); err != nil {
 				return err
 			}
+			nf.defaultInbox(broker.InboxPrefix(broker.RoleGateway))
 			m, err := loadManifest(file)
 			if err != nil {
 				return err
@@ -267,8 +281,15 @@ not public. Given the signing key file (--key), it also serves the auth
 function.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := tf.check(); err != nil {
+			if err := errors.Join(tf.check(), af.check()); err != nil {
 				return err
+			}
+			// A runner that serves auth connects as the auth role, which
+			// may read users; others as the runner role.
+			if af.keyFile != "" {
+				nf.defaultInbox(broker.InboxPrefix(broker.RoleAuth))
+			} else {
+				nf.defaultInbox(broker.InboxPrefix(broker.RoleRunner))
 			}
 			m, err := loadManifest(file)
 			if err != nil {

@@ -48,7 +48,7 @@ type trustFlags struct {
 func (t *trustFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&t.issuer, "token-issuer", defaultIssuer, "iss of the tokens Shoal signs")
 	fs.StringVar(&t.audience, "token-audience", defaultAudience, "aud of the tokens Shoal signs")
-	fs.DurationVar(&t.leeway, "token-leeway", 30*time.Second, "clock skew allowed when checking exp, nbf and iat (at most 5m)")
+	fs.DurationVar(&t.leeway, "token-leeway", token.DefaultLeeway, "clock skew allowed when checking exp, nbf and iat (at most 5m; 0 means the default)")
 	fs.StringVar(&t.hsKeys, "hs256-keys", "", "JWK set file of HS256 shared secrets to accept too (explicit opt-in; asymmetric keys are the default)")
 	fs.StringVar(&t.oidcIssuer, "oidc-issuer", "", "also accept tokens from this OpenID Connect issuer (exact iss)")
 	fs.StringVar(&t.oidcAudience, "oidc-audience", "", "aud the external issuer's tokens must carry")
@@ -81,6 +81,8 @@ type trust struct {
 	// keys follows the published public keys; nil when none are
 	// published and an external issuer alone is trusted.
 	keys *keyring.Keyring
+	// cancel ends the background refresh of an external issuer's keys.
+	cancel context.CancelFunc
 }
 
 // jwks serves the published public keys for the gateway's JWKS route.
@@ -91,8 +93,11 @@ func (t *trust) jwks() ([]byte, error) {
 	return t.keys.JWKS()
 }
 
-// stop ends the key watch.
+// stop ends the key watch and refresh.
 func (t *trust) stop() {
+	if t.cancel != nil {
+		t.cancel()
+	}
 	if t.keys != nil {
 		if err := t.keys.Stop(); err != nil {
 			logger.Warn("stop watching the token keys", "error", err)
@@ -149,7 +154,10 @@ func (t *trustFlags) build(ctx context.Context, js jetstream.JetStream, local []
 		cfg.Issuers = append(cfg.Issuers, token.Issuer{Issuer: t.issuer, Audience: t.audience, Keys: shoalKeys})
 	}
 	if t.oidcIssuer != "" {
-		ks, err := t.oidcKeys(ctx)
+		// The refresh outlives start-up: it runs until stop.
+		bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		tr.cancel = cancel
+		ks, err := t.oidcKeys(bg)
 		if err != nil {
 			tr.stop()
 			return nil, err
@@ -188,11 +196,21 @@ func (t *trustFlags) oidcKeys(ctx context.Context) (token.KeySource, error) {
 // keySources looks a kid up in each source in turn.
 type keySources []token.KeySource
 
+// A source's fault other than an unknown kid is reported, so that a
+// failing lookup is not taken for a missing key.
 func (s keySources) KeyRead(ctx context.Context, kid string) (jwkset.JWK, error) {
+	var fault error
 	for _, src := range s {
-		if k, err := src.KeyRead(ctx, kid); err == nil {
+		k, err := src.KeyRead(ctx, kid)
+		switch {
+		case err == nil:
 			return k, nil
+		case !errors.Is(err, jwkset.ErrKeyNotFound):
+			fault = errors.Join(fault, err)
 		}
+	}
+	if fault != nil {
+		return jwkset.JWK{}, fault
 	}
 	return jwkset.JWK{}, fmt.Errorf("%w: %q", jwkset.ErrKeyNotFound, kid)
 }

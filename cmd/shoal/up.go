@@ -51,7 +51,7 @@ serving the functions of the manifest. Ctrl-C or SIGTERM drains in-flight
 requests and exits 0.
 
 NATS requires credentials: one NKey identity per role (admin, gateway,
-runner, client), kept under DATA/credentials. The token signing key is
+runner, auth, client), kept under DATA/credentials. The token signing key is
 created in DATA/keys on the first start. A context named shoal is saved for
 the nats CLI, with the client role's credentials.`,
 		Args: cobra.NoArgs,
@@ -75,7 +75,7 @@ func up(ctx context.Context, o upOptions) error {
 	if o.workers < 1 {
 		return fmt.Errorf("--workers %d: want at least 1", o.workers)
 	}
-	if err := errors.Join(o.limits.check(), o.trust.check()); err != nil {
+	if err := errors.Join(o.limits.check(), o.trust.check(), o.auth.check()); err != nil {
 		return err
 	}
 	m, err := loadManifest(o.file)
@@ -105,7 +105,9 @@ func up(ctx context.Context, o upOptions) error {
 	logger.Info("nats listening", "url", srv.ClientURL(), "jetstream", srv.StoreDir(), "credentials", creds.Dir)
 
 	url := srv.ClientURL()
-	as := func(role broker.Role) natsFlags { return natsFlags{url: url, nkey: creds.SeedFile(role)} }
+	as := func(role broker.Role) natsFlags {
+		return natsFlags{url: url, nkey: creds.SeedFile(role), inboxPrefix: broker.InboxPrefix(role)}
+	}
 	admin := as(broker.RoleAdmin)
 	anc, err := admin.connect("shoal-admin")
 	if err != nil {
@@ -124,10 +126,11 @@ func up(ctx context.Context, o upOptions) error {
 	if err != nil {
 		return err
 	}
-	// The runners share one runner-role connection for the auth
-	// function's KV work; each owns its own for invocations.
-	rf := as(broker.RoleRunner)
-	snc, err := rf.connect("shoal-runner-support")
+	// The runners share one connection, as the auth role, for the auth
+	// function's KV work; each owns its own for invocations, as the
+	// runner role, which cannot read users.
+	af := as(broker.RoleAuth)
+	snc, err := af.connect("shoal-auth")
 	if err != nil {
 		return err
 	}
@@ -154,6 +157,7 @@ func up(ctx context.Context, o upOptions) error {
 		defer cancel()
 		return errors.Join(err, stopRunners(ctx))
 	}
+	rf := as(broker.RoleRunner)
 	for i := range o.workers {
 		nc, err := rf.connect(fmt.Sprintf("shoal-runner-%d", i+1))
 		if err != nil {

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
@@ -47,18 +48,14 @@ func newUserAddCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
-			nc, js, err := a.connect(ctx)
+			err = a.session(cmd.Context(), func(ctx context.Context, js jetstream.JetStream) error {
+				users, err := auth.CreateUsers(ctx, js, 0)
+				if err != nil {
+					return err
+				}
+				return users.Add(ctx, name, password, perms)
+			})
 			if err != nil {
-				return err
-			}
-			defer nc.Close()
-			users, err := auth.CreateUsers(ctx, js, 0)
-			if err != nil {
-				return err
-			}
-			if err := users.Add(ctx, name, password, perms); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "user %s added with permissions [%s]\n", name, strings.Join(perms, ","))
@@ -116,22 +113,18 @@ func newUserListCmd() *cobra.Command {
 		Short: "List the users and their permissions",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
-			nc, js, err := a.connect(ctx)
-			if err != nil {
+			var list []auth.User
+			err := a.session(cmd.Context(), func(ctx context.Context, js jetstream.JetStream) error {
+				users, err := auth.OpenUsers(ctx, js)
+				if errors.Is(err, auth.ErrNoUserStore) {
+					return nil
+				}
+				if err != nil {
+					return err
+				}
+				list, err = users.List(ctx)
 				return err
-			}
-			defer nc.Close()
-			users, err := auth.OpenUsers(ctx, js)
-			if errors.Is(err, auth.ErrNoUserStore) {
-				fmt.Fprintln(cmd.ErrOrStderr(), "no users yet: add one with shoal user add")
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			list, err := users.List(ctx)
+			})
 			if err != nil {
 				return err
 			}
@@ -154,18 +147,14 @@ func newUserRemoveCmd() *cobra.Command {
 		Short: "Remove a user; tokens already issued stay valid until they expire",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-			defer cancel()
-			nc, js, err := a.connect(ctx)
+			err := a.session(cmd.Context(), func(ctx context.Context, js jetstream.JetStream) error {
+				users, err := auth.OpenUsers(ctx, js)
+				if err != nil {
+					return err
+				}
+				return users.Remove(ctx, args[0])
+			})
 			if err != nil {
-				return err
-			}
-			defer nc.Close()
-			users, err := auth.OpenUsers(ctx, js)
-			if err != nil {
-				return err
-			}
-			if err := users.Remove(ctx, args[0]); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "user %s removed\n", args[0])

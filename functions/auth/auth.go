@@ -32,7 +32,7 @@
 //     that the answer tells nothing about which accounts exist.
 //   - 429 too_many_attempts, with Retry-After: too many failed logins for
 //     the username or from the client address; the password is not
-//     checked then.
+//     checked then, so even the right one is refused till the window ends.
 //   - 503 unavailable: the stores in NATS KV cannot be reached, or the
 //     runner was started without users, limiter or signer.
 //   - 404 not_found for another path; 405 method_not_allowed, with
@@ -45,24 +45,51 @@
 //
 // # Failed logins
 //
-// [Limiter] counts failed logins per username and per client address in
+// [Limiter] counts login attempts per username and per client address in
 // KV bucket [FailuresBucket], which every runner shares, so the limits
-// hold across a cluster. A login is checked against both counters before
-// its password is; a failure counts against both; a success clears the
-// username's counter.
+// hold across a cluster.
+//
+// An attempt is counted before its password is checked, against both
+// counters, each with a compare-and-set that refuses once the counter
+// holds its limit. Only an attempt both counters took has its password
+// checked: of any number of logins sent at once, to one runner or many,
+// no more than the limit reach bcrypt. A failure is then counted
+// already. A success clears the username's counter and gives the attempt
+// back to the address's, so that the good logins of the users behind one
+// address do not use up its limit; the address's failures stay counted.
+// When the counters cannot be read or written, the answer is 503 and the
+// password is not checked.
+//
+// The per-user limit lets anyone lock a user out, for what is left of a
+// window, by sending wrong passwords for the name from anywhere, and
+// again in the next window: the usual price of limiting guesses per
+// account, which is what stops a guesser spread over many addresses.
 //
 // The client address is the last entry of X-Forwarded-For, which the
 // gateway appends with the address of the peer it saw (an IPv6 address
-// counts as its /64, the block one client usually holds). A caller
-// straight over NATS sets its own headers, so its requests without
-// X-Forwarded-For all count as the address "nats", and one that sets the
-// header can choose its address: the per-address limit is meaningful only
-// through the gateway, while the per-user limit holds everywhere.
+// counts as its /64, the block one client usually holds). Behind a
+// reverse proxy, that peer is the proxy: every client then shares the
+// proxy's address and its limit. A caller straight over NATS sets its own
+// headers, X-Forwarded-For included: its requests without the header all
+// count as the address "nats", and one that sets it chooses the address
+// it counts against. The per-address limit is meaningful only through
+// the gateway; the per-user limit holds everywhere.
+//
+// # Logs
+//
+// A login's log line has the client address and user_hash, a fingerprint
+// of the username (see [Handler]); the username itself only once its
+// password proved right, since until then it may be a password typed in
+// the wrong field. No line holds a password or a token.
 package auth
 
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -92,7 +119,8 @@ type Config struct {
 	// TTL is the lifetime of the tokens issued; 0 means DefaultTTL.
 	TTL time.Duration
 	// Logger receives a line per login and the store faults; nil
-	// discards. It never sees a password or a token.
+	// discards. It never sees a password or a token, nor a username
+	// before its password proved right.
 	Logger *slog.Logger
 }
 
@@ -122,6 +150,13 @@ type TokenResponse struct {
 // Signer still yields a handler, which answers 503 to logins: a runner
 // should not serve the function then, but if it does, no login goes
 // unchecked or unlimited. It panics on a negative TTL.
+//
+// The user_hash of its log lines is the first 12 hex digits of the
+// HMAC-SHA-256 of the username under a random key of the handler's: the
+// same name has the same fingerprint in one runner's log, from its start
+// to its end, and another in another runner's. A plain hash would match
+// across runners, but would let anyone who reads the log test guesses of
+// a password typed as a username.
 func Handler(cfg Config) http.Handler {
 	if cfg.TTL < 0 {
 		panic("auth: Config.TTL cannot be negative")
@@ -133,12 +168,15 @@ func Handler(cfg Config) http.Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &handler{cfg: cfg, log: log}
+	h := &handler{cfg: cfg, log: log}
+	rand.Read(h.logKey[:]) // never fails (crypto/rand)
+	return h
 }
 
 type handler struct {
-	cfg Config
-	log *slog.Logger
+	cfg    Config
+	log    *slog.Logger
+	logKey [32]byte // of the username fingerprints in the log
 }
 
 // Messages of the answers a caller may compare across attempts.
@@ -175,14 +213,17 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.login(r.Context(), w, req, clientAddr(r.Header))
 }
 
-// login checks the limits, then the password, then issues a token.
+// login counts the attempt, then checks the password, then issues a
+// token.
 func (h *handler) login(ctx context.Context, w http.ResponseWriter, req TokenRequest, addr string) {
-	log := h.log.With("addr", addr)
-	if ValidUsername(req.Username) == nil { // never log what may be a mistyped password
-		log = log.With("user", req.Username)
-	}
-	wait, err := h.cfg.Limiter.Check(ctx, req.Username, addr)
-	if err != nil {
+	// Until the password is right, the username may be anything, a
+	// password typed in the wrong field among others: the log gets its
+	// fingerprint only.
+	log := h.log.With("addr", addr, "user_hash", h.fingerprint(req.Username))
+	// The attempt is counted before the password is checked, atomically:
+	// of concurrent logins, no more than the limit reach bcrypt.
+	wait, err := h.cfg.Limiter.Attempt(ctx, req.Username, addr)
+	if err != nil { // fail closed: a login that cannot be counted is not checked
 		h.unavailable(w, log, err)
 		return
 	}
@@ -195,13 +236,7 @@ func (h *handler) login(ctx context.Context, w http.ResponseWriter, req TokenReq
 		return
 	}
 	user, err := h.cfg.Users.Authenticate(ctx, req.Username, req.Password)
-	if errors.Is(err, ErrBadCredentials) {
-		// The failure is recorded before it is told: a caller never
-		// learns a password is wrong without it counting.
-		if err := h.cfg.Limiter.Failed(ctx, req.Username, addr); err != nil {
-			h.unavailable(w, log, err)
-			return
-		}
+	if errors.Is(err, ErrBadCredentials) { // counted already
 		log.Info("login failed")
 		invocation.Errorf(http.StatusUnauthorized, invocation.CodeBadCredentials, msgBadCredentials).WriteHTTP(w)
 		return
@@ -210,16 +245,17 @@ func (h *handler) login(ctx context.Context, w http.ResponseWriter, req TokenReq
 		h.unavailable(w, log, err)
 		return
 	}
+	log = log.With("user", user.Name) // a real user, who knew the password
+	if err := h.cfg.Limiter.Succeeded(ctx, user.Name, addr); err != nil {
+		// The login is good; a count left behind only expires later.
+		log.Warn("auth: clear the login attempts", "error", err)
+	}
 	tok, exp, err := h.cfg.Signer.Sign(user.Name, user.Permissions, h.cfg.TTL)
 	if err != nil {
-		log.Error("auth: sign a token", "err", err)
+		log.Error("auth: sign a token", "error", err)
 		invocation.Errorf(http.StatusInternalServerError, invocation.CodeInternal,
 			"the auth function could not sign a token").WriteHTTP(w)
 		return
-	}
-	if err := h.cfg.Limiter.Succeeded(ctx, user.Name); err != nil {
-		// The login is good; a counter left behind only expires later.
-		log.Warn("auth: clear the failed logins", "err", err)
 	}
 	body, err := json.Marshal(TokenResponse{
 		AccessToken: tok,
@@ -236,8 +272,16 @@ func (h *handler) login(ctx context.Context, w http.ResponseWriter, req TokenReq
 }
 
 func (h *handler) unavailable(w http.ResponseWriter, log *slog.Logger, err error) {
-	log.Error("auth: login store unavailable", "err", err)
+	log.Error("auth: login store unavailable", "error", err)
 	invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable, msgUnavailable).WriteHTTP(w)
+}
+
+// fingerprint is what the log says of a username it cannot trust (see
+// Handler). Across runners, correlate by address and time.
+func (h *handler) fingerprint(username string) string {
+	m := hmac.New(sha256.New, h.logKey[:])
+	m.Write([]byte(username))
+	return hex.EncodeToString(m.Sum(nil)[:6])
 }
 
 // readRequest reads and checks a login body.

@@ -2,15 +2,21 @@ package auth_test
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -385,8 +391,8 @@ func TestHandlerUnavailableWithoutNATS(t *testing.T) {
 			t.Error("no Retry-After on 503")
 		}
 	}
-	if !strings.Contains(log.String(), "login store unavailable") {
-		t.Errorf("the fault was not logged:\n%s", log.String())
+	if !strings.Contains(log.String(), "login store unavailable") || !strings.Contains(log.String(), " error=") {
+		t.Errorf("the fault was not logged under error=:\n%s", log.String())
 	}
 }
 
@@ -409,17 +415,22 @@ func TestHandlerPanicsOnNegativeTTL(t *testing.T) {
 	auth.Handler(auth.Config{TTL: -time.Second})
 }
 
-// The log tells who logged in and failed, never a password or a token.
+// The log names a user only after a good login: before, the "username"
+// may be a password typed in the wrong field. Failures and refusals carry
+// a fingerprint of it instead, the same for the same name, and not one a
+// guess can be checked against by hashing it.
 func TestHandlerLogsNoSecrets(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, auth.Limits{PerUser: 2, PerAddr: 100, Window: time.Minute}, 0)
 	login(f.handler, loginBody("alice", "correct horse"), "X-Forwarded-For", "192.0.2.1")
-	login(f.handler, loginBody("alice", "wrong horse 1"))
-	login(f.handler, loginBody("alice", "wrong horse 2"))
-	login(f.handler, loginBody("alice", "wrong horse 3")) // limited
-	login(f.handler, loginBody("hunter2 typed as a name", "x"))
+	login(f.handler, loginBody("hunter2", "alice"))   // the fields swapped: a valid-looking username
+	login(f.handler, loginBody("hunter2", "alice"))   // again, to correlate
+	login(f.handler, loginBody("hunter2", "alice"))   // limited
+	login(f.handler, loginBody("bob", "wrong horse")) // another name, another fingerprint
 	out := f.log.String()
-	for _, secret := range []string{"correct horse", "wrong horse", "tok-alice", "hunter2"} {
+	sum := sha256.Sum256([]byte("hunter2"))
+	plainHash := hex.EncodeToString(sum[:])[:12]
+	for _, secret := range []string{"correct horse", "wrong horse", "tok-alice", "hunter2", plainHash} {
 		if strings.Contains(out, secret) {
 			t.Errorf("log holds %q:\n%s", secret, out)
 		}
@@ -428,5 +439,183 @@ func TestHandlerLogsNoSecrets(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %q:\n%s", want, out)
 		}
+	}
+	var hashes []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		m := regexp.MustCompile(` user_hash=([0-9a-f]{12})( |$)`).FindStringSubmatch(line)
+		if m == nil {
+			t.Fatalf("line without a user_hash of 12 hex digits: %s", line)
+		}
+		if strings.Contains(line, " user=") != strings.Contains(line, "token issued") {
+			t.Errorf("user= on a line other than a good login's, or missing there: %s", line)
+		}
+		hashes = append(hashes, m[1])
+	}
+	if len(hashes) != 5 || hashes[1] != hashes[2] || hashes[2] != hashes[3] ||
+		hashes[0] == hashes[1] || hashes[4] == hashes[1] || hashes[4] == hashes[0] {
+		t.Errorf("user_hash per login = %v, want one per name: alice, hunter2 ×3, bob", hashes)
+	}
+}
+
+// cluster is the auth function on two runners, each with its own NATS
+// connection, user store and limiter, on one server: what a login meets
+// in production, where the gateway spreads logins over runners.
+type cluster struct {
+	js       jetstream.JetStream
+	handlers [2]http.Handler
+	compares [2]*atomic.Int64 // bcrypt comparisons made on each runner
+}
+
+func newCluster(t *testing.T, limits auth.Limits) *cluster {
+	t.Helper()
+	ctx := testContext(t)
+	s, js := startJS(t)
+	c := &cluster{js: js}
+	if err := newUsers(t, js).Add(ctx, "alice", "correct horse", nil); err != nil {
+		t.Fatal(err)
+	}
+	newLimiter(t, js, limits)
+	for i := range c.handlers {
+		rjs := connectJS(t, s)
+		users, err := auth.OpenUsers(ctx, rjs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		users.Cost = bcrypt.MinCost
+		c.compares[i] = auth.CountCompares(users)
+		limiter, err := auth.OpenLimiter(ctx, rjs, limits)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.handlers[i] = auth.Handler(auth.Config{Users: users, Limiter: limiter, Signer: &testSigner{}})
+	}
+	return c
+}
+
+// loginAtOnce sends the logins body(i) for i < n at once, alternating
+// runners, and counts the answers by status.
+func (c *cluster) loginAtOnce(n int, body func(i int) string, header ...string) map[int]int {
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		statuses = map[int]int{}
+		start    = make(chan struct{})
+	)
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			w := login(c.handlers[i%2], body(i), header...)
+			mu.Lock()
+			statuses[w.Code]++
+			mu.Unlock()
+		})
+	}
+	close(start) // as close to the same moment as goroutines get
+	wg.Wait()
+	return statuses
+}
+
+func (c *cluster) bcrypts() int { return int(c.compares[0].Load() + c.compares[1].Load()) }
+
+// Concurrent wrong passwords for one user: no more than the limit reach
+// bcrypt, on whichever runner; the rest are refused. (Checking the limit,
+// then the password, then counting the failure let them all through.)
+func TestHandlerConcurrentLoginsPerUser(t *testing.T) {
+	t.Parallel()
+	const logins, perUser = 60, 5
+	c := newCluster(t, auth.Limits{PerUser: perUser, PerAddr: 1000, Window: time.Minute})
+	statuses := c.loginAtOnce(logins, func(i int) string { return loginBody("alice", fmt.Sprintf("guess %d", i)) },
+		"X-Forwarded-For", "192.0.2.1")
+	if n := c.bcrypts(); n != perUser {
+		t.Errorf("bcrypt ran %d times for %d concurrent logins, want the limit %d", n, logins, perUser)
+	}
+	if want := map[int]int{401: perUser, 429: logins - perUser}; !maps.Equal(statuses, want) {
+		t.Errorf("answers by status = %v, want %v", statuses, want)
+	}
+	wantCount(t, c.js, auth.UserKey("alice"), perUser)
+	wantCount(t, c.js, auth.AddrKey("192.0.2.1"), perUser) // the refused ones were given back
+	// The right password now is refused too.
+	wantError(t, login(c.handlers[0], loginBody("alice", "correct horse")), http.StatusTooManyRequests, invocation.CodeTooManyAttempts)
+}
+
+// Concurrent logins for many names from one address: no more than the
+// address's limit reach bcrypt, and the names refused are not counted.
+func TestHandlerConcurrentLoginsPerAddress(t *testing.T) {
+	t.Parallel()
+	const logins, perAddr = 60, 20
+	c := newCluster(t, auth.Limits{PerUser: 5, PerAddr: perAddr, Window: time.Minute})
+	statuses := c.loginAtOnce(logins, func(i int) string { return loginBody(fmt.Sprintf("user%d", i), "correct horse") },
+		"X-Forwarded-For", "192.0.2.1")
+	if n := c.bcrypts(); n != perAddr {
+		t.Errorf("bcrypt ran %d times for %d concurrent logins, want the limit %d", n, logins, perAddr)
+	}
+	if want := map[int]int{401: perAddr, 429: logins - perAddr}; !maps.Equal(statuses, want) {
+		t.Errorf("answers by status = %v, want %v", statuses, want)
+	}
+	wantCount(t, c.js, auth.AddrKey("192.0.2.1"), perAddr)
+	counted := 0
+	for i := range logins {
+		n, _, _ := storedCounter(t, c.js, auth.UserKey(fmt.Sprintf("user%d", i)))
+		counted += n
+	}
+	if counted != perAddr {
+		t.Errorf("attempts counted over the names = %d, want %d: a refused name gets its attempt back", counted, perAddr)
+	}
+	// alice, from elsewhere, is not locked out.
+	if w := login(c.handlers[1], loginBody("alice", "correct horse"), "X-Forwarded-For", "192.0.2.2"); w.Code != http.StatusOK {
+		t.Errorf("alice from another address: %d %s", w.Code, w.Body)
+	}
+}
+
+// A good login clears the user's failures and does not use up the
+// address: the users behind one NAT or proxy log in as often as they like.
+func TestHandlerGoodLoginsKeepTheAddress(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, auth.Limits{PerUser: 3, PerAddr: 3, Window: time.Minute}, 0)
+	const addr = "192.0.2.1"
+	for range 2 {
+		wantError(t, login(f.handler, loginBody("alice", "wrong horse"), "X-Forwarded-For", addr),
+			http.StatusUnauthorized, invocation.CodeBadCredentials)
+	}
+	for i := range 10 {
+		if w := login(f.handler, loginBody("alice", "correct horse"), "X-Forwarded-For", addr); w.Code != http.StatusOK {
+			t.Fatalf("good login %d: %d %s", i+1, w.Code, w.Body)
+		}
+	}
+	if _, _, ok := storedCounter(t, f.js, auth.UserKey("alice")); ok {
+		t.Error("alice's failures are still counted after a good login")
+	}
+	wantCount(t, f.js, auth.AddrKey(addr), 2) // the failures, not the successes
+}
+
+// A login that cannot be counted is not checked: 503, and bcrypt does
+// not run, whether the password is right or wrong.
+func TestHandlerFailsClosedWithoutLimiter(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	s, js := startJS(t)
+	users := newUsers(t, js)
+	compares := auth.CountCompares(users)
+	if err := users.Add(ctx, "alice", "correct horse", nil); err != nil {
+		t.Fatal(err)
+	}
+	newLimiter(t, js, testLimits)
+	ljs := connectJS(t, s) // the limiter's connection, closed under it
+	limiter, err := auth.OpenLimiter(ctx, ljs, testLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ljs.Conn().Close()
+	var log bytes.Buffer
+	h := auth.Handler(auth.Config{Users: users, Limiter: limiter, Signer: &testSigner{},
+		Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	for _, password := range []string{"correct horse", "wrong horse"} {
+		wantError(t, login(h, loginBody("alice", password)), http.StatusServiceUnavailable, invocation.CodeUnavailable)
+	}
+	if n := compares.Load(); n != 0 {
+		t.Errorf("bcrypt ran %d times without a limiter", n)
+	}
+	if !strings.Contains(log.String(), "login store unavailable") || !strings.Contains(log.String(), " error=") {
+		t.Errorf("the fault was not logged under error=:\n%s", log.String())
 	}
 }

@@ -3,6 +3,7 @@ package auth
 import (
 	"sync/atomic"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -22,3 +23,6 @@ func DummyHash(u *Users) []byte { return u.dummyHash() }
 
 // ClientAddr is the address a login's failures count against.
 var ClientAddr = clientAddr
+
+// UsersOn is a user store on kv, which tests may fake.
+func UsersOn(kv jetstream.KeyValue) *Users { return newUsers(kv) }

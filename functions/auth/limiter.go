@@ -13,10 +13,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Limits of failed logins. Zero fields take the defaults.
+// Limits of login attempts. Zero fields take the defaults.
 type Limits struct {
-	PerUser int           // failed logins per username per window; default 5
-	PerAddr int           // failed logins per client address per window; default 20
+	PerUser int           // attempts (failed or being checked) per username per window; default 5
+	PerAddr int           // attempts (failed or being checked) per client address per window; default 20
 	Window  time.Duration // default 5m
 }
 
@@ -43,16 +43,26 @@ func (l Limits) withDefaults() (Limits, error) {
 	return l, nil
 }
 
-// Limiter counts failed logins in KV bucket [FailuresBucket], shared by
+// Limiter counts login attempts in KV bucket [FailuresBucket], shared by
 // every runner, so that the limits hold across a cluster rather than per
 // process. It is safe for concurrent use.
+//
+// An attempt is counted by [Limiter.Attempt] before its password is
+// checked, and given back by [Limiter.Succeeded] when the password was
+// right, so what remains counted are the failed logins, and the ones
+// still being checked. Counting first is what makes the limits hold for
+// concurrent logins: of any number of attempts sent at once, at most the
+// limit get their password checked.
 //
 // A counter is a JSON document {"count": N, "since": TIME} under the key
 // "u." (username) or "a." (client address) followed by the hex SHA-256
 // of the value, so that any input is a valid key and the bucket holds no
-// usernames or addresses in clear. The window is fixed and starts at a
-// counter's first failure; a failure a window or more after it starts a
-// new one. The times are the runners' clocks: keep them in sync (NTP).
+// usernames or addresses in clear; a guess can still be tested against a
+// key by hashing it, so keep the bucket to the roles that need it. Every
+// change is a compare-and-set on the counter's revision. The window is
+// fixed and starts at a counter's first attempt; an attempt a window or
+// more after it starts a new one. The times are the runners' clocks: keep
+// them in sync (NTP).
 type Limiter struct {
 	kv     jetstream.KeyValue
 	limits Limits
@@ -103,7 +113,7 @@ func OpenLimiter(ctx context.Context, js jetstream.JetStream, limits Limits) (*L
 // Limits returns the limits in force, defaults applied.
 func (l *Limiter) Limits() Limits { return l.limits }
 
-// counter is a count of failed logins in a window starting at Since.
+// counter is a count of login attempts in a window starting at Since.
 type counter struct {
 	Count int       `json:"count"`
 	Since time.Time `json:"since"`
@@ -120,47 +130,107 @@ func hash(s string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// Check reports how long the caller must wait before trying to log in
-// again, 0 when it may try now: the longer of the remaining windows of
-// the username's and the address's counters that reached their limit.
-func (l *Limiter) Check(ctx context.Context, username, addr string) (time.Duration, error) {
-	var wait time.Duration
-	for _, c := range []struct {
-		key   string
-		limit int
-	}{{UserKey(username), l.limits.PerUser}, {AddrKey(addr), l.limits.PerAddr}} {
-		cnt, _, err := l.get(ctx, c.key)
+// Attempt counts a login attempt for username from addr, before its
+// password is checked. It returns 0 when the password may be checked;
+// otherwise how long the caller must wait before trying again, the longer
+// of the remaining windows of the counters at their limit, and the
+// attempt is not counted.
+//
+// The username's counter is taken first, then the address's; each is a
+// compare-and-set that refuses when the counter already holds its limit,
+// so that concurrent attempts, on one runner or several, never take more
+// than the limit. When the address refuses, the username's counter gets
+// its attempt back: attempts refused from an address do not lock its
+// users out. An error is a fault of the store; the password must not be
+// checked then (a failed give-back may leave one attempt counted, which
+// errs on the side of the limit).
+func (l *Limiter) Attempt(ctx context.Context, username, addr string) (time.Duration, error) {
+	userKey, addrKey := UserKey(username), AddrKey(addr)
+	wait, err := l.take(ctx, userKey, l.limits.PerUser)
+	if err != nil {
+		return 0, err
+	}
+	if wait > 0 {
+		// Retry-After is the longest wait: the address may be at its
+		// limit too, and past the user's window it would still refuse.
+		c, _, err := l.get(ctx, addrKey)
 		if err != nil {
 			return 0, err
 		}
-		if cnt.Count < c.limit {
-			continue
+		if c.Count >= l.limits.PerAddr {
+			wait = max(wait, l.left(c))
 		}
-		// A clock behind the one that started the window sees more than a
-		// window left; a window is the most anyone waits.
-		left := min(cnt.Since.Add(l.limits.Window).Sub(time.Now()), l.limits.Window)
-		wait = max(wait, left)
+		return wait, nil
+	}
+	wait, err = l.take(ctx, addrKey, l.limits.PerAddr)
+	if err == nil && wait > 0 {
+		err = l.giveBack(ctx, userKey)
+	}
+	if err != nil {
+		return 0, err
 	}
 	return wait, nil
 }
 
-// Failed records a failed login for both the username and the address.
-func (l *Limiter) Failed(ctx context.Context, username, addr string) error {
-	return errors.Join(l.increment(ctx, UserKey(username)), l.increment(ctx, AddrKey(addr)))
+// Succeeded records that an attempt counted by [Limiter.Attempt] had the
+// right password: it clears the username's counter, and gives the
+// attempt back to the address's, so that the good logins of many users
+// behind one address (a NAT, a proxy) do not use up its limit; the
+// address's failures stay counted. An error leaves counted what could
+// not be cleared, till the window ends.
+func (l *Limiter) Succeeded(ctx context.Context, username, addr string) error {
+	return errors.Join(l.clear(ctx, UserKey(username)), l.giveBack(ctx, AddrKey(addr)))
 }
 
-// Succeeded clears the username's counter; the address's stays, so that
-// one good login does not reset the count of guesses from that address.
-func (l *Limiter) Succeeded(ctx context.Context, username string) error {
-	key := UserKey(username)
+// take counts one attempt on key, unless its counter holds limit already;
+// then it returns the time left of the counter's window, never 0.
+func (l *Limiter) take(ctx context.Context, key string, limit int) (time.Duration, error) {
+	var wait time.Duration
+	err := l.change(ctx, key, func(c *counter) bool {
+		wait = 0 // from a round that lost the race
+		if c.Count >= limit {
+			wait = max(l.left(*c), time.Nanosecond) // a refusal always makes the caller wait
+			return false
+		}
+		if c.Count == 0 {
+			c.Since = time.Now().UTC()
+		}
+		c.Count++
+		return true
+	})
+	return wait, err
+}
+
+// giveBack takes one attempt off a counter, when it still counts any.
+func (l *Limiter) giveBack(ctx context.Context, key string) error {
+	return l.change(ctx, key, func(c *counter) bool {
+		if c.Count == 0 { // expired, cleared, or already given back
+			return false
+		}
+		c.Count--
+		return true
+	})
+}
+
+// clear deletes a counter, when there is one.
+func (l *Limiter) clear(ctx context.Context, key string) error {
 	_, rev, err := l.get(ctx, key)
 	if err != nil || rev == 0 { // rev 0: no counter, nothing to write
 		return err
 	}
+	// Unconditional: whatever was counted before the good login goes,
+	// including the attempts that raced with it.
 	if err := l.kv.Delete(ctx, key); err != nil {
-		return fmt.Errorf("clear failed logins: %w", err)
+		return fmt.Errorf("clear login attempts: %w", err)
 	}
 	return nil
+}
+
+// left is the time left of a counter's window. A clock behind the one
+// that started the window sees more than a window left; a window is the
+// most anyone waits.
+func (l *Limiter) left(c counter) time.Duration {
+	return min(time.Until(c.Since.Add(l.limits.Window)), l.limits.Window)
 }
 
 // get returns a counter that still counts and its revision; a missing or
@@ -171,40 +241,40 @@ func (l *Limiter) get(ctx context.Context, key string) (counter, uint64, error) 
 		return counter{}, 0, nil
 	}
 	if err != nil {
-		return counter{}, 0, fmt.Errorf("read failed logins: %w", err)
+		return counter{}, 0, fmt.Errorf("read login attempts: %w", err)
 	}
 	var c counter
 	if json.Unmarshal(e.Value(), &c) != nil || time.Since(c.Since) >= l.limits.Window {
 		// A window that ended counts nothing, nor does an entry that is
-		// not a counter: the next failure overwrites it.
+		// not a counter: the next attempt overwrites it.
 		c = counter{}
 	}
 	return c, e.Revision(), nil
 }
 
-// incrementAttempts bounds the compare-and-set retries of an increment.
-// Each round of a race has a winner, so N concurrent failures on one key
-// need at most N attempts; past this many, a login fails with 503 rather
-// than going uncounted.
-const incrementAttempts = 64
+// changeAttempts bounds the compare-and-set rounds of a change. Each
+// round of a race has a winner, and a counter at its limit refuses
+// without writing, so racing attempts need about as many rounds as the
+// limit; past this many, a login fails with 503 rather than going
+// uncounted.
+const changeAttempts = 64
 
-// increment adds one failure to a counter with optimistic concurrency:
-// Create for a new counter, Update at the revision read otherwise,
-// reading again after losing a race, so that concurrent failures on
-// several runners are all counted.
-func (l *Limiter) increment(ctx context.Context, key string) error {
+// change applies f to a counter with optimistic concurrency: Create for
+// a new counter, Update at the revision read otherwise, reading again and
+// applying f anew after losing a race. f returns false to leave the
+// counter as it is.
+func (l *Limiter) change(ctx context.Context, key string, f func(*counter) bool) error {
 	for attempt := 1; ; attempt++ {
 		c, rev, err := l.get(ctx, key)
 		if err != nil {
 			return err
 		}
-		if c.Count == 0 {
-			c.Since = time.Now().UTC()
+		if !f(&c) {
+			return nil
 		}
-		c.Count++
 		data, err := json.Marshal(c)
 		if err != nil {
-			return fmt.Errorf("record a failed login: %w", err)
+			return fmt.Errorf("count login attempts: %w", err)
 		}
 		if rev == 0 {
 			_, err = l.kv.Create(ctx, key, data)
@@ -215,15 +285,15 @@ func (l *Limiter) increment(ctx context.Context, key string) error {
 			return nil
 		}
 		if !isConflict(err) {
-			return fmt.Errorf("record a failed login: %w", err)
+			return fmt.Errorf("count login attempts: %w", err)
 		}
-		if attempt == incrementAttempts {
-			return fmt.Errorf("record a failed login: gave up after %d conflicting updates: %w", attempt, err)
+		if attempt == changeAttempts {
+			return fmt.Errorf("count login attempts: gave up after %d conflicting updates: %w", attempt, err)
 		}
 		// Back off a little, at random, so that racing runners spread out.
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("record a failed login: %w", ctx.Err())
+			return fmt.Errorf("count login attempts: %w", ctx.Err())
 		case <-time.After(time.Duration(rand.Int64N(int64(attempt)*int64(time.Millisecond)) + 1)):
 		}
 	}

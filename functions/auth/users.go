@@ -295,7 +295,10 @@ func decodeUser(key string, data []byte) (*User, error) {
 	return &user, nil
 }
 
-// List returns every user, sorted by name; none is an empty list.
+// List returns every user, sorted by name; none is an empty list. It
+// returns the list only once the store said it was complete: a listing cut
+// short (a closed connection, a cancelled ctx) is an error, never a
+// shorter list.
 func (u *Users) List(ctx context.Context) ([]User, error) {
 	w, err := u.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
@@ -307,8 +310,16 @@ func (u *Users) List(ctx context.Context) ([]User, error) {
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("list users: %w", ctx.Err())
-		case e := <-w.Updates():
-			if e == nil { // every current user was delivered
+		case e, ok := <-w.Updates():
+			if !ok {
+				// The watcher stops, and closes the channel, when its
+				// subscription ends: the connection closed, or ctx ended.
+				if err := ctx.Err(); err != nil {
+					return nil, fmt.Errorf("list users: %w", err)
+				}
+				return nil, fmt.Errorf("list users: the listing stopped before its end (%d users received); try again", len(users))
+			}
+			if e == nil { // the end of the initial values: every current user was delivered
 				sort.Slice(users, func(i, j int) bool { return users[i].Name < users[j].Name })
 				return users, nil
 			}
@@ -325,14 +336,23 @@ func (u *Users) List(ctx context.Context) ([]User, error) {
 // cannot be a username and a wrong password all return
 // [ErrBadCredentials], and each costs one bcrypt comparison (an unknown
 // user's against a dummy hash of cost Cost), so that timing does not tell
-// which was wrong. Other errors are faults of the store.
+// which was wrong. Other errors are faults of the store; they name the
+// user only when it exists, since name may be a password typed in the
+// wrong field.
 func (u *Users) Authenticate(ctx context.Context, name, password string) (*User, error) {
 	var user *User
 	if ValidUsername(name) == nil {
-		var err error
-		user, _, err = u.get(ctx, name)
-		if err != nil && !errors.Is(err, ErrNoSuchUser) {
-			return nil, err
+		e, err := u.kv.Get(ctx, name)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			// Not the name: it may be a password typed as a username,
+			// and the error may be logged.
+			return nil, fmt.Errorf("authenticate: read KV bucket %s: %w", UsersBucket, err)
+		default:
+			if user, err = decodeUser(name, e.Value()); err != nil {
+				return nil, err // a stored user: the name is a username
+			}
 		}
 	}
 	// The dummy hash is made on the first call whoever logs in, so that

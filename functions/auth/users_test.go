@@ -374,3 +374,85 @@ func TestCreateUsersKeepsUsersAndHistoryOne(t *testing.T) {
 		t.Errorf("bucket history = %d, want 1: a replaced password hash is not kept", st.History())
 	}
 }
+
+// watchKV is a KV bucket whose WatchAll delivers the entries given, in a
+// channel left open or closed as the case says.
+type watchKV struct {
+	jetstream.KeyValue // the rest is not called
+	updates            chan jetstream.KeyValueEntry
+}
+
+func (kv watchKV) WatchAll(context.Context, ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
+	return kv, nil
+}
+func (kv watchKV) Updates() <-chan jetstream.KeyValueEntry { return kv.updates }
+func (kv watchKV) Stop() error                             { return nil }
+
+type entry struct {
+	jetstream.KeyValueEntry
+	key string
+}
+
+func (e entry) Key() string   { return e.key }
+func (e entry) Value() []byte { return []byte(`{"name":"` + e.key + `","permissions":[]}`) }
+
+// List returns a list only when the watch said it was complete (a nil
+// entry): a watch that stops before, as when the connection closes, is an
+// error, not a shorter list.
+func TestUsersListCutShort(t *testing.T) {
+	t.Parallel()
+	bob, alice := entry{key: "bob"}, entry{key: "alice"}
+	for _, tc := range []struct {
+		name    string
+		sent    []jetstream.KeyValueEntry // nil is the end of the list
+		closed  bool
+		want    []string
+		wantErr string
+	}{
+		{"complete", []jetstream.KeyValueEntry{bob, alice, nil}, false, []string{"alice", "bob"}, ""},
+		{"complete, then closed", []jetstream.KeyValueEntry{bob, alice, nil}, true, []string{"alice", "bob"}, ""},
+		{"empty store", []jetstream.KeyValueEntry{nil}, true, []string{}, ""},
+		{"closed after one user", []jetstream.KeyValueEntry{bob}, true, nil, "stopped before its end (1 users received)"},
+		{"closed before any user", nil, true, nil, "stopped before its end (0 users received)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			updates := make(chan jetstream.KeyValueEntry, len(tc.sent))
+			for _, e := range tc.sent {
+				updates <- e
+			}
+			if tc.closed {
+				close(updates)
+			}
+			list, err := auth.UsersOn(watchKV{updates: updates}).List(testContext(t))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || list != nil {
+					t.Errorf("List = %v, %v; want an error saying %q", list, err, tc.wantErr)
+				}
+				return
+			}
+			names := []string{}
+			for _, u := range list {
+				names = append(names, u.Name)
+			}
+			if err != nil || !slices.Equal(names, tc.want) {
+				t.Errorf("List = %v, %v; want %v", names, err, tc.want)
+			}
+		})
+	}
+}
+
+// A cancelled listing is ctx's error, whichever of ctx and the watch
+// stopping List sees first.
+func TestUsersListCancelled(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(testContext(t))
+	cancel()
+	updates := make(chan jetstream.KeyValueEntry, 1)
+	updates <- entry{key: "bob"}
+	close(updates)
+	for range 20 { // select picks at random
+		if _, err := auth.UsersOn(watchKV{updates: updates}).List(ctx); !errors.Is(err, context.Canceled) {
+			t.Fatalf("List with a cancelled ctx: %v, want context.Canceled", err)
+		}
+	}
+}

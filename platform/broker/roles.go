@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
@@ -16,32 +15,52 @@ import (
 // Role is what one kind of NATS identity may do on a Shoal deployment. The
 // embedded server knows one NKey identity per role; each connection proves
 // its role with the NKey's seed, which never crosses the wire.
+//
+// Every role but admin receives replies on an inbox prefix of its own
+// (see [InboxPrefix]), and may subscribe to that prefix only: no role
+// reads another's replies. Runners answer only to those inboxes, so a
+// caller cannot steer an answer onto another subject by choosing the
+// reply subject of its request.
 type Role string
 
 // The roles.
 const (
-	// RoleAdmin may do anything: `shoal up` itself, `shoal user`, key
-	// rotation.
+	// RoleAdmin may do anything: `shoal up` itself, `shoal user`, `shoal
+	// key`.
 	RoleAdmin Role = "admin"
 	// RoleGateway may send invocations and read the public signing keys.
 	RoleGateway Role = "gateway"
 	// RoleRunner may take invocations from the queue groups, answer them,
-	// read users and keys, and count failed logins.
+	// and read the public signing keys. It cannot read users: runners run
+	// function code.
 	RoleRunner Role = "runner"
-	// RoleClient may send invocations and read its own replies, on the
-	// inbox prefix [ClientInboxPrefix], and nothing else: it cannot
-	// subscribe to function subjects, so it can neither take other
-	// callers' invocations (and their tokens) nor pose as a runner, and it
-	// cannot read the replies the gateway receives.
+	// RoleAuth is a runner that also serves the auth function: it may
+	// read users and count failed logins too.
+	RoleAuth Role = "auth"
+	// RoleClient may send invocations and read the replies on its inbox
+	// prefix, and nothing else: it cannot subscribe to function subjects,
+	// so it can neither take other callers' invocations (and their
+	// tokens) nor pose as a runner, and it cannot read the replies the
+	// gateway receives. Every program holding the client credentials is
+	// the same principal and can read the others' replies.
 	RoleClient Role = "client"
 )
 
 // Roles lists every role.
-var Roles = []Role{RoleAdmin, RoleGateway, RoleRunner, RoleClient}
+var Roles = []Role{RoleAdmin, RoleGateway, RoleRunner, RoleAuth, RoleClient}
 
 // ClientInboxPrefix is the inbox prefix a client-role connection must use
 // (nats.CustomInboxPrefix, or the nats CLI's --inbox-prefix).
 const ClientInboxPrefix = "_INBOX_client"
+
+// InboxPrefix is the inbox prefix a role's connections must use; "" for
+// RoleAdmin, which keeps the NATS default, _INBOX.
+func InboxPrefix(role Role) string {
+	if role == RoleAdmin {
+		return ""
+	}
+	return "_INBOX_" + string(role)
+}
 
 // Bucket names whose JetStream API subjects the roles are allowed. They
 // are the KV buckets of the auth work: public signing keys, users and
@@ -52,26 +71,33 @@ const (
 	failuresBucket = "shoal_login_failures"
 )
 
-// maxReplyWait is how long a runner may take to answer an invocation: the
-// longest function timeout fn.yaml allows (15m) plus a margin. Past it the
-// server no longer lets the runner publish to the caller's reply subject.
-const maxReplyWait = 16 * time.Minute
+// callerInboxes are where runners may publish: the reply inboxes of the
+// roles that send invocations and discovery requests.
+var callerInboxes = []string{
+	"_INBOX.>", // admin
+	InboxPrefix(RoleGateway) + ".>",
+	ClientInboxPrefix + ".>",
+}
 
 // Permissions returns the NATS subject permissions of a role; nil for
 // RoleAdmin (no restriction).
 func Permissions(role Role) *server.Permissions {
+	inbox := []string{InboxPrefix(role) + ".>"}
 	switch role {
 	case RoleGateway:
 		return &server.Permissions{
-			Publish: &server.SubjectPermission{Allow: concat(
-				[]string{"fn.>", "$SRV.>"},
-				kvRead(keysBucket),
-			)},
-			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+			Publish:   &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>"}, kvRead(keysBucket))},
+			Subscribe: &server.SubjectPermission{Allow: inbox},
 		}
 	case RoleRunner:
 		return &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: concat(callerInboxes, kvRead(keysBucket))},
+			Subscribe: &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>"}, inbox)},
+		}
+	case RoleAuth:
+		return &server.Permissions{
 			Publish: &server.SubjectPermission{Allow: concat(
+				callerInboxes,
 				kvRead(keysBucket),
 				kvRead(usersBucket),
 				kvRead(failuresBucket),
@@ -83,14 +109,12 @@ func Permissions(role Role) *server.Permissions {
 					"$JS.API.STREAM.CREATE.KV_" + failuresBucket,
 				},
 			)},
-			Subscribe: &server.SubjectPermission{Allow: []string{"fn.>", "$SRV.>", "_INBOX.>"}},
-			// Answers go to the reply subject of a request received, once.
-			Response: &server.ResponsePermission{MaxMsgs: 1, Expires: maxReplyWait},
+			Subscribe: &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>"}, inbox)},
 		}
 	case RoleClient:
 		return &server.Permissions{
 			Publish:   &server.SubjectPermission{Allow: []string{"fn.>", "$SRV.>"}},
-			Subscribe: &server.SubjectPermission{Allow: []string{ClientInboxPrefix + ".>"}},
+			Subscribe: &server.SubjectPermission{Allow: inbox},
 		}
 	default:
 		return nil

@@ -32,26 +32,45 @@ func TestRolePermissions(t *testing.T) {
 		{broker.RoleClient, true, "fn.>", false},
 		{broker.RoleClient, true, "fn.ping", false},
 		{broker.RoleClient, true, ">", false},
-		{broker.RoleClient, true, "_INBOX.>", false}, // the gateway's replies
+		{broker.RoleClient, true, "_INBOX.>", false},         // the admin's replies
+		{broker.RoleClient, true, "_INBOX_gateway.>", false}, // the gateway's replies
+		{broker.RoleClient, true, "_INBOX_auth.>", false},    // users, read by the auth function
 		{broker.RoleClient, true, "$SRV.PING", false},
 		{broker.RoleClient, false, "$KV.shoal_users.alice", false},
 		{broker.RoleClient, false, "$JS.API.STREAM.INFO.KV_shoal_users", false},
 		{broker.RoleClient, false, "$KV.shoal_keys.evil", false},
-		// The gateway sends invocations; it takes none.
+		// The gateway sends invocations; it takes none and reads only its
+		// own replies.
 		{broker.RoleGateway, false, "fn.ping", true},
-		{broker.RoleGateway, true, "_INBOX.x", true},
+		{broker.RoleGateway, true, "_INBOX_gateway.x", true},
+		{broker.RoleGateway, true, "_INBOX.>", false},
+		{broker.RoleGateway, true, "_INBOX_auth.>", false},
 		{broker.RoleGateway, true, "fn.>", false},
 		{broker.RoleGateway, false, "$KV.shoal_keys.evil", false},
-		// A runner takes invocations and reads users, but cannot write
-		// users or keys, nor send invocations or arbitrary messages.
+		// A runner takes invocations and answers callers' inboxes only; it
+		// cannot read users, write keys, send invocations or publish
+		// elsewhere.
 		{broker.RoleRunner, true, "fn.>", true},
 		{broker.RoleRunner, true, "$SRV.PING", true},
-		{broker.RoleRunner, false, "$KV.shoal_login_failures.u.x", true},
+		{broker.RoleRunner, true, "_INBOX_runner.x", true},
+		{broker.RoleRunner, true, "_INBOX_gateway.>", false},
+		{broker.RoleRunner, true, "_INBOX_auth.>", false},
+		{broker.RoleRunner, false, "_INBOX_gateway.abc.1", true},
+		{broker.RoleRunner, false, "_INBOX_client.abc.1", true},
+		{broker.RoleRunner, false, "$KV.shoal_login_failures.u.x", false},
+		{broker.RoleRunner, false, "$JS.API.STREAM.INFO.KV_shoal_users", false},
 		{broker.RoleRunner, false, "$KV.shoal_users.alice", false},
 		{broker.RoleRunner, false, "$KV.shoal_keys.evil", false},
 		{broker.RoleRunner, false, "fn.ping", false},
-		{broker.RoleRunner, false, "_INBOX.someone", false},
 		{broker.RoleRunner, false, "$JS.API.STREAM.DELETE.KV_shoal_users", false},
+		// The auth runner also reads users and counts failed logins.
+		{broker.RoleAuth, true, "fn.>", true},
+		{broker.RoleAuth, true, "_INBOX_auth.x", true},
+		{broker.RoleAuth, false, "$KV.shoal_login_failures.u.x", true},
+		{broker.RoleAuth, false, "$JS.API.STREAM.INFO.KV_shoal_users", true},
+		{broker.RoleAuth, false, "$KV.shoal_users.alice", false},
+		{broker.RoleAuth, false, "$KV.shoal_keys.evil", false},
+		{broker.RoleAuth, false, "$JS.API.STREAM.PURGE.KV_shoal_users", false},
 		// The admin may do anything.
 		{broker.RoleAdmin, true, ">", true},
 		{broker.RoleAdmin, false, "$KV.shoal_users.alice", true},
@@ -81,6 +100,63 @@ func TestRolePermissions(t *testing.T) {
 				t.Errorf("allowed = %v, want %v (last error: %v)", !violated, tt.allowed, nc.LastError())
 			}
 		})
+	}
+}
+
+// TestReplySubjectCannotSteerRunners: a client that sets the reply subject
+// of an invocation to a KV subject does not get a runner to write there.
+func TestReplySubjectCannotSteerRunners(t *testing.T) {
+	s, creds := brokertest.StartSecured(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	admin, err := jetstream.New(brokertest.ConnectAs(t, s, creds, broker.RoleAdmin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	users, err := admin.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "shoal_users"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := users.Put(ctx, "alice", []byte("hash")); err != nil {
+		t.Fatal(err)
+	}
+	answered := make(chan struct{}, 10)
+	var runners []*nats.Conn
+	for _, role := range []broker.Role{broker.RoleRunner, broker.RoleAuth} {
+		rc := brokertest.ConnectAs(t, s, creds, role, nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+		if _, err := rc.QueueSubscribe("fn.ping", "shoal-runners", func(m *nats.Msg) {
+			_ = m.Respond([]byte("pong!"))
+			answered <- struct{}{}
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := rc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		runners = append(runners, rc)
+	}
+	cc := brokertest.ConnectAs(t, s, creds, broker.RoleClient)
+	for _, reply := range []string{"$KV.shoal_users.alice", "$JS.API.STREAM.PURGE.KV_shoal_users", "$KV.shoal_login_failures.u.x"} {
+		for range 4 { // both runners
+			if err := cc.PublishRequest("fn.ping", reply, nil); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-answered:
+			case <-ctx.Done():
+				t.Fatal("no runner took the invocation")
+			}
+		}
+	}
+	// The server has handled each runner's answers once its flush returns.
+	for _, rc := range runners {
+		if err := rc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e, err := users.Get(ctx, "alice")
+	if err != nil || string(e.Value()) != "hash" {
+		t.Fatalf("alice's record after reply-subject tricks: %v %v", e, err)
 	}
 }
 
@@ -128,11 +204,12 @@ func TestRolesUseKV(t *testing.T) {
 		}
 	}
 
-	runner, err := jetstream.New(brokertest.ConnectAs(t, s, creds, broker.RoleRunner))
+	runner, err := jetstream.New(brokertest.ConnectAs(t, s, creds, broker.RoleAuth))
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Creates the failures bucket itself, then writes and updates it.
+	// The auth runner creates the failures bucket itself, then writes
+	// and updates it.
 	failures, err := runner.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "shoal_login_failures", TTL: time.Minute})
 	if err != nil {
 		t.Fatalf("runner creates the failures bucket: %v", err)
@@ -153,6 +230,14 @@ func TestRolesUseKV(t *testing.T) {
 	}
 	if _, err := users.Put(denied(t), "k2", []byte("x")); err == nil {
 		t.Fatal("runner wrote a user")
+	}
+	// A plain runner reads no users.
+	plain, err := jetstream.New(brokertest.ConnectAs(t, s, creds, broker.RoleRunner))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := plain.KeyValue(denied(t), "shoal_users"); err == nil {
+		t.Fatal("a plain runner opened the users bucket")
 	}
 
 	gw, err := jetstream.New(brokertest.ConnectAs(t, s, creds, broker.RoleGateway))

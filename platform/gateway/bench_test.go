@@ -105,7 +105,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 // same with the cache off.
 func BenchmarkTokenCheck(b *testing.B) {
 	run := func(b *testing.B, cacheSize int, fn string) {
-		p := startSecured(b, cacheSize)
+		p := startSecured(b, securedOptions{cacheSize: cacheSize})
 		signer, err := token.NewSigner(p.key, "shoal", "shoal")
 		if err != nil {
 			b.Fatal(err)

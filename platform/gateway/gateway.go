@@ -204,6 +204,6 @@ func (g *Gateway) serveJWKS(w http.ResponseWriter, _ *http.Request) {
 	}
 	h := w.Header()
 	h.Set("Content-Type", "application/jwk-set+json")
-	h.Set("Cache-Control", "public, max-age=300")
+	h.Set("Cache-Control", "public, max-age=60")
 	_, _ = w.Write(body) // the client went away; nothing to do
 }

@@ -50,9 +50,18 @@ type secured struct {
 	key    jwkset.JWK // the signing key, private
 }
 
-// startSecured starts the platform; cacheSize is the verifiers' (0 for
-// the default, negative for none).
-func startSecured(t testing.TB, cacheSize int) *secured {
+// securedOptions vary the verifiers of a secured platform.
+type securedOptions struct {
+	// cacheSize is the verifiers' cache size: 0 for the default,
+	// negative for none.
+	cacheSize int
+	// hs256, when set, is a shared secret the verifiers accept besides
+	// the published keys, with HS256 allowed.
+	hs256 *jwkset.JWK
+}
+
+// startSecured starts the platform.
+func startSecured(t testing.TB, o securedOptions) *secured {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -94,9 +103,10 @@ func startSecured(t testing.TB, cacheSize int) *secured {
 	}
 
 	// The runner, on its own runner-role connection; its key watch and
-	// the auth function's KV work on a second one, as shoal runner does.
+	// the auth function's KV work on a second one, as the auth role, as
+	// shoal up does.
 	rnc := brokertest.ConnectAs(t, s, creds, broker.RoleRunner)
-	rjs, err := jetstream.New(brokertest.ConnectAs(t, s, creds, broker.RoleRunner))
+	rjs, err := jetstream.New(brokertest.ConnectAs(t, s, creds, broker.RoleAuth))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +121,7 @@ func startSecured(t testing.TB, cacheSize int) *secured {
 	r, err := runner.Start(rnc, runner.Config{
 		Manifest: m,
 		Builtins: functions.Builtins(functions.Deps{Auth: auth.Config{Users: rusers, Limiter: rlimiter, Signer: signer}}),
-		Verifier: verifierOn(t, ctx, rjs, cacheSize),
+		Verifier: verifierOn(t, watchKeys(t, ctx, rjs), o),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -129,11 +139,7 @@ func startSecured(t testing.TB, cacheSize int) *secured {
 		t.Fatal(err)
 	}
 	kr := watchKeys(t, ctx, gjs)
-	gv, err := token.NewVerifier(token.VerifierConfig{Issuers: []token.Issuer{{Issuer: "shoal", Audience: "shoal", Keys: kr}}, CacheSize: cacheSize})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := gateway.New(gateway.Config{NATS: gnc, Manifest: m, Verifier: gv, JWKS: kr.JWKS})
+	g, err := gateway.New(gateway.Config{NATS: gnc, Manifest: m, Verifier: verifierOn(t, kr, o), JWKS: kr.JWKS})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,13 +169,35 @@ func watchKeys(t testing.TB, ctx context.Context, js jetstream.JetStream) *keyri
 	return kr
 }
 
-func verifierOn(t testing.TB, ctx context.Context, js jetstream.JetStream, cacheSize int) *token.Verifier {
+// verifierOn builds a verifier of the published keys kr, as o says.
+func verifierOn(t testing.TB, kr *keyring.Keyring, o securedOptions) *token.Verifier {
 	t.Helper()
-	v, err := token.NewVerifier(token.VerifierConfig{Issuers: []token.Issuer{{Issuer: "shoal", Audience: "shoal", Keys: watchKeys(t, ctx, js)}}, CacheSize: cacheSize})
+	cfg := token.VerifierConfig{CacheSize: o.cacheSize}
+	var keys token.KeySource = kr
+	if o.hs256 != nil {
+		secret, err := token.StaticKeys(*o.hs256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = eitherKeys{kr, secret}
+		cfg.Algorithms = []string{token.EdDSA, token.ES256, token.RS256, token.HS256}
+	}
+	cfg.Issuers = []token.Issuer{{Issuer: "shoal", Audience: "shoal", Keys: keys}}
+	v, err := token.NewVerifier(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return v
+}
+
+// eitherKeys finds a kid in the first source, else the second.
+type eitherKeys [2]token.KeySource
+
+func (e eitherKeys) KeyRead(ctx context.Context, kid string) (jwkset.JWK, error) {
+	if k, err := e[0].KeyRead(ctx, kid); err == nil {
+		return k, nil
+	}
+	return e[1].KeyRead(ctx, kid)
 }
 
 // claims are valid claims for alice with the echo permission.
@@ -250,7 +278,7 @@ func (p *secured) viaNATS(t *testing.T, fn, authorization, body string) call {
 // TestSecurityTable sends each kind of bad token through the gateway and
 // straight over NATS; both must refuse it the same way.
 func TestSecurityTable(t *testing.T) {
-	p := startSecured(t, 0)
+	p := startSecured(t, securedOptions{})
 	kid := p.key.Marshal().KID
 	priv := p.key.Key().(ed25519.PrivateKey)
 	pub := priv.Public().(ed25519.PublicKey)
@@ -361,11 +389,48 @@ func TestSecurityTable(t *testing.T) {
 	}
 }
 
+// TestAlgorithmConfusionWithHS256Allowed: with HS256 enabled (a shared
+// secret configured), an HS256 token "signed" with an Ed25519 public key
+// under that key's kid is still refused, while one signed with the
+// secret passes; both through the gateway and over NATS.
+func TestAlgorithmConfusionWithHS256Allowed(t *testing.T) {
+	secret, err := token.GenerateKey(token.HS256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startSecured(t, securedOptions{hs256: &secret})
+	kid := p.key.Marshal().KID
+	pub := p.key.Key().(ed25519.PrivateKey).Public().(ed25519.PublicKey)
+	pubJWK, err := json.Marshal(p.key.Marshal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		kid    string
+		key    any
+		status int
+	}{
+		{"HS256 with the shared secret", secret.Marshal().KID, secret.Key(), 200},
+		{"HS256 with the Ed25519 public key bytes", kid, []byte(pub), 401},
+		{"HS256 with the public JWK", kid, pubJWK, 401},
+		{"HS256 with the public key under the secret's kid", secret.Marshal().KID, []byte(pub), 401},
+	}
+	for _, tt := range tests {
+		bearer := "Bearer " + sign(t, jwt.SigningMethodHS256, tt.kid, tt.key, claims())
+		for name, via := range map[string]func(*testing.T, string, string, string) call{"gateway": p.viaGateway, "nats": p.viaNATS} {
+			if c := via(t, "echo", bearer, "hello"); c.status != tt.status {
+				t.Errorf("%s via %s: %d %s, want %d", tt.name, name, c.status, c.body, tt.status)
+			}
+		}
+	}
+}
+
 // TestKeyRotation adds a second signing key, signs with it, withdraws the
 // first: tokens of both keys verify while both are published, and those of
 // the withdrawn key stop verifying, with no restart.
 func TestKeyRotation(t *testing.T) {
-	p := startSecured(t, 0)
+	p := startSecured(t, securedOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	oldSigner, err := token.NewSigner(p.key, "shoal", "shoal")
@@ -439,7 +504,7 @@ func eventually(t *testing.T, cond func() bool) {
 // TestLogin logs in through the gateway and over NATS, uses the token,
 // and trips the failed-login limit.
 func TestLogin(t *testing.T) {
-	p := startSecured(t, 0)
+	p := startSecured(t, securedOptions{})
 	login := func(t *testing.T, via func(*testing.T, string, string, string) call, user, password string) call {
 		b, err := json.Marshal(map[string]string{"username": user, "password": password})
 		if err != nil {

@@ -29,9 +29,20 @@ const Bucket = "shoal_keys"
 // published on this NATS.
 var ErrNoKeys = errors.New("no token signing keys are published on this NATS (KV bucket " + Bucket + " is missing); start `shoal up` or run `shoal key rotate` once")
 
-// Create creates the bucket, or updates its configuration, with the given
-// number of replicas (1 on a single server, 3 on a cluster).
+// Create creates the bucket with the given number of replicas (1 on a
+// single server, 3 on a cluster), or updates an existing one to that
+// number. replicas 0 leaves an existing bucket as it is and creates a
+// missing one with 1.
 func Create(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
+	if replicas <= 0 {
+		kv, err := js.KeyValue(ctx, Bucket)
+		if err == nil {
+			return kv, nil
+		}
+		if !errors.Is(err, jetstream.ErrBucketNotFound) {
+			return nil, fmt.Errorf("keyring: open bucket %s: %w", Bucket, err)
+		}
+	}
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      Bucket,
 		Description: "Shoal: public token signing keys by kid",
@@ -82,12 +93,15 @@ func publicKey(k any) any {
 	return k
 }
 
+// ErrNotPublished means no published key has the kid.
+var ErrNotPublished = errors.New("no published key has this kid")
+
 // Remove withdraws a key: tokens signed with it stop verifying (within
 // the verifiers' cache time).
 func Remove(ctx context.Context, kv jetstream.KeyValue, kid string) error {
 	if _, err := kv.Get(ctx, kid); err != nil {
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			return fmt.Errorf("keyring: no published key has kid %q", kid)
+			return fmt.Errorf("keyring: %q: %w", kid, ErrNotPublished)
 		}
 		return fmt.Errorf("keyring: remove key %s: %w", kid, err)
 	}
@@ -175,13 +189,17 @@ func (k *Keyring) apply(keys map[string]jwkset.JWK, e jetstream.KeyValueEntry) {
 		k.log.Info("token signing key withdrawn", "kid", kid)
 		return
 	}
+	// A malformed entry withdraws the key, so that every process, old or
+	// new, agrees on what is trusted.
 	jwk, err := jwkset.NewJWKFromRawJSON(e.Value(), jwkset.JWKMarshalOptions{}, jwkset.JWKValidateOptions{})
 	if err != nil {
-		k.log.Error("ignoring a malformed public key in the keyring", "kid", kid, "error", err)
+		delete(keys, kid)
+		k.log.Error("a malformed public key in the keyring: not trusted", "kid", kid, "error", err)
 		return
 	}
 	if jwk.Marshal().KID != kid {
-		k.log.Error("ignoring a public key stored under another kid", "kid", kid, "jwk_kid", jwk.Marshal().KID)
+		delete(keys, kid)
+		k.log.Error("a public key stored under another kid: not trusted", "kid", kid, "jwk_kid", jwk.Marshal().KID)
 		return
 	}
 	keys[kid] = jwk

@@ -110,6 +110,12 @@ func TestWatchFollowsPublishAndRemove(t *testing.T) {
 	if slices.Contains(kr.KeyIDs(), "junk") {
 		t.Error("the malformed entry was taken as a key")
 	}
+	// A key overwritten with junk is withdrawn, as a new watcher would
+	// never have seen it.
+	if _, err := kv.Put(ctx, k3.Marshal().KID, []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return slices.Equal(kr.KeyIDs(), []string{id2}) })
 	if err := kr.Stop(); err != nil {
 		t.Errorf("stop: %v", err)
 	}

@@ -54,8 +54,8 @@ func StartSecured(tb testing.TB) (*broker.Server, *broker.Credentials) {
 	return s, creds
 }
 
-// ConnectAs opens a connection to s with a role's identity, and the
-// client role's inbox prefix for that role.
+// ConnectAs opens a connection to s with a role's identity and the role's
+// inbox prefix.
 func ConnectAs(tb testing.TB, s *broker.Server, creds *broker.Credentials, role broker.Role, opts ...nats.Option) *nats.Conn {
 	tb.Helper()
 	auth, err := nats.NkeyOptionFromSeed(creds.SeedFile(role))
@@ -63,8 +63,8 @@ func ConnectAs(tb testing.TB, s *broker.Server, creds *broker.Credentials, role 
 		tb.Fatalf("nkey seed: %v", err)
 	}
 	opts = append([]nats.Option{auth}, opts...)
-	if role == broker.RoleClient {
-		opts = append(opts, nats.CustomInboxPrefix(broker.ClientInboxPrefix))
+	if prefix := broker.InboxPrefix(role); prefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(prefix))
 	}
 	return Connect(tb, s, opts...)
 }
