@@ -271,6 +271,22 @@ func TestUp(t *testing.T) {
 	if code != 0 || !regexp.MustCompile(`(?m)^alice\s+echo\s`).MatchString(out) {
 		t.Errorf("shoal user list = %d %q", code, out)
 	}
+	// A second user comes and goes; a duplicate is refused.
+	if _, errOut, code := runShoalIn(t, dir, "another pass\n", append([]string{"user", "add", "alice", "--password-stdin"}, admin...)...); code != 1 || !strings.Contains(errOut, "exists") {
+		t.Errorf("shoal user add of an existing user = %d %s", code, errOut)
+	}
+	if _, errOut, code := runShoalIn(t, dir, "bob's password\n", append([]string{"user", "add", "bob", "--perm", "ping", "--password-stdin"}, admin...)...); code != 0 {
+		t.Fatalf("shoal user add bob = %d %s", code, errOut)
+	}
+	if _, errOut, code := runShoal(t, dir, append([]string{"user", "rm", "bob"}, admin...)...); code != 0 {
+		t.Errorf("shoal user rm bob = %d %s", code, errOut)
+	}
+	if out, _, _ := runShoal(t, dir, append([]string{"user", "list"}, admin...)...); strings.Contains(out, "bob") {
+		t.Errorf("bob still listed after shoal user rm:\n%s", out)
+	}
+	if _, errOut, code := runShoal(t, dir, append([]string{"user", "rm", "bob"}, admin...)...); code != 1 || !strings.Contains(errOut, "bob") {
+		t.Errorf("shoal user rm of a missing user = %d %s", code, errOut)
+	}
 	status, body := post(t, gw+"/function/auth/token", `{"username":"alice","password":"correct horse"}`, "")
 	var tok struct {
 		AccessToken string `json:"access_token"`
