@@ -31,6 +31,7 @@ const (
 	CodeInternal         Code = "internal"            // 500: a fault in Shoal itself
 	CodeNotImplemented   Code = "not_implemented"     // 501: the function does not offer this yet
 	CodeBadGateway       Code = "bad_gateway"         // 502: a runner answered in a way the protocol does not allow
+	CodeRunnerLost       Code = "runner_lost"         // 502: the runner running the invocation stopped before it answered
 	CodeNoRunner         Code = "no_runner"           // 503: no runner serves the function
 	CodeUnavailable      Code = "unavailable"         // 503: NATS unreachable, or the runner is shutting down
 	CodeTimeout          Code = "timeout"             // 504: the function did not answer within its timeout
@@ -64,7 +65,8 @@ func (e *Error) retryAfter() string {
 	if e.RetryAfter > 0 {
 		return strconv.FormatInt(int64((e.RetryAfter+time.Second-1)/time.Second), 10)
 	}
-	if e.Code == CodeNoRunner || e.Code == CodeOverloaded || e.Code == CodeUnavailable {
+	switch e.Code {
+	case CodeNoRunner, CodeOverloaded, CodeUnavailable, CodeRunnerLost:
 		return "1"
 	}
 	return ""

@@ -51,3 +51,45 @@ func ExampleErrorf() {
 	fmt.Print(string(e.Body()))
 	// Output: {"error":{"code":"timeout","message":"function \"resize\" did not answer within its timeout of 30s"}}
 }
+
+// A caller that asks for an ack reads its reply subject until the answer:
+// the ack comes first and names the runner that took the invocation.
+func ExampleReadAck() {
+	nc, err := nats.Connect(nats.DefaultURL)
+	if err != nil {
+		fmt.Println("no NATS server here:", err)
+		return
+	}
+	defer nc.Close()
+	replies, err := nc.SubscribeSync(nc.NewInbox())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer replies.Unsubscribe()
+
+	msg := nats.NewMsg(invocation.Subject("ping"))
+	msg.Header.Set(invocation.HeaderAck, invocation.AckRequested)
+	msg.Reply = replies.Subject
+	if err := nc.PublishMsg(msg); err != nil {
+		fmt.Println(err)
+		return
+	}
+	for {
+		reply, err := replies.NextMsg(10 * time.Second)
+		if err != nil {
+			fmt.Println("invoke:", err)
+			return
+		}
+		if runner, ok := invocation.ReadAck(reply); ok {
+			fmt.Println("running on runner", runner)
+			continue
+		}
+		if len(reply.Data) == 0 && reply.Header.Get("Status") == "503" {
+			fmt.Println("no runner serves ping") // the NATS server's no-responders notice
+			return
+		}
+		fmt.Println(string(reply.Data))
+		return
+	}
+}

@@ -15,9 +15,17 @@
 // the NATS services framework's error form (Nats-Service-Error-Code holds
 // the HTTP status, Nats-Service-Error the message) with Shoal-Error holding
 // a stable [Code] and a JSON [Error] body.
+//
+// A caller that wants to know which runner took an invocation (to fail it
+// at once if that runner dies) sets [HeaderAck] to [AckRequested]; the
+// runner that admits it then sends an ack message ([NewAckMsg], read with
+// [ReadAck]) to the reply subject before the answer. Such a caller needs
+// its own reply subscription, as a request helper that keeps only the
+// first message would take the ack for the answer.
 package invocation
 
 import (
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 )
 
@@ -42,7 +50,15 @@ const (
 	HeaderPath = "Shoal-Path"
 	// HeaderQuery carries the raw query string, without "?".
 	HeaderQuery = "Shoal-Query"
+	// HeaderAck, set to [AckRequested] on a request, asks the runner that
+	// admits the invocation for an ack message before the answer. On the
+	// ack message it carries the runner's id.
+	HeaderAck = "Shoal-Ack"
 )
+
+// AckRequested is the value of [HeaderAck] on a request that asks for an
+// ack. Other values are ignored, so that the header can grow meanings.
+const AckRequested = "1"
 
 // Reply headers, set by the runner.
 const (
@@ -55,6 +71,51 @@ const (
 	HeaderServiceError     = micro.ErrorHeader
 	HeaderServiceErrorCode = micro.ErrorCodeHeader
 )
+
+// WantsAck reports whether a request asks for an ack: [HeaderAck] is
+// [AckRequested], the name in any case.
+func WantsAck(h nats.Header) bool {
+	return headerValue(h, HeaderAck) == AckRequested
+}
+
+// NewAckMsg builds the ack message a runner sends to subject reply when it
+// admits an invocation that asked for one: no data, [HeaderAck] holding
+// runner, the runner's id (its NATS services instance id), and no
+// [HeaderStatus]. It must reach reply before the answer does: publish it
+// first, on the connection the answer will use.
+func NewAckMsg(reply, runner string) *nats.Msg {
+	return &nats.Msg{Subject: reply, Header: nats.Header{HeaderAck: {runner}}}
+}
+
+// ReadAck reports whether msg, received on a request's reply subject, is
+// an ack rather than the answer, and if so which runner sent it. An ack
+// has no data, a non-empty [HeaderAck] and neither [HeaderStatus] nor
+// [HeaderServiceErrorCode].
+func ReadAck(msg *nats.Msg) (runner string, ok bool) {
+	if len(msg.Data) > 0 || len(msg.Header) == 0 {
+		return "", false
+	}
+	runner = headerValue(msg.Header, HeaderAck)
+	if runner == "" || headerValue(msg.Header, HeaderStatus) != "" || headerValue(msg.Header, HeaderServiceErrorCode) != "" {
+		return "", false
+	}
+	return runner, true
+}
+
+// headerValue is the first value of the header name, whose canonical form
+// is canonical, in any case: NATS keeps names as the sender wrote them.
+// The exact name is tried first; names of another length are skipped.
+func headerValue(h nats.Header, canonical string) string {
+	if v := h[canonical]; len(v) > 0 {
+		return v[0]
+	}
+	for k, v := range h {
+		if len(k) == len(canonical) && len(v) > 0 && asciiEqualFold(k, canonical) {
+			return v[0]
+		}
+	}
+	return ""
+}
 
 // Subject returns the NATS subject that invokes function name.
 func Subject(name string) string { return SubjectPrefix + name }

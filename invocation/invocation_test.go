@@ -235,3 +235,65 @@ func TestForwardedHostNotSpoofable(t *testing.T) {
 		t.Errorf("X-Forwarded-Host = %q from the client, want none", v)
 	}
 }
+
+func TestAckMessages(t *testing.T) {
+	ack := invocation.NewAckMsg("_INBOX.a.1", "RUNNER1")
+	if ack.Subject != "_INBOX.a.1" || len(ack.Data) != 0 || ack.Header.Get(invocation.HeaderStatus) != "" {
+		t.Errorf("NewAckMsg = %s %v %q", ack.Subject, ack.Header, ack.Data)
+	}
+	tests := []struct {
+		name   string
+		msg    *nats.Msg
+		runner string // "" when msg is not an ack
+	}{
+		{"ack", ack, "RUNNER1"},
+		{"ack, name in lower case", &nats.Msg{Header: nats.Header{"shoal-ack": {"R2"}}}, "R2"},
+		{"answer", invocation.NewResponseMsg("_INBOX.a.1", 200, nil, []byte("pong!")), ""},
+		{"empty answer", invocation.NewResponseMsg("_INBOX.a.1", 204, nil, nil), ""},
+		{"error answer", invocation.Errorf(504, invocation.CodeTimeout, "slow").Msg("_INBOX.a.1"), ""},
+		{"plain responder, nothing at all", &nats.Msg{}, ""},
+		{"Shoal-Ack with a status is an answer", &nats.Msg{Header: nats.Header{invocation.HeaderAck: {"R"}, invocation.HeaderStatus: {"200"}}}, ""},
+		{"Shoal-Ack with an error code is an answer", &nats.Msg{Header: nats.Header{invocation.HeaderAck: {"R"}, invocation.HeaderServiceErrorCode: {"500"}}}, ""},
+		{"Shoal-Ack with data is an answer", &nats.Msg{Header: nats.Header{invocation.HeaderAck: {"R"}}, Data: []byte("x")}, ""},
+		{"empty Shoal-Ack", &nats.Msg{Header: nats.Header{invocation.HeaderAck: {""}}}, ""},
+		{"no responders status", &nats.Msg{Header: nats.Header{"Status": {"503"}}}, ""},
+	}
+	for _, tt := range tests {
+		runner, ok := invocation.ReadAck(tt.msg)
+		if runner != tt.runner || ok != (tt.runner != "") {
+			t.Errorf("%s: ReadAck = %q, %v; want %q", tt.name, runner, ok, tt.runner)
+		}
+	}
+
+	wants := []struct {
+		h    nats.Header
+		want bool
+	}{
+		{nats.Header{invocation.HeaderAck: {invocation.AckRequested}}, true},
+		{nats.Header{"SHOAL-ACK": {"1"}, "X-Other": {"x"}}, true},
+		{nats.Header{invocation.HeaderAck: {"yes"}}, false},
+		{nats.Header{"X-Shoal-Ack": {"1"}}, false},
+		{nil, false},
+	}
+	for _, tt := range wants {
+		if got := invocation.WantsAck(tt.h); got != tt.want {
+			t.Errorf("WantsAck(%v) = %v, want %v", tt.h, got, tt.want)
+		}
+	}
+
+	// A client cannot ask for acks through the gateway: Shoal-Ack is
+	// reserved.
+	r := httptest.NewRequest("GET", "/function/f", nil)
+	r.Header.Set(invocation.HeaderAck, "1")
+	if invocation.WantsAck(invocation.NewRequestMsg("fn.f", r, "", nil).Header) {
+		t.Error("a client's Shoal-Ack crossed into the invocation")
+	}
+}
+
+func TestRunnerLostError(t *testing.T) {
+	rec := httptest.NewRecorder()
+	invocation.Errorf(502, invocation.CodeRunnerLost, "gone").WriteHTTP(rec)
+	if rec.Code != 502 || rec.Header().Get("Retry-After") != "1" {
+		t.Errorf("runner_lost: %d, Retry-After %q; want 502 and 1", rec.Code, rec.Header().Get("Retry-After"))
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -233,9 +235,24 @@ func redact(urls string) string {
 	return strings.Join(parts, ",")
 }
 
+// extraBuiltins are functions added to this binary's built-ins; only the
+// tests set them (a function that crashes its worker, one that sleeps).
+var extraBuiltins map[string]http.Handler
+
+// builtins are the functions this binary serves.
+func builtins(deps functions.Deps) map[string]http.Handler {
+	b := functions.Builtins(deps)
+	maps.Copy(b, extraBuiltins)
+	return b
+}
+
 // loadManifest loads a manifest against the built-ins of this binary.
 func loadManifest(path string) (*manifest.Manifest, error) {
-	m, err := manifest.Load(path, manifest.Options{Builtins: functions.Names()})
+	names := functions.Names()
+	for name := range extraBuiltins {
+		names = append(names, name)
+	}
+	m, err := manifest.Load(path, manifest.Options{Builtins: names})
 	if err != nil {
 		var errs manifest.Errors
 		if errors.As(err, &errs) {

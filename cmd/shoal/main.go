@@ -44,8 +44,10 @@ func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) 
 // any command runs.
 var logger = slog.Default()
 
+// rootFlags are the global flags, which worker processes inherit.
+var rootFlags struct{ logFormat, logLevel string }
+
 func newRootCmd() *cobra.Command {
-	var logFormat, logLevel string
 	root := &cobra.Command{
 		Use:           "shoal",
 		Short:         "Shoal is a serverless-style function platform on NATS",
@@ -53,7 +55,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(*cobra.Command, []string) error {
-			l, err := newLogger(logFormat, logLevel)
+			l, err := newLogger(rootFlags.logFormat, rootFlags.logLevel)
 			if err != nil {
 				return err
 			}
@@ -62,10 +64,10 @@ func newRootCmd() *cobra.Command {
 			return nil
 		},
 	}
-	root.PersistentFlags().StringVar(&logFormat, "log-format", "text", "log format: text or json")
-	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	root.PersistentFlags().StringVar(&rootFlags.logFormat, "log-format", "text", "log format: text or json")
+	root.PersistentFlags().StringVar(&rootFlags.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.AddCommand(newUpCmd(), newGatewayCmd(), newRunnerCmd(), newInvokeCmd(), newValidateCmd(),
-		newTokenCmd(), newUserCmd(), newKeyCmd(), newVersionCmd())
+		newTokenCmd(), newUserCmd(), newKeyCmd(), newRestartCmd(), newPSCmd(), newVersionCmd())
 	return root
 }
 

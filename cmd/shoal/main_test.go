@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/shoal-dev/shoal/functions/functionstest"
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/platform/broker"
 	"github.com/shoal-dev/shoal/platform/broker/brokertest"
@@ -34,8 +35,19 @@ import (
 // itself as the shoal command when this variable is set.
 const beShoal = "SHOAL_TEST_BE_SHOAL"
 
+// testFunctions, set to 1 with beShoal, adds the test functions crash and
+// sleep to the built-ins.
+const testFunctions = "SHOAL_TEST_FUNCTIONS"
+
 func TestMain(m *testing.M) {
 	if os.Getenv(beShoal) == "1" {
+		if os.Getenv(testFunctions) == "1" {
+			extraBuiltins = map[string]http.Handler{
+				// crash ends its worker process, as a fatal bug would.
+				"crash": http.HandlerFunc(func(http.ResponseWriter, *http.Request) { os.Exit(3) }),
+				"sleep": functionstest.Builtins(nil)["sleep"],
+			}
+		}
 		main()
 		os.Exit(0)
 	}
@@ -66,8 +78,14 @@ type proc struct {
 
 func startShoal(t *testing.T, args ...string) *proc {
 	t.Helper()
+	return startShoalEnv(t, nil, args...)
+}
+
+// startShoalEnv is startShoal with variables added to the environment.
+func startShoalEnv(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), beShoal+"=1")
+	cmd.Env = append(append(os.Environ(), beShoal+"=1"), env...)
 	cmd.Dir = t.TempDir()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/shoal-dev/shoal/platform/broker"
 	"github.com/shoal-dev/shoal/platform/gateway"
 	"github.com/shoal-dev/shoal/platform/runner"
+	"github.com/shoal-dev/shoal/platform/supervisor"
 	"github.com/shoal-dev/shoal/token"
 )
 
@@ -61,11 +63,20 @@ func (l *gatewayLimits) check() error {
 // buffer, so that invocations fail at once (503) while NATS is away.
 var gatewayConnOpts = []nats.Option{nats.ReconnectBufSize(-1)}
 
+// gatewayExtras are what shoal up adds to a gateway: runner acks (so that
+// it can fail the invocations of a worker that died at once) and the
+// workers' status.
+type gatewayExtras struct {
+	ackRunners bool
+	workers    func(context.Context) (any, error)
+}
+
 // startGateway starts a gateway that owns nc and serves HTTP on addr.
-func startGateway(nc *nats.Conn, m *manifest.Manifest, addr string, limits gatewayLimits, tr *trust) (*servingGateway, error) {
+func startGateway(nc *nats.Conn, m *manifest.Manifest, addr string, limits gatewayLimits, tr *trust, x gatewayExtras) (*servingGateway, error) {
 	g, err := gateway.New(gateway.Config{
 		NATS: nc, Manifest: m, MaxBody: int64(limits.maxBody), MaxInFlight: limits.maxInFlight,
 		Verifier: tr.verifier, JWKS: tr.jwks,
+		AckRunners: x.ackRunners, Workers: x.workers, SystemPermission: systemPermission,
 		Logger: logger.With("component", "gateway"),
 	})
 	if err != nil {
@@ -148,7 +159,7 @@ func startRunner(nc *nats.Conn, m *manifest.Manifest, worker int, env runnerEnv)
 		deps.Auth = *env.auth
 	}
 	r, err := runner.Start(nc, runner.Config{
-		Manifest: m, Builtins: functions.Builtins(deps), Verifier: env.trust.verifier, Metadata: meta, Logger: log,
+		Manifest: m, Builtins: builtins(deps), Verifier: env.trust.verifier, Metadata: meta, Logger: log,
 	})
 	if err != nil {
 		nc.Close()
@@ -185,15 +196,20 @@ func authConfig(ctx context.Context, nc *nats.Conn, signer auth.Signer, af authF
 }
 
 // waitForStop blocks until the process is asked to stop (ctx, by signal)
-// or the gateway stops serving on its own (a failure).
-func waitForStop(ctx context.Context, sg *servingGateway) error {
-	select {
-	case <-ctx.Done():
-		logger.Info("shutting down: draining in-flight requests")
-		return nil
-	case <-sg.done:
-		sg.reported = true
-		return fmt.Errorf("gateway stopped serving: %w", sg.err)
+// or the gateway stops serving on its own (a failure). Meanwhile each
+// signal on hup (nil: none) runs onHUP.
+func waitForStop(ctx context.Context, sg *servingGateway, onHUP func(), hup <-chan os.Signal) error {
+	for {
+		select {
+		case <-ctx.Done():
+			logger.Info("shutting down: draining in-flight requests")
+			return nil
+		case <-sg.done:
+			sg.reported = true
+			return fmt.Errorf("gateway stopped serving: %w", sg.err)
+		case <-hup:
+			onHUP()
+		}
 	}
 }
 
@@ -232,11 +248,11 @@ func newGatewayCmd() *cobra.Command {
 				return err
 			}
 			defer tr.stop()
-			sg, err := startGateway(nc, m, addr, limits, tr)
+			sg, err := startGateway(nc, m, addr, limits, tr, gatewayExtras{})
 			if err != nil {
 				return err
 			}
-			runErr := waitForStop(cmd.Context(), sg)
+			runErr := waitForStop(cmd.Context(), sg, nil, nil)
 			ctx, cancel := context.WithTimeout(context.Background(), drain)
 			defer cancel()
 			return errors.Join(runErr, sg.shutdown(ctx))
@@ -265,11 +281,12 @@ func buildTrust(ctx context.Context, nc *nats.Conn, tf *trustFlags, local []jwks
 
 func newRunnerCmd() *cobra.Command {
 	var (
-		nf    natsFlags
-		tf    trustFlags
-		af    authFlags
-		file  string
-		drain time.Duration
+		nf     natsFlags
+		tf     trustFlags
+		af     authFlags
+		file   string
+		drain  time.Duration
+		worker int
 	)
 	cmd := &cobra.Command{
 		Use:   "runner",
@@ -325,11 +342,14 @@ function.`,
 			if err != nil {
 				return err
 			}
-			r, err := startRunner(nc, m, 0, env)
+			r, err := startRunner(nc, m, worker, env)
 			if err != nil {
 				return err
 			}
 			logger.Info("runner serving", "nats", nc.ConnectedUrlRedacted(), "id", r.ID(), "functions", r.Functions())
+			if err := supervisor.NotifyReady(r.ID()); err != nil {
+				logger.Error("cannot tell the supervisor this runner is ready", "error", err)
+			}
 			<-cmd.Context().Done()
 			logger.Info("shutting down: draining in-flight invocations")
 			ctx, cancel := context.WithTimeout(context.Background(), drain)
@@ -342,5 +362,7 @@ function.`,
 	af.register(cmd.Flags(), true)
 	cmd.Flags().StringVarP(&file, "file", "f", defaultManifest, "function manifest")
 	cmd.Flags().DurationVar(&drain, "drain-timeout", defaultDrainTimeout, "how long shutdown waits for in-flight invocations")
+	cmd.Flags().IntVar(&worker, "worker", 0, "worker slot, when run by shoal up's supervisor (shown in the service metadata)")
+	_ = cmd.Flags().MarkHidden("worker")
 	return cmd
 }

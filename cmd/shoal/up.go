@@ -6,9 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime"
-	"sync"
+	"syscall"
 	"time"
 
 	"github.com/MicahParks/jwkset"
@@ -19,8 +20,7 @@ import (
 	"github.com/shoal-dev/shoal/functions/auth"
 	"github.com/shoal-dev/shoal/platform/broker"
 	"github.com/shoal-dev/shoal/platform/keyring"
-	"github.com/shoal-dev/shoal/platform/runner"
-	"github.com/shoal-dev/shoal/token"
+	"github.com/shoal-dev/shoal/platform/supervisor"
 )
 
 // payloadHeaderRoom is what the embedded server's max_payload adds to the
@@ -38,6 +38,7 @@ type upOptions struct {
 	auth        authFlags
 	drain       time.Duration
 	natsContext string
+	crashLoop   supervisor.CrashLoop
 }
 
 func newUpCmd() *cobra.Command {
@@ -66,6 +67,8 @@ the nats CLI, with the client role's credentials.`,
 	o.limits.register(f)
 	f.DurationVar(&o.drain, "drain-timeout", defaultDrainTimeout, "how long shutdown waits for in-flight requests")
 	f.StringVar(&o.natsContext, "nats-context", "shoal", "name of the nats CLI context to save, with client credentials (\"\" saves none)")
+	f.IntVar(&o.crashLoop.Exits, "crash-loop-exits", 5, "a worker that exits this many times within --crash-loop-window is not re-forked again")
+	f.DurationVar(&o.crashLoop.Window, "crash-loop-window", time.Minute, "window of the crash-loop guard")
 	o.trust.register(f)
 	o.auth.register(f, false)
 	return cmd
@@ -122,71 +125,69 @@ func up(ctx context.Context, o upOptions) error {
 		return err
 	}
 	defer tr.stop()
-	signer, err := token.NewFileSigner(keyFile, o.trust.issuer, o.trust.audience)
+	pidFile, err := writePIDFile(o.dataDir)
 	if err != nil {
 		return err
 	}
-	// The runners share one connection, as the auth role, for the auth
-	// function's KV work; each owns its own for invocations, as the
-	// runner role, which cannot read users.
-	af := as(broker.RoleAuth)
-	snc, err := af.connect("shoal-auth")
-	if err != nil {
-		return err
-	}
-	defer snc.Close()
-	authCfg, err := authConfig(ctx, snc, signer, o.auth)
-	if err != nil {
-		return err
-	}
-	env := runnerEnv{trust: tr, auth: authCfg}
+	defer os.Remove(pidFile)
 
-	var runners []*runner.Runner
-	stopRunners := func(ctx context.Context) error {
-		var wg sync.WaitGroup
-		errs := make([]error, len(runners))
-		for i, r := range runners {
-			wg.Go(func() { errs[i] = r.Stop(ctx) })
-		}
-		wg.Wait()
-		return errors.Join(errs...)
+	// The runners are worker processes: this binary again, as `shoal
+	// runner`, supervised.
+	wc, err := newWorkerCommand(o, m, url, creds, keyFile, keys)
+	if err != nil {
+		return err
 	}
+	var lost runnerLoss
+	sup, err := supervisor.Start(ctx, supervisor.Config{
+		Workers:   o.workers,
+		Command:   wc.command,
+		Drain:     o.drain + 5*time.Second,
+		CrashLoop: o.crashLoop,
+		Logger:    logger.With("component", "supervisor"),
+		Output:    workerOutput,
+		OnExit:    lost.report,
+	})
+	if err != nil {
+		return err
+	}
+	stopWorkers := func(ctx context.Context) error { return sup.Stop(ctx) }
 	// abort undoes a start that failed half-way.
 	abort := func(err error) error {
-		ctx, cancel := context.WithTimeout(context.Background(), o.drain)
+		ctx, cancel := context.WithTimeout(context.Background(), o.drain+10*time.Second)
 		defer cancel()
-		return errors.Join(err, stopRunners(ctx))
+		return errors.Join(err, stopWorkers(ctx))
 	}
-	rf := as(broker.RoleRunner)
-	for i := range o.workers {
-		nc, err := rf.connect(fmt.Sprintf("shoal-runner-%d", i+1))
-		if err != nil {
-			return abort(err)
-		}
-		r, err := startRunner(nc, m, i+1, env)
-		if err != nil {
-			return abort(err)
-		}
-		runners = append(runners, r)
-	}
-	logger.Info("runners serving", "workers", len(runners), "functions", runners[0].Functions())
+	logger.Info("runners serving", "workers", o.workers, "pids", workerPIDs(sup))
 
 	gf := as(broker.RoleGateway)
 	nc, err := gf.connect("shoal-gateway", gatewayConnOpts...)
 	if err != nil {
 		return abort(err)
 	}
-	sg, err := startGateway(nc, m, o.httpAddr, o.limits, tr)
+	sys := &systemInfo{sup: sup, nc: anc}
+	sg, err := startGateway(nc, m, o.httpAddr, o.limits, tr, gatewayExtras{ackRunners: true, workers: sys.workers})
 	if err != nil {
 		return abort(err)
 	}
+	lost.set(sg.Gateway)
 	if o.natsContext != "" {
 		if err := saveNATSContext(o.natsContext, url, creds.SeedFile(broker.RoleClient)); err != nil {
 			logger.Warn("cannot save the nats CLI context", "error", err)
 		}
 	}
 
-	runErr := waitForStop(ctx, sg)
+	// SIGHUP (shoal restart) replaces the workers one at a time.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	runErr := waitForStop(ctx, sg, func() {
+		logger.Info("rolling restart of the workers")
+		if err := sup.Restart(ctx); err != nil {
+			logger.Error("rolling restart", "error", err)
+			return
+		}
+		logger.Info("rolling restart done", "pids", workerPIDs(sup))
+	}, hup)
 
 	// Shutdown, in order; one drain deadline covers it all.
 	drainCtx, cancel := context.WithTimeout(context.Background(), o.drain)
@@ -194,8 +195,11 @@ func up(ctx context.Context, o upOptions) error {
 	// 1. The gateway stops accepting requests and waits for those in
 	//    flight, which still need the runners and NATS to finish.
 	gwErr := sg.shutdown(drainCtx)
-	// 2. The runners leave their queue groups and answer what reached them.
-	rErr := stopRunners(drainCtx)
+	// 2. The workers leave their queue groups and answer what reached
+	//    them (SIGTERM; SIGKILL past the drain timeout and a margin).
+	wctx, wcancel := context.WithTimeout(context.Background(), o.drain+10*time.Second)
+	defer wcancel()
+	rErr := stopWorkers(wctx)
 	// 3. The deferred calls stop the key watch, close the admin
 	//    connection and stop NATS last.
 	if err := errors.Join(runErr, gwErr, rErr); err != nil {

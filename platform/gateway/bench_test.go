@@ -58,12 +58,19 @@ func benchHTTPAs(b *testing.B, url, authorization string) {
 //
 //   - shoal: HTTP -> gateway -> NATS -> runner -> NATS -> gateway -> HTTP,
 //     everything in this process on loopback TCP (one runner);
+//   - shoal-acks: the same with runner acks on (Config.AckRunners), as
+//     shoal up runs it: one more NATS message per invocation, and the
+//     gateway's own reply mux;
 //   - nats: the NATS request to the runner alone, without HTTP;
 //   - plain-http: a net/http server running the ping function directly,
 //     the ceiling for HTTP here.
 func BenchmarkRoundTrip(b *testing.B) {
 	b.Run("shoal", func(b *testing.B) {
 		p := start(b, options{})
+		benchHTTP(b, p.url+"/function/ping")
+	})
+	b.Run("shoal-acks", func(b *testing.B) {
+		p := start(b, options{acks: true})
 		benchHTTP(b, p.url+"/function/ping")
 	})
 	b.Run("nats", func(b *testing.B) {

@@ -8,10 +8,21 @@
 // when the runners reached are at their concurrency limit, and the
 // function's own status otherwise. Every error is JSON of one shape,
 // {"error": {"code": "...", "message": "..."}}.
+//
+// # Runners that die
+//
+// A runner that dies with invocations in flight never answers them, and
+// on its own the gateway can only wait for the function's timeout. With
+// [Config.AckRunners] on, every invocation asks the runner that takes it
+// for an ack (Shoal-Ack, docs/nats-api.md), so the gateway knows which
+// runner runs what; a process that learns a runner is gone (`shoal up`
+// sees its worker exit) calls [Gateway.RunnerLost], and the invocations
+// that runner took are answered 502 runner_lost at once.
 package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -70,6 +81,18 @@ type Config struct {
 	// the public keys Shoal's tokens are signed with. nil serves an empty
 	// set.
 	JWKS func() ([]byte, error)
+	// AckRunners makes every invocation ask the runner that takes it for
+	// an ack, so that [Gateway.RunnerLost] can fail at once the
+	// invocations of a runner that is gone. It costs an extra NATS
+	// message per invocation; leave it off when nothing calls RunnerLost.
+	AckRunners bool
+	// Workers, when set, answers GET /system/workers with the status of
+	// the worker processes behind this gateway (shoal up's supervisor),
+	// as JSON. The route needs a token holding SystemPermission.
+	Workers func(context.Context) (any, error)
+	// SystemPermission is the permission /system/ routes require;
+	// default "system:read".
+	SystemPermission string
 	// Logger receives the gateway's log; nil discards it.
 	Logger *slog.Logger
 }
@@ -92,6 +115,10 @@ type Gateway struct {
 	jwks        func() ([]byte, error)
 	mux         http.Handler
 	srv         *http.Server
+
+	// replies receives the replies of invocations when acks are on; nil
+	// when off, and invocations use nats.go's requests.
+	replies *replyMux
 }
 
 // route is a routable function with what the hot path needs precomputed.
@@ -130,6 +157,13 @@ func New(cfg Config) (*Gateway, error) {
 		}
 		g.routes[fn.Name] = &route{fn: fn, subject: invocation.Subject(fn.Name), wait: fn.Timeout + timeoutGrace}
 	}
+	if cfg.AckRunners {
+		replies, err := newReplyMux(g.nc)
+		if err != nil {
+			return nil, fmt.Errorf("gateway: subscribe to the reply inbox: %w", err)
+		}
+		g.replies = replies
+	}
 	if mp := g.nc.MaxPayload(); mp > 0 && mp < g.maxBody {
 		g.log.Warn("the NATS server's max_payload is below the body limit; larger bodies will be refused with 413",
 			"max_payload", mp, "max_body", g.maxBody)
@@ -137,6 +171,13 @@ func New(cfg Config) (*Gateway, error) {
 
 	r := chi.NewRouter()
 	r.Get("/.well-known/jwks.json", g.serveJWKS)
+	if cfg.Workers != nil {
+		perm := cfg.SystemPermission
+		if perm == "" {
+			perm = "system:read"
+		}
+		r.Get("/system/workers", g.serveSystem([]string{perm}, cfg.Workers))
+	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		invocation.Errorf(http.StatusNotFound, invocation.CodeNotFound, "no route for %s %s; functions are at /function/NAME", r.Method, r.URL.Path).WriteHTTP(w)
 	})
@@ -169,6 +210,26 @@ func (g *Gateway) Serve(ln net.Listener) error {
 		return fmt.Errorf("gateway: serve: %w", err)
 	}
 	return nil
+}
+
+// RunnerLost tells the gateway that the runner whose id (its NATS services
+// instance id, runner.Runner.ID) is runner has stopped for good, e.g. its
+// process exited: every invocation it took and has not answered is
+// answered 502 runner_lost at once, and acks it may still have in transit
+// fail their invocations too. The invocations are not retried, as the
+// function may have run in part. It returns how many invocations it
+// failed. It is safe to call at any time, from any goroutine; without
+// [Config.AckRunners] the gateway does not know which runner took what,
+// and it does nothing.
+func (g *Gateway) RunnerLost(runner string) int {
+	if g.replies == nil || runner == "" {
+		return 0
+	}
+	n := g.replies.runnerLost(runner)
+	if n > 0 {
+		g.log.Warn("runner lost; its invocations in flight were answered 502", "runner", runner, "invocations", n)
+	}
+	return n
 }
 
 // Shutdown stops accepting requests, waits until ctx is done for those in
@@ -206,4 +267,34 @@ func (g *Gateway) serveJWKS(w http.ResponseWriter, _ *http.Request) {
 	h.Set("Content-Type", "application/jwk-set+json")
 	h.Set("Cache-Control", "public, max-age=60")
 	_, _ = w.Write(body) // the client went away; nothing to do
+}
+
+// serveSystem answers a /system/ route with the JSON of status, for
+// callers whose token holds perms.
+func (g *Gateway) serveSystem(perms []string, status func(context.Context) (any, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if g.verifier == nil {
+			invocation.Errorf(http.StatusNotFound, invocation.CodeNotFound, "no route for %s %s: this gateway verifies no tokens", r.Method, r.URL.Path).WriteHTTP(w)
+			return
+		}
+		if _, aerr := g.verifier.AuthorizeHeader(r.Context(), r.Header["Authorization"], perms); aerr != nil {
+			authError(aerr).WriteHTTP(w)
+			return
+		}
+		v, err := status(r.Context())
+		if err != nil {
+			g.log.Error("system status", "path", r.URL.Path, "error", err)
+			invocation.Errorf(http.StatusInternalServerError, invocation.CodeInternal, "cannot read the status").WriteHTTP(w)
+			return
+		}
+		body, err := json.Marshal(v)
+		if err != nil {
+			g.log.Error("system status", "path", r.URL.Path, "error", err)
+			invocation.Errorf(http.StatusInternalServerError, invocation.CodeInternal, "cannot encode the status").WriteHTTP(w)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		_, _ = w.Write(append(body, '\n')) // the client went away; nothing to do
+	}
 }

@@ -57,13 +57,19 @@ type platform struct {
 	released bool
 	// disconnected is closed when the gateway's NATS connection drops.
 	disconnected chan struct{}
+	// nc is the gateway's NATS connection.
+	nc *nats.Conn
 }
 
 type options struct {
 	maxBody     int64
 	maxInFlight int
 	maxPayload  int
-	runners     int
+	// runners is how many runners serve the manifest; 0 means one,
+	// negative none.
+	runners int
+	// acks turns on Config.AckRunners.
+	acks bool
 }
 
 func start(t testing.TB, o options) *platform {
@@ -88,7 +94,10 @@ func start(t testing.TB, o options) *platform {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for range max(o.runners, 1) {
+	if o.runners == 0 {
+		o.runners = 1
+	}
+	for range max(o.runners, 0) {
 		p.addRunner(t)
 	}
 
@@ -100,7 +109,7 @@ func start(t testing.TB, o options) *platform {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := gateway.New(gateway.Config{NATS: nc, Manifest: p.m, MaxBody: o.maxBody, MaxInFlight: o.maxInFlight})
+	g, err := gateway.New(gateway.Config{NATS: nc, Manifest: p.m, MaxBody: o.maxBody, MaxInFlight: o.maxInFlight, AckRunners: o.acks})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,6 +134,7 @@ func start(t testing.TB, o options) *platform {
 	})
 	p.url = "http://" + ln.Addr().String()
 	p.gateway = g
+	p.nc = nc
 	// Cleanups run last-registered first: release blocked invocations
 	// before the gateway drains.
 	t.Cleanup(func() {
@@ -138,6 +148,19 @@ func start(t testing.TB, o options) *platform {
 func (p *platform) addRunner(t testing.TB) *runner.Runner {
 	t.Helper()
 	return runnertest.Start(t, p.broker.ClientURL(), runner.Config{Manifest: p.m, Builtins: p.fns})
+}
+
+// ackModes runs test with the gateway's runner acks off, then on: apart
+// from a runner reported lost, answers must not depend on them.
+func ackModes(t *testing.T, test func(t *testing.T, acks bool)) {
+	t.Helper()
+	for _, acks := range []bool{false, true} {
+		name := "without acks"
+		if acks {
+			name = "with acks"
+		}
+		t.Run(name, func(t *testing.T) { test(t, acks) })
+	}
 }
 
 type response struct {
@@ -169,8 +192,10 @@ func newRequest(t testing.TB, method, url string, body io.Reader) *http.Request 
 	return req
 }
 
-func TestInvoke(t *testing.T) {
-	p := start(t, options{})
+func TestInvoke(t *testing.T) { ackModes(t, testInvoke) }
+
+func testInvoke(t *testing.T, acks bool) {
+	p := start(t, options{acks: acks})
 
 	t.Run("ping", func(t *testing.T) {
 		r := do(t, newRequest(t, "GET", p.url+"/function/ping", nil))
@@ -236,9 +261,11 @@ func TestInvoke(t *testing.T) {
 }
 
 // TestFailureTable checks every row of the documented failure table.
-func TestFailureTable(t *testing.T) {
+func TestFailureTable(t *testing.T) { ackModes(t, testFailureTable) }
+
+func testFailureTable(t *testing.T, acks bool) {
 	const limit = 1024
-	p := start(t, options{maxBody: limit})
+	p := start(t, options{maxBody: limit, acks: acks})
 	// Hold block's only slot so the next call is refused.
 	go func() {
 		if resp, err := http.Get(p.url + "/function/block"); err == nil {
@@ -312,10 +339,17 @@ func TestFailureTable(t *testing.T) {
 }
 
 // TestTimeoutWhenRunnerVanishes: a responder that takes invocations and
-// never answers (a runner that died) costs the caller the function's
-// timeout plus a grace period, then a 504.
+// never answers (a runner that died, unreported) costs the caller the
+// function's timeout plus a grace period, then a 504.
 func TestTimeoutWhenRunnerVanishes(t *testing.T) {
-	p := start(t, options{})
+	ackModes(t, func(t *testing.T, acks bool) {
+		t.Parallel()
+		testTimeoutWhenRunnerVanishes(t, acks)
+	})
+}
+
+func testTimeoutWhenRunnerVanishes(t *testing.T, acks bool) {
+	p := start(t, options{acks: acks})
 	nc := brokertest.Connect(t, p.broker)
 	sub, err := nc.QueueSubscribe(invocation.Subject("silent"), invocation.QueueGroup, func(*nats.Msg) {})
 	if err != nil {
@@ -340,8 +374,10 @@ func TestTimeoutWhenRunnerVanishes(t *testing.T) {
 
 // TestBodyOverNATSMaxPayload: with a NATS server whose max_payload is below
 // the body limit, a large body is refused with 413 naming max_payload.
-func TestBodyOverNATSMaxPayload(t *testing.T) {
-	p := start(t, options{maxPayload: -1}) // NATS default: 1 MiB
+func TestBodyOverNATSMaxPayload(t *testing.T) { ackModes(t, testBodyOverNATSMaxPayload) }
+
+func testBodyOverNATSMaxPayload(t *testing.T, acks bool) {
+	p := start(t, options{maxPayload: -1, acks: acks}) // NATS default: 1 MiB
 	r := do(t, newRequest(t, "POST", p.url+"/function/counter", bytes.NewReader(make([]byte, 2<<20))))
 	if r.status != 413 || !strings.Contains(r.body, "max_payload") {
 		t.Errorf("2 MiB body = %d %s, want 413 naming max_payload", r.status, r.body)
@@ -355,7 +391,11 @@ func TestBodyOverNATSMaxPayload(t *testing.T) {
 // requests through the gateway; one stops gracefully midway and no request
 // fails.
 func TestRunnersShareLoadAndStopGracefully(t *testing.T) {
-	p := start(t, options{})
+	ackModes(t, testRunnersShareLoadAndStopGracefully)
+}
+
+func testRunnersShareLoadAndStopGracefully(t *testing.T, acks bool) {
+	p := start(t, options{acks: acks})
 	runners := []*runner.Runner{p.addRunner(t), p.addRunner(t)}
 	// start() added the first runner; find it through the other two's
 	// figures at the end.
@@ -411,8 +451,10 @@ func TestRunnersShareLoadAndStopGracefully(t *testing.T) {
 
 // TestShutdownDrainsInFlight: Shutdown waits for a request in flight, which
 // gets its answer, and refuses new connections meanwhile.
-func TestShutdownDrainsInFlight(t *testing.T) {
-	p := start(t, options{})
+func TestShutdownDrainsInFlight(t *testing.T) { ackModes(t, testShutdownDrainsInFlight) }
+
+func testShutdownDrainsInFlight(t *testing.T, acks bool) {
+	p := start(t, options{acks: acks})
 	answered := make(chan response, 1)
 	go func() {
 		resp, err := http.Get(p.url + "/function/block")
@@ -469,7 +511,14 @@ func eventuallyRefused(t *testing.T, url string) {
 // TestNATSUnavailable: with NATS gone, an invocation is answered 503 at
 // once, not after the function's timeout.
 func TestNATSUnavailable(t *testing.T) {
-	p := start(t, options{})
+	ackModes(t, func(t *testing.T, acks bool) {
+		t.Parallel()
+		testNATSUnavailable(t, acks)
+	})
+}
+
+func testNATSUnavailable(t *testing.T, acks bool) {
+	p := start(t, options{acks: acks})
 	p.broker.Shutdown()
 	<-p.disconnected
 	start := time.Now()

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/shoal-dev/shoal/invocation"
+	"github.com/shoal-dev/shoal/token"
 )
 
 // functionPrefix starts every invocation URL: /function/NAME[/sub/path].
@@ -106,9 +107,14 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 func (g *Gateway) authorize(r *http.Request, rt *route) *invocation.Error {
 	_, aerr := g.verifier.AuthorizeHeader(r.Context(), r.Header["Authorization"], rt.fn.Permissions)
 	if aerr != nil {
-		return &invocation.Error{Status: aerr.Status, Code: invocation.Code(aerr.Code), Message: aerr.Description, Challenge: aerr.Challenge()}
+		return authError(aerr)
 	}
 	return nil
+}
+
+// authError is the answer to a request refused for its token.
+func authError(aerr *token.AuthError) *invocation.Error {
+	return &invocation.Error{Status: aerr.Status, Code: invocation.Code(aerr.Code), Message: aerr.Description, Challenge: aerr.Challenge()}
 }
 
 // splitFunctionPath splits /function/NAME/rest into NAME and "/rest" ("" when
@@ -127,10 +133,17 @@ func splitFunctionPath(p string) (name, subpath string, ok bool) {
 }
 
 // request sends the invocation, trying other runners while the one reached
-// refuses it as overloaded.
+// refuses it as overloaded. With acks on, it goes through the gateway's
+// own reply mux, which sees the ack before the answer.
 func (g *Gateway) request(ctx context.Context, msg *nats.Msg) (*nats.Msg, error) {
 	for attempt := 0; ; attempt++ {
-		reply, err := g.nc.RequestMsgWithContext(ctx, msg)
+		var reply *nats.Msg
+		var err error
+		if g.replies != nil {
+			reply, err = g.replies.request(ctx, msg)
+		} else {
+			reply, err = g.nc.RequestMsgWithContext(ctx, msg)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -148,6 +161,9 @@ func (g *Gateway) requestError(rt *route, err error) *invocation.Error {
 	case errors.Is(err, nats.ErrNoResponders):
 		return invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeNoRunner,
 			"no runner is serving function %q; start one (shoal runner) connected to this NATS", name)
+	case errors.Is(err, errRunnerLost):
+		return invocation.Errorf(http.StatusBadGateway, invocation.CodeRunnerLost,
+			"the runner running function %q stopped before it answered; retry", name)
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
 		return invocation.Errorf(http.StatusGatewayTimeout, invocation.CodeTimeout,
 			"function %q did not answer within its timeout of %s", name, rt.fn.Timeout)

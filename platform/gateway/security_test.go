@@ -50,7 +50,7 @@ type secured struct {
 	key    jwkset.JWK // the signing key, private
 }
 
-// securedOptions vary the verifiers of a secured platform.
+// securedOptions vary the verifiers and the gateway of a secured platform.
 type securedOptions struct {
 	// cacheSize is the verifiers' cache size: 0 for the default,
 	// negative for none.
@@ -58,6 +58,9 @@ type securedOptions struct {
 	// hs256, when set, is a shared secret the verifiers accept besides
 	// the published keys, with HS256 allowed.
 	hs256 *jwkset.JWK
+	// acks turns on the gateway's runner acks, as shoal up does: the
+	// runners' acks must pass the roles' permissions.
+	acks bool
 }
 
 // startSecured starts the platform.
@@ -139,7 +142,8 @@ func startSecured(t testing.TB, o securedOptions) *secured {
 		t.Fatal(err)
 	}
 	kr := watchKeys(t, ctx, gjs)
-	g, err := gateway.New(gateway.Config{NATS: gnc, Manifest: m, Verifier: verifierOn(t, kr, o), JWKS: kr.JWKS})
+	g, err := gateway.New(gateway.Config{NATS: gnc, Manifest: m, Verifier: verifierOn(t, kr, o), JWKS: kr.JWKS, AckRunners: o.acks,
+		Workers: func(context.Context) (any, error) { return []map[string]int{{"worker": 1, "pid": 42}}, nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +282,7 @@ func (p *secured) viaNATS(t *testing.T, fn, authorization, body string) call {
 // TestSecurityTable sends each kind of bad token through the gateway and
 // straight over NATS; both must refuse it the same way.
 func TestSecurityTable(t *testing.T) {
-	p := startSecured(t, securedOptions{})
+	p := startSecured(t, securedOptions{acks: true})
 	kid := p.key.Marshal().KID
 	priv := p.key.Key().(ed25519.PrivateKey)
 	pub := priv.Public().(ed25519.PublicKey)
@@ -422,6 +426,42 @@ func TestAlgorithmConfusionWithHS256Allowed(t *testing.T) {
 			if c := via(t, "echo", bearer, "hello"); c.status != tt.status {
 				t.Errorf("%s via %s: %d %s, want %d", tt.name, name, c.status, c.body, tt.status)
 			}
+		}
+	}
+}
+
+// TestSystemWorkers: GET /system/workers needs a token holding
+// system:read.
+func TestSystemWorkers(t *testing.T) {
+	p := startSecured(t, securedOptions{})
+	signer, err := token.NewSigner(p.key, "shoal", "shoal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bearer := func(perms ...string) string {
+		tok, _, err := signer.Sign("ops", perms, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return "Bearer " + tok
+	}
+	tests := []struct {
+		name, authorization string
+		status              int
+		body                string
+	}{
+		{"no token", "", 401, "invalid_token"},
+		{"other permission", bearer("echo"), 403, "insufficient_scope"},
+		{"system:read", bearer("system:read"), 200, `[{"pid":42,"worker":1}]`},
+	}
+	for _, tt := range tests {
+		req := newRequest(t, "GET", p.url+"/system/workers", nil)
+		if tt.authorization != "" {
+			req.Header.Set("Authorization", tt.authorization)
+		}
+		resp := do(t, req)
+		if resp.status != tt.status || !strings.Contains(resp.body, tt.body) {
+			t.Errorf("%s: %d %s, want %d %s", tt.name, resp.status, resp.body, tt.status, tt.body)
 		}
 	}
 }

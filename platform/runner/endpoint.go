@@ -64,11 +64,29 @@ func (e *endpoint) refuse(req micro.Request, ierr *invocation.Error) {
 	}
 }
 
+// ackFlushTimeout bounds the wait for the server to confirm an ack.
+const ackFlushTimeout = 2 * time.Second
+
 // invoke runs one admitted invocation and answers it exactly once: with the
-// function's answer, or with 504 when its timeout passes first.
+// function's answer, or with 504 when its timeout passes first. A caller
+// that asked for an ack gets it first: published before any answer, on
+// the same connection, it reaches the caller first. The ack is flushed to
+// the server before the function runs, so that it arrives even when the
+// function takes the process down at once (os.Exit, a fatal error): the
+// caller then learns which runner it lost. Concurrent invocations share
+// that flush (see flushGroup).
 func (e *endpoint) invoke(reply string, header nats.Header, data []byte) {
 	start := time.Now()
 	defer e.inFlight.Add(-1)
+	if reply != "" && invocation.WantsAck(header) {
+		err := e.r.nc.PublishMsg(&nats.Msg{Subject: reply, Header: e.r.ackHeader})
+		if err == nil {
+			err = e.r.ackFlush.wait(ackFlushTimeout)
+		}
+		if err != nil {
+			e.r.log.Warn("cannot send ack", "function", e.fn.Name, "error", err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(e.r.ctx, e.fn.Timeout)
 	defer cancel()
 

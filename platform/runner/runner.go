@@ -10,6 +10,10 @@
 // invocation and hands it to a goroutine; the runner keeps its own figures
 // and publishes them in the `data` of each endpoint's STATS (see
 // [EndpointStats]).
+//
+// An invocation that asks for an ack (invocation.HeaderAck) gets one,
+// naming the runner ([Runner.ID]), before its answer, so that a caller
+// told the runner is gone can fail it at once.
 package runner
 
 import (
@@ -55,6 +59,7 @@ type Config struct {
 // Runner serves the functions of a manifest on one NATS connection.
 type Runner struct {
 	nc       *nats.Conn
+	ackFlush *flushGroup
 	svc      micro.Service
 	verifier *token.Verifier
 	log      *slog.Logger
@@ -62,6 +67,12 @@ type Runner struct {
 	served   []string
 	// maxBody bounds a buffered answer so that it fits in a NATS message.
 	maxBody int
+
+	// id is the service instance id; ackHeader, the header of every ack,
+	// carries it. Messages are encoded, never modified, once built, so
+	// the acks share it.
+	id        string
+	ackHeader nats.Header
 
 	// ctx is the parent of every invocation's context; cancel ends the
 	// invocations still running when a stop runs out of time.
@@ -92,6 +103,7 @@ func Start(nc *nats.Conn, cfg Config) (*Runner, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Runner{
 		nc:       nc,
+		ackFlush: &flushGroup{nc: nc},
 		verifier: cfg.Verifier,
 		log:      log,
 		eps:      map[string]*endpoint{},
@@ -140,6 +152,8 @@ func Start(nc *nats.Conn, cfg Config) (*Runner, error) {
 		return nil, fmt.Errorf("runner: register service: %w", err)
 	}
 	r.svc = svc
+	r.id = svc.Info().ID
+	r.ackHeader = invocation.NewAckMsg("", r.id).Header
 	for _, ep := range served {
 		if err := svc.AddEndpoint(ep.fn.Name, ep,
 			micro.WithEndpointSubject(invocation.Subject(ep.fn.Name)),
@@ -180,8 +194,10 @@ func endpointMetadata(fn manifest.Function) map[string]string {
 // Functions returns the names of the functions this runner serves.
 func (r *Runner) Functions() []string { return r.served }
 
-// ID is the runner's service instance id, as `nats micro ls` shows it.
-func (r *Runner) ID() string { return r.svc.Info().ID }
+// ID is the runner's service instance id, as `nats micro ls` shows it and
+// as acks carry it (invocation.HeaderAck): a caller told that this runner
+// is gone can fail the invocations it acked.
+func (r *Runner) ID() string { return r.id }
 
 // Stats returns the runner's figures for one function.
 func (r *Runner) Stats(function string) (EndpointStats, bool) {

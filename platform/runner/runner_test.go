@@ -563,3 +563,101 @@ func TestRunnerChecksTokens(t *testing.T) {
 		})
 	}
 }
+
+// TestAck: a caller that sets Shoal-Ack gets an ack naming the runner on
+// its reply subject before the answer; one that does not gets the answer
+// alone, and so does a caller refused as overloaded.
+func TestAck(t *testing.T) {
+	s := brokertest.Start(t)
+	block := functionstest.NewBlock()
+	defer close(block.Release)
+	r := startRunner(t, s, testManifest, functionstest.Builtins(map[string]http.Handler{"block": block}))
+	nc := brokertest.Connect(t, s)
+
+	// send publishes an invocation and returns every message its reply
+	// subject receives within a short while after the answer.
+	send := func(t *testing.T, msg *nats.Msg) []*nats.Msg {
+		t.Helper()
+		sub, err := nc.SubscribeSync(nats.NewInbox())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = sub.Unsubscribe() }()
+		msg.Reply = sub.Subject
+		if err := nc.PublishMsg(msg); err != nil {
+			t.Fatal(err)
+		}
+		var got []*nats.Msg
+		for {
+			wait := 5 * time.Second
+			if n := len(got); n > 0 && got[n-1].Header.Get(invocation.HeaderAck) == "" {
+				wait = 200 * time.Millisecond // the answer is in: anything else?
+			}
+			m, err := sub.NextMsg(wait)
+			if errors.Is(err, nats.ErrTimeout) && len(got) > 0 {
+				return got
+			}
+			if err != nil {
+				t.Fatalf("after %d messages: %v", len(got), err)
+			}
+			got = append(got, m)
+		}
+	}
+	withAck := func(subject string) *nats.Msg {
+		msg := nats.NewMsg(subject)
+		msg.Header.Set(invocation.HeaderAck, invocation.AckRequested)
+		return msg
+	}
+
+	t.Run("with Shoal-Ack: the ack, then the answer", func(t *testing.T) {
+		got := send(t, withAck("fn.ping"))
+		if len(got) != 2 {
+			t.Fatalf("got %d messages, want an ack and the answer", len(got))
+		}
+		id, ok := invocation.ReadAck(got[0])
+		if !ok || id != r.ID() {
+			t.Errorf("first message %v %q: want an ack from runner %s", got[0].Header, got[0].Data, r.ID())
+		}
+		if _, ok := invocation.ReadAck(got[1]); ok || string(got[1].Data) != "pong!" || got[1].Header.Get(invocation.HeaderStatus) != "200" {
+			t.Errorf("second message %v %q: want the answer pong!", got[1].Header, got[1].Data)
+		}
+	})
+
+	t.Run("with Shoal-Ack in lower case", func(t *testing.T) {
+		msg := nats.NewMsg("fn.ping")
+		msg.Header["shoal-ack"] = []string{invocation.AckRequested}
+		if got := send(t, msg); len(got) != 2 {
+			t.Errorf("got %d messages, want an ack and the answer", len(got))
+		}
+	})
+
+	t.Run("with Shoal-Ack, an error answer comes after the ack", func(t *testing.T) {
+		got := send(t, withAck("fn.panic"))
+		if len(got) != 2 || got[1].Header.Get(invocation.HeaderError) != string(invocation.CodeFunctionPanic) {
+			t.Fatalf("got %d messages, want an ack and a function_panic answer", len(got))
+		}
+		if id, ok := invocation.ReadAck(got[0]); !ok || id != r.ID() {
+			t.Errorf("first message %v: want an ack", got[0].Header)
+		}
+	})
+
+	t.Run("without Shoal-Ack: the answer alone", func(t *testing.T) {
+		got := send(t, nats.NewMsg("fn.ping"))
+		if len(got) != 1 || string(got[0].Data) != "pong!" {
+			t.Errorf("got %d messages, want the answer alone", len(got))
+		}
+	})
+
+	t.Run("refused as overloaded: no ack", func(t *testing.T) {
+		for range 2 { // block's concurrency
+			if err := nc.PublishRequest("fn.block", nats.NewInbox(), nil); err != nil {
+				t.Fatal(err)
+			}
+			<-block.Started
+		}
+		got := send(t, withAck("fn.block"))
+		if len(got) != 1 || got[0].Header.Get(invocation.HeaderError) != string(invocation.CodeOverloaded) {
+			t.Errorf("got %d messages (first %v), want the overloaded refusal alone", len(got), got[0].Header)
+		}
+	})
+}

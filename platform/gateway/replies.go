@@ -1,0 +1,257 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/shoal-dev/shoal/invocation"
+)
+
+// errRunnerLost fails an invocation whose runner was reported gone
+// (Gateway.RunnerLost) after it acked the invocation.
+var errRunnerLost = errors.New("gateway: the runner of the invocation is gone")
+
+// lostReply is delivered to a call in place of an answer when its runner
+// is reported gone; it is compared by address, never read.
+var lostReply = new(nats.Msg)
+
+// ackRequested is the value of the Shoal-Ack header on every invocation
+// sent with acks on. Messages are encoded, never modified, once built:
+// nothing may write into it.
+var ackRequested = []string{invocation.AckRequested}
+
+// lostMemory is how long a runner reported gone is remembered, so that
+// an ack it sent just before dying, arriving after the report, fails its
+// invocation at once too. Acks travel in milliseconds; a minute is ample.
+const lostMemory = time.Minute
+
+// noRespondersStatus is the Status header of the message a NATS server
+// sends to a reply subject when a request has no responders.
+const noRespondersStatus = "503"
+
+// replyMux receives the replies of invocations sent with acks on. nats.go's
+// request helpers keep only the first message of a reply subject, and an
+// acked invocation gets two, the ack and then the answer, so the gateway
+// has its own mux, as nats.go's: one wildcard subscription on an inbox,
+// one reply subject per invocation below it, and a map from the subject's
+// last token to the caller waiting on it.
+//
+// Acks tell the mux which runner runs which invocation; when a runner is
+// reported gone, its invocations are answered at once instead of at their
+// timeout.
+type replyMux struct {
+	nc *nats.Conn
+	// prefix is the inbox the subscription covers, with a trailing dot.
+	prefix string
+	next   atomic.Uint64
+	// closed is closed when the subscription ends with the connection.
+	closed chan struct{}
+
+	mu    sync.Mutex
+	calls map[string]*call
+	// running holds, for each runner, the calls it acked and has not
+	// answered yet.
+	running map[string]map[*call]struct{}
+	// lost holds the runners reported gone, with when.
+	lost map[string]time.Time
+}
+
+// call is one invocation waiting for its answer.
+type call struct {
+	reply string
+	// token is the last token of reply, the key in replyMux.calls.
+	token string
+	// answer receives the answer, or lostReply; the first one wins.
+	answer chan *nats.Msg
+	// runner acked the call and has not answered it; guarded by the
+	// mux's mu.
+	runner string
+	// acked is set by the call's ack; guarded by the mux's mu.
+	acked bool
+}
+
+func newReplyMux(nc *nats.Conn) (*replyMux, error) {
+	m := &replyMux{
+		nc:      nc,
+		prefix:  nc.NewInbox() + ".",
+		closed:  make(chan struct{}),
+		calls:   make(map[string]*call),
+		running: make(map[string]map[*call]struct{}),
+		lost:    make(map[string]time.Time),
+	}
+	sub, err := nc.Subscribe(m.prefix+"*", m.receive)
+	if err != nil {
+		return nil, err
+	}
+	// Called once the subscription's last message has been handled, when
+	// the connection closes: the calls still waiting would wait in vain.
+	sub.SetClosedHandler(func(string) { close(m.closed) })
+	return m, nil
+}
+
+// request sends msg with acks requested and waits for its answer, until
+// ctx is done. Errors are those of nats.go's requests (ErrNoResponders,
+// the context's, the connection's), plus errRunnerLost.
+func (m *replyMux) request(ctx context.Context, msg *nats.Msg) (*nats.Msg, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	c := m.register()
+	defer m.unregister(c)
+	msg.Reply = c.reply
+	if msg.Header == nil {
+		msg.Header = nats.Header{}
+	}
+	msg.Header[invocation.HeaderAck] = ackRequested
+	if err := m.nc.PublishMsg(msg); err != nil {
+		return nil, err
+	}
+	select {
+	case reply := <-c.answer:
+		if reply == lostReply {
+			return nil, errRunnerLost
+		}
+		if len(reply.Data) == 0 && reply.Header.Get("Status") == noRespondersStatus {
+			return nil, nats.ErrNoResponders
+		}
+		return reply, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-m.closed:
+		return nil, nats.ErrConnectionClosed
+	}
+}
+
+func (m *replyMux) register() *call {
+	// One allocation for the subject: the prefix is an inbox, well under
+	// the buffer's size.
+	var buf [128]byte
+	b := append(buf[:0], m.prefix...)
+	b = strconv.AppendUint(b, m.next.Add(1), 36)
+	reply := string(b)
+	c := &call{reply: reply, token: reply[len(m.prefix):], answer: make(chan *nats.Msg, 1)}
+	m.mu.Lock()
+	m.calls[c.token] = c
+	m.mu.Unlock()
+	return c
+}
+
+func (m *replyMux) unregister(c *call) {
+	m.mu.Lock()
+	delete(m.calls, c.token)
+	m.leftLocked(c)
+	m.mu.Unlock()
+}
+
+// leftLocked records that c's runner, if any, no longer runs it.
+func (m *replyMux) leftLocked(c *call) {
+	if c.runner == "" {
+		return
+	}
+	if set := m.running[c.runner]; set != nil {
+		delete(set, c)
+		if len(set) == 0 {
+			delete(m.running, c.runner)
+		}
+	}
+	c.runner = ""
+}
+
+// receive handles a message on the inbox: an ack records which runner
+// runs the call, anything else is the call's answer.
+func (m *replyMux) receive(msg *nats.Msg) {
+	if len(msg.Subject) <= len(m.prefix) || msg.Subject[:len(m.prefix)] != m.prefix {
+		return
+	}
+	token := msg.Subject[len(m.prefix):]
+	runner, isAck := invocation.ReadAck(msg)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c := m.calls[token]
+	if c == nil {
+		return // the caller stopped waiting
+	}
+	switch {
+	case !isAck:
+		m.leftLocked(c)
+		deliver(c, msg)
+	case c.acked:
+		// A second ack: the protocol has one per invocation. Keep the
+		// first runner.
+	case !m.lost[runner].IsZero():
+		// Sent just before the runner died, and overtaken by the news.
+		c.acked = true
+		deliver(c, lostReply)
+	default:
+		c.runner = runner
+		c.acked = true
+		set := m.running[runner]
+		if set == nil {
+			set = make(map[*call]struct{})
+			m.running[runner] = set
+		}
+		set[c] = struct{}{}
+	}
+}
+
+// deliver hands msg to c's caller, unless it has had its answer already.
+func deliver(c *call, msg *nats.Msg) {
+	select {
+	case c.answer <- msg:
+	default:
+	}
+}
+
+// unackedGrace is how long, after a runner is reported gone, a call
+// that no runner has acknowledged yet gets to receive its ack. A live
+// runner acks as soon as it admits an invocation, in well under a
+// millisecond; a call still unacknowledged past the grace had most
+// likely reached the dead runner, which died before its ack went out,
+// and is answered runner_lost too.
+const unackedGrace = time.Second
+
+// runnerLost answers every call runner acked and has not answered with
+// lostReply, and remembers runner as gone. It returns how many calls it
+// answered. Calls not acknowledged by any runner yet are answered the same
+// way if they are still unacknowledged after unackedGrace.
+func (m *replyMux) runnerLost(runner string) int {
+	now := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id, at := range m.lost {
+		if now.Sub(at) > lostMemory {
+			delete(m.lost, id)
+		}
+	}
+	m.lost[runner] = now
+	set := m.running[runner]
+	for c := range set {
+		c.runner = ""
+		deliver(c, lostReply)
+	}
+	delete(m.running, runner)
+	var unacked []*call
+	for _, c := range m.calls {
+		if !c.acked {
+			unacked = append(unacked, c)
+		}
+	}
+	if len(unacked) > 0 {
+		time.AfterFunc(unackedGrace, func() {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			for _, c := range unacked {
+				if m.calls[c.token] == c && !c.acked {
+					deliver(c, lostReply)
+				}
+			}
+		})
+	}
+	return len(set)
+}
