@@ -66,7 +66,7 @@ func (e *Error) retryAfter() string {
 		return strconv.FormatInt(int64((e.RetryAfter+time.Second-1)/time.Second), 10)
 	}
 	switch e.Code {
-	case CodeNoRunner, CodeOverloaded, CodeUnavailable, CodeRunnerLost:
+	case CodeNoRunner, CodeOverloaded, CodeUnavailable:
 		return "1"
 	}
 	return ""

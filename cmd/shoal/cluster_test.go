@@ -7,7 +7,9 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -203,8 +205,18 @@ func TestWorkerKilledUnderLoad(t *testing.T) {
 			t.Errorf("worker %d restarts = %d, want 1", w.Worker, w.Restarts)
 		}
 	}
-	if !strings.Contains(c.p.output(), "signal: killed") {
+	log := c.p.output()
+	if !strings.Contains(log, "signal: killed") {
 		t.Error("the worker's exit (signal: killed) was not logged")
+	}
+	// The workers' own output reaches up's log, marked with the worker.
+	if !regexp.MustCompile(`(?m)^worker=\d+ pid=\d+ .*msg="runner serving"`).MatchString(log) {
+		t.Error("no worker's own log line reached up's log")
+	}
+	for _, w := range after {
+		if w.Worker != victim.Worker && w.Served == 0 {
+			t.Errorf("worker %d served nothing according to ps: %+v", w.Worker, w)
+		}
 	}
 
 	// Afterwards nothing fails.
@@ -230,8 +242,10 @@ func TestCrashLoop(t *testing.T) {
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode == 200 {
-			t.Fatalf("crash answered 200: %s", body)
+		// Never a 200 with an empty body: the caller learns at once that
+		// the worker running its invocation is gone.
+		if e, ok := invocation.ParseError(resp.StatusCode, body); resp.StatusCode != 502 || !ok || e.Code != invocation.CodeRunnerLost {
+			t.Fatalf("crash answered %d %s, want 502 runner_lost", resp.StatusCode, body)
 		}
 		ws := c.ps()
 		if slices.ContainsFunc(ws, func(w WorkerStatus) bool { return w.State == "crashloop" }) {
@@ -247,7 +261,7 @@ func TestCrashLoop(t *testing.T) {
 		t.Fatal("the crash-loop guard never tripped")
 	}
 	out := c.p.output()
-	if !strings.Contains(out, "exit status 3") || !strings.Contains(out, "level=ERROR") {
+	if !strings.Contains(out, "exit status 3") || !strings.Contains(out, "CRASH LOOP") {
 		t.Errorf("log lacks the exits or the crash-loop error:\n%s", out)
 	}
 	// Other functions keep serving, on the worker left.
@@ -297,8 +311,8 @@ func TestShutdownDrainsWorkers(t *testing.T) {
 	c := startCluster(t, 2)
 	ws := c.waitWorkers(10*time.Second, allReady(2))
 	stop := make(chan struct{})
-	wait := c.load("/function/sleep?d=1500ms", 4, 1, stop)
-	time.Sleep(500 * time.Millisecond) // the four are running
+	wait := c.load("/function/sleep?d=2500ms", 4, 1, stop)
+	time.Sleep(time.Second) // the four are running
 	if err := c.p.stop(syscall.SIGTERM); err != nil {
 		t.Errorf("shoal up exited with %v on SIGTERM, want 0", err)
 	}
@@ -312,5 +326,57 @@ func TestShutdownDrainsWorkers(t *testing.T) {
 		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
 			t.Errorf("worker pid %d still exists after shoal up exited (%v)", pid, err)
 		}
+	}
+}
+
+// TestRestartIgnoresStalePIDFile: a pid file left by an up that died is
+// stale; shoal restart says so and signals nobody, even when its pid now
+// belongs to another process.
+func TestRestartIgnoresStalePIDFile(t *testing.T) {
+	data := t.TempDir()
+	other := exec.Command("sleep", "30")
+	if err := other.Start(); err != nil {
+		t.Skipf("no sleep command: %v", err)
+	}
+	defer func() { _ = other.Process.Kill(); _ = other.Wait() }()
+	if err := os.WriteFile(filepath.Join(data, pidFileName), []byte(fmt.Sprintln(other.Process.Pid)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := runShoal(t, t.TempDir(), "restart", "--data", data)
+	if code != 1 || !strings.Contains(errOut, "stale") {
+		t.Errorf("shoal restart with a stale pid file = %d %s", code, errOut)
+	}
+	if err := other.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("the process named by the stale pid file was hit: %v", err)
+	}
+}
+
+// TestSIGHUPWhileStarting: a rolling restart asked for while up starts
+// its workers waits until up serves; it does not end the process.
+func TestSIGHUPWhileStarting(t *testing.T) {
+	dir := t.TempDir()
+	fn := filepath.Join(dir, "fn.yaml")
+	if err := os.WriteFile(fn, []byte(clusterManifest), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(dir, "data")
+	p := startShoalEnv(t, []string{testFunctions + "=1"}, "up", "-f", fn, "--http", "127.0.0.1:0",
+		"--nats", "127.0.0.1:0", "--data", data, "--workers", "2", "--nats-context", "")
+	// As soon as the pid file names up, it asks for a restart.
+	pidPath := filepath.Join(data, pidFileName)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if pid, err := readPID(pidPath); err == nil && pid == p.cmd.Process.Pid {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no pid file within 30s")
+		}
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLog(`msg="rolling restart done"`)
+	if err := p.stop(syscall.SIGTERM); err != nil {
+		t.Errorf("shoal up exited with %v, want 0", err)
 	}
 }

@@ -136,14 +136,7 @@ works.`,
   curl -H "Authorization: Bearer $TOKEN" -d hi http://127.0.0.1:8080/function/echo`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if keyFile == "" {
-				keyFile = keyFilePath(data)
-			}
-			s, err := token.NewFileSigner(keyFile, issuer, audience)
-			if err != nil {
-				return fmt.Errorf("signing key: %w", err)
-			}
-			tok, _, err := s.Sign(sub, perms, ttl)
+			tok, err := mint(keyFile, data, issuer, audience, sub, perms, ttl)
 			if err != nil {
 				return err
 			}
@@ -161,6 +154,20 @@ works.`,
 	f.StringVar(&audience, "token-audience", defaultAudience, "aud of the token")
 	_ = cmd.MarkFlagRequired("sub")
 	return cmd
+}
+
+// mint signs a token with the newest key of keyFile, by default the one
+// in the data directory.
+func mint(keyFile, data, issuer, audience, sub string, perms []string, ttl time.Duration) (string, error) {
+	if keyFile == "" {
+		keyFile = keyFilePath(data)
+	}
+	s, err := token.NewFileSigner(keyFile, issuer, audience)
+	if err != nil {
+		return "", fmt.Errorf("signing key: %w", err)
+	}
+	tok, _, err := s.Sign(sub, perms, ttl)
+	return tok, err
 }
 
 func newKeyCmd() *cobra.Command {

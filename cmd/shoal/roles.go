@@ -327,7 +327,15 @@ function.`,
 				return err
 			}
 			defer snc.Close()
-			tr, err := buildTrust(cmd.Context(), snc, &tf, nil, needsTokens(m))
+			// The key file's own shared secrets (HS256), if any, verify
+			// too, as in shoal up.
+			var local []jwkset.JWK
+			if af.keyFile != "" {
+				if local, err = token.ReadKeyFile(af.keyFile); err != nil {
+					return fmt.Errorf("--key: %w", err)
+				}
+			}
+			tr, err := buildTrust(cmd.Context(), snc, &tf, local, needsTokens(m))
 			if err != nil {
 				return err
 			}

@@ -39,6 +39,7 @@ type upOptions struct {
 	drain       time.Duration
 	natsContext string
 	crashLoop   supervisor.CrashLoop
+	acks        bool
 }
 
 func newUpCmd() *cobra.Command {
@@ -67,6 +68,7 @@ the nats CLI, with the client role's credentials.`,
 	o.limits.register(f)
 	f.DurationVar(&o.drain, "drain-timeout", defaultDrainTimeout, "how long shutdown waits for in-flight requests")
 	f.StringVar(&o.natsContext, "nats-context", "shoal", "name of the nats CLI context to save, with client credentials (\"\" saves none)")
+	f.BoolVar(&o.acks, "runner-acks", true, "runners acknowledge each invocation, so that those of a worker that dies are answered 502 at once (false: they wait for their timeout, for more throughput)")
 	f.IntVar(&o.crashLoop.Exits, "crash-loop-exits", 5, "a worker that exits this many times within --crash-loop-window is not re-forked again")
 	f.DurationVar(&o.crashLoop.Window, "crash-loop-window", time.Minute, "window of the crash-loop guard")
 	o.trust.register(f)
@@ -75,8 +77,17 @@ the nats CLI, with the client role's credentials.`,
 }
 
 func up(ctx context.Context, o upOptions) error {
+	// SIGHUP (shoal restart) asks for a rolling restart of the workers.
+	// Caught from the start, so that one arriving while up starts is
+	// kept for when it serves instead of ending the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	if o.workers < 1 {
 		return fmt.Errorf("--workers %d: want at least 1", o.workers)
+	}
+	if o.crashLoop.Exits < 1 || o.crashLoop.Window < time.Second {
+		return fmt.Errorf("--crash-loop-exits %d --crash-loop-window %s: want at least 1 exit and 1s", o.crashLoop.Exits, o.crashLoop.Window)
 	}
 	if err := errors.Join(o.limits.check(), o.trust.check(), o.auth.check()); err != nil {
 		return err
@@ -125,15 +136,15 @@ func up(ctx context.Context, o upOptions) error {
 		return err
 	}
 	defer tr.stop()
-	pidFile, err := writePIDFile(o.dataDir)
+	pidFile, err := lockPIDFile(o.dataDir)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(pidFile)
+	defer pidFile.release()
 
 	// The runners are worker processes: this binary again, as `shoal
 	// runner`, supervised.
-	wc, err := newWorkerCommand(o, m, url, creds, keyFile, keys)
+	wc, err := newWorkerCommand(o, m, url, creds, keyFile)
 	if err != nil {
 		return err
 	}
@@ -165,7 +176,7 @@ func up(ctx context.Context, o upOptions) error {
 		return abort(err)
 	}
 	sys := &systemInfo{sup: sup, nc: anc}
-	sg, err := startGateway(nc, m, o.httpAddr, o.limits, tr, gatewayExtras{ackRunners: true, workers: sys.workers})
+	sg, err := startGateway(nc, m, o.httpAddr, o.limits, tr, gatewayExtras{ackRunners: o.acks, workers: sys.workers})
 	if err != nil {
 		return abort(err)
 	}
@@ -176,10 +187,7 @@ func up(ctx context.Context, o upOptions) error {
 		}
 	}
 
-	// SIGHUP (shoal restart) replaces the workers one at a time.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+	// Each SIGHUP replaces the workers one at a time.
 	runErr := waitForStop(ctx, sg, func() {
 		logger.Info("rolling restart of the workers")
 		if err := sup.Restart(ctx); err != nil {
@@ -189,7 +197,7 @@ func up(ctx context.Context, o upOptions) error {
 		logger.Info("rolling restart done", "pids", workerPIDs(sup))
 	}, hup)
 
-	// Shutdown, in order; one drain deadline covers it all.
+	// Shutdown, in order, each step bounded by the drain timeout.
 	drainCtx, cancel := context.WithTimeout(context.Background(), o.drain)
 	defer cancel()
 	// 1. The gateway stops accepting requests and waits for those in

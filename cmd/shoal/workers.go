@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,7 +19,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/MicahParks/jwkset"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/spf13/cobra"
@@ -30,7 +29,6 @@ import (
 	"github.com/shoal-dev/shoal/platform/gateway"
 	"github.com/shoal-dev/shoal/platform/runner"
 	"github.com/shoal-dev/shoal/platform/supervisor"
-	"github.com/shoal-dev/shoal/token"
 )
 
 // workerCommand builds the command line of `shoal up`'s worker processes:
@@ -39,9 +37,11 @@ import (
 type workerCommand struct {
 	exe  string
 	args []string
+	// procs is each worker's GOMAXPROCS: the CPUs divided among them.
+	procs int
 }
 
-func newWorkerCommand(o upOptions, m *manifest.Manifest, url string, creds *broker.Credentials, keyFile string, keys []jwkset.JWK) (*workerCommand, error) {
+func newWorkerCommand(o upOptions, m *manifest.Manifest, url string, creds *broker.Credentials, keyFile string) (*workerCommand, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find this program to start workers: %w", err)
@@ -70,33 +70,48 @@ func newWorkerCommand(o upOptions, m *manifest.Manifest, url string, creds *brok
 		"--login-limit-addr", strconv.Itoa(o.auth.limits.PerAddr),
 		"--login-window", o.auth.limits.Window.String(),
 	}
-	hs := o.trust.hsKeys
-	for _, k := range keys {
-		if k.Marshal().KTY == jwkset.KtyOct && hs == "" {
-			hs = keyFile // the key file's own shared secrets
-		}
-	}
-	if hs != "" {
-		args = append(args, "--hs256-keys", hs)
+	// The key file's own shared secrets reach the workers through --key.
+	if o.trust.hsKeys != "" {
+		args = append(args, "--hs256-keys", o.trust.hsKeys)
 	}
 	if o.trust.oidcIssuer != "" {
 		args = append(args, "--oidc-issuer", o.trust.oidcIssuer, "--oidc-audience", o.trust.oidcAudience, "--oidc-jwks", o.trust.oidcJWKS)
 	}
-	return &workerCommand{exe: exe, args: args}, nil
+	return &workerCommand{exe: exe, args: args, procs: max(runtime.NumCPU()/o.workers, 1)}, nil
 }
 
 // command is the supervisor's Command: a fresh process for a slot.
 func (w *workerCommand) command(slot int) *exec.Cmd {
 	cmd := exec.Command(w.exe, append(append([]string(nil), w.args...), "--worker", strconv.Itoa(slot))...)
 	cmd.Env = os.Environ()
+	if w.procs > 0 && os.Getenv("GOMAXPROCS") == "" {
+		// The workers share the machine's CPUs with each other and with
+		// up (NATS, the gateway): one scheduler thread each per CPU share
+		// keeps them from contending for the same cores.
+		cmd.Env = append(cmd.Env, "GOMAXPROCS="+strconv.Itoa(w.procs))
+	}
 	return cmd
 }
 
-// workerOutput logs a line a worker wrote, with the worker's slot and pid.
-func workerOutput(slot, pid int, stream, line string) {
-	logger.LogAttrs(context.Background(), slog.LevelInfo, line,
-		slog.Int("worker", slot), slog.Int("pid", pid), slog.String("stream", stream))
+// workerOutput passes a line a worker wrote to up's standard error,
+// marked with the worker's slot and pid, whatever its level: the worker
+// filtered its log by the same --log-level already, and what it writes
+// otherwise (a panic's trace) must never be lost. A JSON log line gets
+// the marks as fields; any other line gets them as a prefix.
+func workerOutput(slot, pid int, _ string, line string) {
+	var out string
+	if strings.HasPrefix(line, "{") && strings.HasSuffix(line, "}") {
+		out = fmt.Sprintf(`{"worker":%d,"pid":%d,%s`, slot, pid, line[1:])
+	} else {
+		out = fmt.Sprintf("worker=%d pid=%d %s", slot, pid, line)
+	}
+	workerOutputMu.Lock()
+	defer workerOutputMu.Unlock()
+	_, _ = fmt.Fprintln(os.Stderr, out) // nowhere else to report it
 }
+
+// workerOutputMu keeps the workers' lines whole on standard error.
+var workerOutputMu sync.Mutex
 
 func workerPIDs(sup *supervisor.Supervisor) []int {
 	var pids []int
@@ -131,20 +146,66 @@ func (l *runnerLoss) report(w supervisor.WorkerInfo) {
 }
 
 // pidFileName, under the data directory, holds the pid of `shoal up`,
-// for `shoal restart`.
+// for `shoal restart`. up holds an exclusive lock on it while it runs, so
+// a file left behind by an up that died is known for stale, and its pid,
+// perhaps another process's by now, is never signalled.
 const pidFileName = "shoal.pid"
 
-// writePIDFile records this process's pid, refusing when another live
-// `shoal up` holds the data directory.
-func writePIDFile(data string) (string, error) {
+// pidFile is the locked pid file of a running up.
+type pidFile struct{ f *os.File }
+
+// lockPIDFile takes the data directory's pid file and writes this
+// process's pid in it, refusing when another live up holds it.
+func lockPIDFile(data string) (*pidFile, error) {
 	path := filepath.Join(data, pidFileName)
-	if pid, err := readPID(path); err == nil && pid != os.Getpid() && syscall.Kill(pid, 0) == nil {
-		return "", fmt.Errorf("another shoal up (pid %d) uses the data directory %s", pid, data)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("pid file: %w", err)
 	}
-	if err := os.WriteFile(path, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("write %s: %w", path, err)
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			pid, _ := readPID(path)
+			return nil, fmt.Errorf("another shoal up (pid %d) uses the data directory %s", pid, data)
+		}
+		return nil, fmt.Errorf("lock the pid file %s: %w", path, err)
 	}
-	return path, nil
+	if err := f.Truncate(0); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("pid file: %w", err)
+	}
+	if _, err := f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("pid file: %w", err)
+	}
+	return &pidFile{f: f}, nil
+}
+
+// release removes the pid file and drops the lock.
+func (p *pidFile) release() {
+	_ = os.Remove(p.f.Name())
+	_ = p.f.Close()
+}
+
+// runningUp returns the pid of the up that holds the data directory's pid
+// file, or an error when none does.
+func runningUp(data string) (int, error) {
+	path := filepath.Join(data, pidFileName)
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, fmt.Errorf("no shoal up is running with the data directory %s (no %s)", data, path)
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	// If the lock can be taken, nobody holds it: the file is stale.
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err == nil {
+		return 0, fmt.Errorf("no shoal up is running with the data directory %s (%s is stale)", data, path)
+	} else if !errors.Is(err, syscall.EWOULDBLOCK) {
+		return 0, fmt.Errorf("check the pid file %s: %w", path, err)
+	}
+	return readPID(path)
 }
 
 func readPID(path string) (int, error) {
@@ -169,11 +230,7 @@ workers, as SIGHUP does: each new worker starts and serves before the old one
 drains, so no request fails. The restart runs in shoal up; follow its log.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			path := filepath.Join(data, pidFileName)
-			pid, err := readPID(path)
-			if errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("no shoal up is running with the data directory %s (no %s)", data, path)
-			}
+			pid, err := runningUp(data)
 			if err != nil {
 				return err
 			}
@@ -265,8 +322,8 @@ const systemPermission = "system:read"
 
 func newPSCmd() *cobra.Command {
 	var (
-		gw, data, keyFile string
-		asJSON            bool
+		gw, data, keyFile, issuer, audience string
+		asJSON                              bool
 	)
 	cmd := &cobra.Command{
 		Use:   "ps",
@@ -277,14 +334,7 @@ carries a short-lived token with the ` + systemPermission + ` permission, signed
 with the key in the data directory.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if keyFile == "" {
-				keyFile = keyFilePath(data)
-			}
-			s, err := token.NewFileSigner(keyFile, defaultIssuer, defaultAudience)
-			if err != nil {
-				return fmt.Errorf("signing key: %w", err)
-			}
-			tok, _, err := s.Sign("shoal-ps", []string{systemPermission}, time.Minute)
+			tok, err := mint(keyFile, data, issuer, audience, "shoal-ps", []string{systemPermission}, time.Minute)
 			if err != nil {
 				return err
 			}
@@ -327,5 +377,7 @@ with the key in the data directory.`,
 	cmd.Flags().StringVar(&data, "data", ".shoal", "data directory of shoal up (for the signing key)")
 	cmd.Flags().StringVar(&keyFile, "key", "", "signing key file (default DATA/"+keyFileName+")")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the gateway's JSON")
+	cmd.Flags().StringVar(&issuer, "token-issuer", defaultIssuer, "iss of the token, as shoal up's --token-issuer")
+	cmd.Flags().StringVar(&audience, "token-audience", defaultAudience, "aud of the token, as shoal up's --token-audience")
 	return cmd
 }

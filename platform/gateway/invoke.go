@@ -163,7 +163,10 @@ func (g *Gateway) requestError(rt *route, err error) *invocation.Error {
 			"no runner is serving function %q; start one (shoal runner) connected to this NATS", name)
 	case errors.Is(err, errRunnerLost):
 		return invocation.Errorf(http.StatusBadGateway, invocation.CodeRunnerLost,
-			"the runner running function %q stopped before it answered; retry", name)
+			"the runner running function %q stopped before it answered; the function may have run in part", name)
+	case errors.Is(err, errRunnerLostUnacked):
+		return invocation.Errorf(http.StatusBadGateway, invocation.CodeRunnerLost,
+			"no runner acknowledged the invocation of function %q before a runner stopped: it was most likely on that runner, and may or may not have run", name)
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
 		return invocation.Errorf(http.StatusGatewayTimeout, invocation.CodeTimeout,
 			"function %q did not answer within its timeout of %s", name, rt.fn.Timeout)

@@ -18,8 +18,16 @@ import (
 var errRunnerLost = errors.New("gateway: the runner of the invocation is gone")
 
 // lostReply is delivered to a call in place of an answer when its runner
-// is reported gone; it is compared by address, never read.
-var lostReply = new(nats.Msg)
+// is reported gone, and lostUnackedReply when no runner acknowledged it
+// before one was reported gone; they are compared by address, never read.
+var (
+	lostReply        = new(nats.Msg)
+	lostUnackedReply = new(nats.Msg)
+)
+
+// errRunnerLostUnacked fails an invocation no runner acknowledged within
+// the grace after a runner was reported gone.
+var errRunnerLostUnacked = errors.New("gateway: no runner acknowledged the invocation before a runner was lost")
 
 // ackRequested is the value of the Shoal-Ack header on every invocation
 // sent with acks on. Messages are encoded, never modified, once built:
@@ -114,8 +122,11 @@ func (m *replyMux) request(ctx context.Context, msg *nats.Msg) (*nats.Msg, error
 	}
 	select {
 	case reply := <-c.answer:
-		if reply == lostReply {
+		switch reply {
+		case lostReply:
 			return nil, errRunnerLost
+		case lostUnackedReply:
+			return nil, errRunnerLostUnacked
 		}
 		if len(reply.Data) == 0 && reply.Header.Get("Status") == noRespondersStatus {
 			return nil, nats.ErrNoResponders
@@ -210,11 +221,14 @@ func deliver(c *call, msg *nats.Msg) {
 
 // unackedGrace is how long, after a runner is reported gone, a call
 // that no runner has acknowledged yet gets to receive its ack. A live
-// runner acks as soon as it admits an invocation, in well under a
-// millisecond; a call still unacknowledged past the grace had most
-// likely reached the dead runner, which died before its ack went out,
-// and is answered runner_lost too.
-const unackedGrace = time.Second
+// Shoal runner acks as soon as it admits an invocation, in delivery
+// order, in well under a millisecond; a call still unacknowledged past
+// the grace had most likely reached the dead runner, which died before
+// its ack went out, and is answered runner_lost too, with a message that
+// says so. A responder that never acks (not a Shoal runner) would see
+// its long calls answered so: with acks on, all responders should be
+// Shoal runners.
+const unackedGrace = 2 * time.Second
 
 // runnerLost answers every call runner acked and has not answered with
 // lostReply, and remembers runner as gone. It returns how many calls it
@@ -248,7 +262,7 @@ func (m *replyMux) runnerLost(runner string) int {
 			defer m.mu.Unlock()
 			for _, c := range unacked {
 				if m.calls[c.token] == c && !c.acked {
-					deliver(c, lostReply)
+					deliver(c, lostUnackedReply)
 				}
 			}
 		})

@@ -2,6 +2,7 @@ package runner
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -15,41 +16,56 @@ type flushGroup struct {
 	mu sync.Mutex
 	// next gathers the callers waiting for the next flush; nil when none.
 	next *flushBatch
-	// leading is set while a caller runs flushes for the others.
+	// leading is set while a flush is under way or handed over.
 	leading bool
 }
 
 type flushBatch struct {
 	done chan struct{}
 	err  error
+	// lead is closed when the batch's own waiters are to flush it: one
+	// of them claims the job.
+	lead    chan struct{}
+	claimed atomic.Bool
 }
 
 // wait returns once everything the caller published before calling it
-// has reached the server (or the flush failed).
+// has reached the server (or the flush failed). A caller that finds no
+// flush under way flushes its batch itself; then it hands the next batch
+// to that batch's own waiters, so that nobody flushes for others for
+// long while its own invocation waits.
 func (g *flushGroup) wait(timeout time.Duration) error {
 	g.mu.Lock()
 	if g.next == nil {
-		g.next = &flushBatch{done: make(chan struct{})}
+		g.next = &flushBatch{done: make(chan struct{}), lead: make(chan struct{})}
 	}
 	b := g.next
 	if g.leading {
 		g.mu.Unlock()
-		<-b.done
-		return b.err
-	}
-	// Lead: flush batch after batch until nobody waits.
-	g.leading = true
-	for {
-		batch := g.next
-		g.next = nil
-		g.mu.Unlock()
-		batch.err = g.nc.FlushTimeout(timeout)
-		close(batch.done)
-		g.mu.Lock()
-		if g.next == nil {
-			g.leading = false
-			g.mu.Unlock()
+		select {
+		case <-b.done:
+			return b.err
+		case <-b.lead:
+		}
+		if !b.claimed.CompareAndSwap(false, true) {
+			<-b.done
 			return b.err
 		}
+		g.mu.Lock() // b is still g.next: nobody else took it
+	} else {
+		g.leading = true
+		b.claimed.Store(true)
 	}
+	g.next = nil
+	g.mu.Unlock()
+	b.err = g.nc.FlushTimeout(timeout)
+	close(b.done)
+	g.mu.Lock()
+	if g.next == nil {
+		g.leading = false
+	} else {
+		close(g.next.lead) // leading stays set: the next batch flushes itself
+	}
+	g.mu.Unlock()
+	return b.err
 }

@@ -49,7 +49,19 @@ func (e *endpoint) Handle(req micro.Request) {
 		return
 	}
 	e.r.unanswered.Add(1)
-	go e.invoke(req.Reply(), nats.Header(req.Headers()), req.Data())
+	header := nats.Header(req.Headers())
+	// The ack goes out here, in delivery order and before the invocation
+	// waits for a goroutine to be scheduled: a caller whose invocation
+	// this runner took learns it as soon as possible.
+	acked := false
+	if reply := req.Reply(); reply != "" && invocation.WantsAck(header) {
+		if err := e.r.nc.PublishMsg(&nats.Msg{Subject: reply, Header: e.r.ackHeader}); err != nil {
+			e.r.log.Warn("cannot send ack", "function", e.fn.Name, "error", err)
+		} else {
+			acked = true
+		}
+	}
+	go e.invoke(req.Reply(), header, req.Data(), acked)
 }
 
 // refuse answers on the handler's goroutine through micro, so that micro's
@@ -69,22 +81,18 @@ const ackFlushTimeout = 2 * time.Second
 
 // invoke runs one admitted invocation and answers it exactly once: with the
 // function's answer, or with 504 when its timeout passes first. A caller
-// that asked for an ack gets it first: published before any answer, on
-// the same connection, it reaches the caller first. The ack is flushed to
+// that asked for an ack got it first (see Handle): published before any
+// answer, on the same connection, it reaches the caller first. The ack is flushed to
 // the server before the function runs, so that it arrives even when the
 // function takes the process down at once (os.Exit, a fatal error): the
 // caller then learns which runner it lost. Concurrent invocations share
 // that flush (see flushGroup).
-func (e *endpoint) invoke(reply string, header nats.Header, data []byte) {
+func (e *endpoint) invoke(reply string, header nats.Header, data []byte, acked bool) {
 	start := time.Now()
 	defer e.inFlight.Add(-1)
-	if reply != "" && invocation.WantsAck(header) {
-		err := e.r.nc.PublishMsg(&nats.Msg{Subject: reply, Header: e.r.ackHeader})
-		if err == nil {
-			err = e.r.ackFlush.wait(ackFlushTimeout)
-		}
-		if err != nil {
-			e.r.log.Warn("cannot send ack", "function", e.fn.Name, "error", err)
+	if acked {
+		if err := e.r.ackFlush.wait(ackFlushTimeout); err != nil {
+			e.r.log.Warn("cannot confirm an ack", "function", e.fn.Name, "error", err)
 		}
 	}
 	ctx, cancel := context.WithTimeout(e.r.ctx, e.fn.Timeout)
