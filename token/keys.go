@@ -102,13 +102,9 @@ func newKeyID(now time.Time) string {
 // must hold its private half. A missing file gives an error that matches
 // fs.ErrNotExist.
 func ReadKeyFile(path string) ([]jwkset.JWK, error) {
-	data, err := os.ReadFile(path)
+	raws, err := readKeySet(path)
 	if err != nil {
-		return nil, fmt.Errorf("token: read key file: %w", err)
-	}
-	raws, err := decodeKeySet(data)
-	if err != nil {
-		return nil, fmt.Errorf("token: key file %s: %w", path, err)
+		return nil, err
 	}
 	keys := make([]jwkset.JWK, len(raws))
 	for i, raw := range raws {
@@ -121,6 +117,20 @@ func ReadKeyFile(path string) ([]jwkset.JWK, error) {
 		return nil, fmt.Errorf("token: key file %s: %w", path, err)
 	}
 	return keys, nil
+}
+
+// readKeySet reads a JWK set file and splits it into its keys, still
+// JSON. A missing file gives an error that matches fs.ErrNotExist.
+func readKeySet(path string) ([]json.RawMessage, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("token: read key file: %w", err)
+	}
+	raws, err := decodeKeySet(data)
+	if err != nil {
+		return nil, fmt.Errorf("token: key file %s: %w", path, err)
+	}
+	return raws, nil
 }
 
 // decodeKeySet splits a JWK set into its keys, still JSON.

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"sync"
 	"time"
 
@@ -109,13 +108,9 @@ func weakRSA(k jwkset.JWK) bool {
 // algorithms and RSA keys under 2048 bits, are left out; it is an error if
 // none is left.
 func FileKeys(path string) (KeySource, error) {
-	data, err := os.ReadFile(path)
+	raws, err := readKeySet(path)
 	if err != nil {
-		return nil, fmt.Errorf("token: read key file: %w", err)
-	}
-	raws, err := decodeKeySet(data)
-	if err != nil {
-		return nil, fmt.Errorf("token: key file %s: %w", path, err)
+		return nil, err
 	}
 	s := make(staticKeys, len(raws))
 	for i, raw := range raws {
@@ -290,4 +285,28 @@ func (r *remoteKeys) KeyRead(ctx context.Context, kid string) (jwkset.JWK, error
 		return jwkset.JWK{}, fmt.Errorf("%w: kid %q: %v", jwkset.ErrKeyNotFound, kid, err)
 	}
 	return k, err
+}
+
+// Sources is a KeySource made of several: a kid is looked up in each in
+// turn, e.g. the published keys, then HS256 secrets held locally. A
+// source's fault other than an unknown kid is reported, so that a failing
+// lookup is not taken for a missing key.
+type Sources []KeySource
+
+// KeyRead returns the first key with this kid.
+func (s Sources) KeyRead(ctx context.Context, kid string) (jwkset.JWK, error) {
+	var fault error
+	for _, src := range s {
+		k, err := src.KeyRead(ctx, kid)
+		switch {
+		case err == nil:
+			return k, nil
+		case !errors.Is(err, jwkset.ErrKeyNotFound):
+			fault = errors.Join(fault, err)
+		}
+	}
+	if fault != nil {
+		return jwkset.JWK{}, fault
+	}
+	return jwkset.JWK{}, fmt.Errorf("%w: %q", jwkset.ErrKeyNotFound, kid)
 }

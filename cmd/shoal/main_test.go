@@ -324,6 +324,9 @@ func TestUp(t *testing.T) {
 	if code != 0 || strings.Count(minted, ".") != 2 {
 		t.Fatalf("shoal token = %d %q %s", code, minted, errOut)
 	}
+	// A token of the first key that no verifier has seen (none caches it).
+	unseen, _, _ := runShoal(t, dir, "token", "--data", data, "--sub", "ops", "--perm", "echo", "--ttl", "5m")
+	unseen = strings.TrimSpace(unseen)
 
 	// The saved nats CLI context holds the client role's credentials.
 	ctxFile := filepath.Join(os.Getenv("XDG_CONFIG_HOME"), "nats", "context", "shoal.json")
@@ -350,6 +353,23 @@ func TestUp(t *testing.T) {
 	if out, _, code := runShoal(t, dir, append([]string{"key", "ls"}, admin...)...); code != 0 || strings.Count(out, "yes") != 5 {
 		t.Errorf("shoal key ls = %d\n%s", code, out)
 	}
+	// The key that signs cannot be withdrawn; the old one can, and its
+	// tokens stop verifying.
+	newKID, oldKID := kidOf(t, rotated), kidOf(t, minted)
+	if _, errOut, code := runShoal(t, dir, append([]string{"key", "rm", newKID}, admin...)...); code != 1 || !strings.Contains(errOut, "rotate first") {
+		t.Errorf("shoal key rm of the signing key = %d %s", code, errOut)
+	}
+	if out, errOut, code := runShoal(t, dir, append([]string{"key", "rm", oldKID}, admin...)...); code != 0 || !strings.Contains(out, "withdrawn") {
+		t.Fatalf("shoal key rm %s = %d %s %s", oldKID, code, out, errOut)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if status, _ := post(t, gw+"/function/echo", "hi", unseen); status == 401 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a token of the withdrawn key still passes after 10s")
+		}
+	}
 
 	// shoal invoke, through the gateway and over NATS with the client
 	// context shoal up saved.
@@ -358,7 +378,7 @@ func TestUp(t *testing.T) {
 		if code != 0 || out != "pong!" {
 			t.Errorf("shoal invoke ping %v = %d %q %s", via, code, out, errOut)
 		}
-		out, errOut, code = runShoal(t, dir, append([]string{"invoke", "echo", "--token", minted, "-d", "hi", "-X", "PUT", "--path", "/x/y?z=1", "-H", "X-A: b"}, via...)...)
+		out, errOut, code = runShoal(t, dir, append([]string{"invoke", "echo", "--token", strings.TrimSpace(rotated), "-d", "hi", "-X", "PUT", "--path", "/x/y?z=1", "-H", "X-A: b"}, via...)...)
 		if code != 0 || !strings.Contains(out, `"method": "PUT"`) || !strings.Contains(out, `"path": "/x/y"`) || !strings.Contains(out, `"X-A"`) || !strings.Contains(out, `"body": "hi"`) {
 			t.Errorf("shoal invoke echo %v = %d %s %s", via, code, out, errOut)
 		}

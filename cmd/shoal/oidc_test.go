@@ -14,6 +14,7 @@ import (
 	"github.com/shoal-dev/shoal/platform/broker"
 	"github.com/shoal-dev/shoal/platform/broker/brokertest"
 	"github.com/shoal-dev/shoal/token"
+	"github.com/shoal-dev/shoal/token/tokentest"
 )
 
 // TestExternalIssuer runs a gateway and a runner that accept only the
@@ -60,19 +61,13 @@ func TestExternalIssuer(t *testing.T) {
 	sign := func(k jwkset.JWK, aud string, perms ...string) string {
 		t.Helper()
 		now := time.Now()
-		tok := jwt.NewWithClaims(jwt.GetSigningMethod(k.Marshal().ALG.String()), &token.Claims{
+		return tokentest.SignRaw(t, jwt.GetSigningMethod(k.Marshal().ALG.String()), k.Marshal().KID, k.Key(), &token.Claims{
 			Permissions: perms,
 			RegisteredClaims: jwt.RegisteredClaims{
 				Issuer: issuer, Audience: jwt.ClaimStrings{aud}, Subject: "carol",
 				IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(time.Hour)),
 			},
 		})
-		tok.Header["kid"] = k.Marshal().KID
-		raw, err := tok.SignedString(k.Key())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return raw
 	}
 	tests := []struct {
 		name   string

@@ -115,7 +115,7 @@ func (t *trustFlags) build(ctx context.Context, js jetstream.JetStream, local []
 	}
 	cfg := token.VerifierConfig{Leeway: t.leeway}
 	var tr trust
-	shoalKeys := keySources{}
+	var shoalKeys token.Sources
 	kr, err := keyring.Watch(ctx, js, logger.With("component", "keyring"))
 	switch {
 	case err == nil:
@@ -191,26 +191,4 @@ func (t *trustFlags) oidcKeys(ctx context.Context) (token.KeySource, error) {
 		return nil, fmt.Errorf("--oidc-jwks: %w", err)
 	}
 	return ks, nil
-}
-
-// keySources looks a kid up in each source in turn.
-type keySources []token.KeySource
-
-// A source's fault other than an unknown kid is reported, so that a
-// failing lookup is not taken for a missing key.
-func (s keySources) KeyRead(ctx context.Context, kid string) (jwkset.JWK, error) {
-	var fault error
-	for _, src := range s {
-		k, err := src.KeyRead(ctx, kid)
-		switch {
-		case err == nil:
-			return k, nil
-		case !errors.Is(err, jwkset.ErrKeyNotFound):
-			fault = errors.Join(fault, err)
-		}
-	}
-	if fault != nil {
-		return jwkset.JWK{}, fault
-	}
-	return jwkset.JWK{}, fmt.Errorf("%w: %q", jwkset.ErrKeyNotFound, kid)
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/shoal-dev/shoal/platform/keyring"
 	"github.com/shoal-dev/shoal/platform/runner"
 	"github.com/shoal-dev/shoal/token"
+	"github.com/shoal-dev/shoal/token/tokentest"
 )
 
 const securedManifest = `version: 1
@@ -183,7 +184,7 @@ func verifierOn(t testing.TB, kr *keyring.Keyring, o securedOptions) *token.Veri
 		if err != nil {
 			t.Fatal(err)
 		}
-		keys = eitherKeys{kr, secret}
+		keys = token.Sources{kr, secret}
 		cfg.Algorithms = []string{token.EdDSA, token.ES256, token.RS256, token.HS256}
 	}
 	cfg.Issuers = []token.Issuer{{Issuer: "shoal", Audience: "shoal", Keys: keys}}
@@ -192,16 +193,6 @@ func verifierOn(t testing.TB, kr *keyring.Keyring, o securedOptions) *token.Veri
 		t.Fatal(err)
 	}
 	return v
-}
-
-// eitherKeys finds a kid in the first source, else the second.
-type eitherKeys [2]token.KeySource
-
-func (e eitherKeys) KeyRead(ctx context.Context, kid string) (jwkset.JWK, error) {
-	if k, err := e[0].KeyRead(ctx, kid); err == nil {
-		return k, nil
-	}
-	return e[1].KeyRead(ctx, kid)
 }
 
 // claims are valid claims for alice with the echo permission.
@@ -214,20 +205,6 @@ func claims() *token.Claims {
 			IssuedAt: jwt.NewNumericDate(now), NotBefore: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(time.Hour)),
 		},
 	}
-}
-
-// sign signs c with key k, under kid.
-func sign(t *testing.T, method jwt.SigningMethod, kid string, key any, c jwt.Claims) string {
-	t.Helper()
-	tok := jwt.NewWithClaims(method, c)
-	if kid != "" {
-		tok.Header["kid"] = kid
-	}
-	s, err := tok.SignedString(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 // call is one invocation's outcome, however it travelled.
@@ -297,13 +274,13 @@ func TestSecurityTable(t *testing.T) {
 	with := func(edit func(c *token.Claims)) string {
 		c := claims()
 		edit(c)
-		return "Bearer " + sign(t, jwt.SigningMethodEdDSA, kid, priv, c)
+		return "Bearer " + tokentest.SignRaw(t, jwt.SigningMethodEdDSA, kid, priv, c)
 	}
 	valid := with(func(*token.Claims) {})
 
 	// A token whose payload was swapped for one granting echo, keeping the
 	// signature of a token that did not.
-	weak := sign(t, jwt.SigningMethodEdDSA, kid, priv, func() *token.Claims { c := claims(); c.Permissions = []string{"ping"}; return c }())
+	weak := tokentest.SignRaw(t, jwt.SigningMethodEdDSA, kid, priv, func() *token.Claims { c := claims(); c.Permissions = []string{"ping"}; return c }())
 	strong, err := json.Marshal(claims())
 	if err != nil {
 		t.Fatal(err)
@@ -332,16 +309,16 @@ func TestSecurityTable(t *testing.T) {
 		{"garbage", "Bearer garbage", 401, invalid, 0},
 		{"three garbage segments", "Bearer a.b.c", 401, invalid, 0},
 		{"alg none", "Bearer " + none, 401, invalid, 0},
-		{"HS256 signed with the public key", "Bearer " + sign(t, jwt.SigningMethodHS256, kid, []byte(pub), claims()), 401, invalid, 0},
-		{"HS256 signed with the public JWK", "Bearer " + sign(t, jwt.SigningMethodHS256, kid, pubJWK, claims()), 401, invalid, 0},
+		{"HS256 signed with the public key", "Bearer " + tokentest.SignRaw(t, jwt.SigningMethodHS256, kid, []byte(pub), claims()), 401, invalid, 0},
+		{"HS256 signed with the public JWK", "Bearer " + tokentest.SignRaw(t, jwt.SigningMethodHS256, kid, pubJWK, claims()), 401, invalid, 0},
 		{"expired", with(func(c *token.Claims) { c.ExpiresAt = jwt.NewNumericDate(time.Now().Add(-time.Hour)) }), 401, invalid, 0},
 		{"no exp", with(func(c *token.Claims) { c.ExpiresAt = nil }), 401, invalid, 0},
 		{"future nbf", with(func(c *token.Claims) { c.NotBefore = jwt.NewNumericDate(time.Now().Add(time.Hour)) }), 401, invalid, 0},
 		{"wrong iss", with(func(c *token.Claims) { c.Issuer = "evil" }), 401, invalid, 0},
 		{"wrong aud", with(func(c *token.Claims) { c.Audience = jwt.ClaimStrings{"other-app"} }), 401, invalid, 0},
-		{"unknown kid", "Bearer " + sign(t, jwt.SigningMethodEdDSA, "nope", otherKey, claims()), 401, invalid, 0},
-		{"right kid, other key", "Bearer " + sign(t, jwt.SigningMethodEdDSA, kid, otherKey, claims()), 401, invalid, 0},
-		{"no kid", "Bearer " + sign(t, jwt.SigningMethodEdDSA, "", priv, claims()), 401, invalid, 0},
+		{"unknown kid", "Bearer " + tokentest.SignRaw(t, jwt.SigningMethodEdDSA, "nope", otherKey, claims()), 401, invalid, 0},
+		{"right kid, other key", "Bearer " + tokentest.SignRaw(t, jwt.SigningMethodEdDSA, kid, otherKey, claims()), 401, invalid, 0},
+		{"no kid", "Bearer " + tokentest.SignRaw(t, jwt.SigningMethodEdDSA, "", priv, claims()), 401, invalid, 0},
 		{"tampered payload", "Bearer " + tampered, 401, invalid, 0},
 		{"lacks the permission", with(func(c *token.Claims) { c.Permissions = []string{"ping", "other"} }), 403, forbidden, 0},
 		{"no permissions", with(func(c *token.Claims) { c.Permissions = nil }), 403, forbidden, 0},
@@ -421,7 +398,7 @@ func TestAlgorithmConfusionWithHS256Allowed(t *testing.T) {
 		{"HS256 with the public key under the secret's kid", secret.Marshal().KID, []byte(pub), 401},
 	}
 	for _, tt := range tests {
-		bearer := "Bearer " + sign(t, jwt.SigningMethodHS256, tt.kid, tt.key, claims())
+		bearer := "Bearer " + tokentest.SignRaw(t, jwt.SigningMethodHS256, tt.kid, tt.key, claims())
 		for name, via := range map[string]func(*testing.T, string, string, string) call{"gateway": p.viaGateway, "nats": p.viaNATS} {
 			if c := via(t, "echo", bearer, "hello"); c.status != tt.status {
 				t.Errorf("%s via %s: %d %s, want %d", tt.name, name, c.status, c.body, tt.status)
@@ -434,17 +411,7 @@ func TestAlgorithmConfusionWithHS256Allowed(t *testing.T) {
 // system:read.
 func TestSystemWorkers(t *testing.T) {
 	p := startSecured(t, securedOptions{})
-	signer, err := token.NewSigner(p.key, "shoal", "shoal")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bearer := func(perms ...string) string {
-		tok, _, err := signer.Sign("ops", perms, time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return "Bearer " + tok
-	}
+	bearer := tokentest.Bearer(t, p.key, "ops")
 	tests := []struct {
 		name, authorization string
 		status              int
@@ -473,25 +440,12 @@ func TestKeyRotation(t *testing.T) {
 	p := startSecured(t, securedOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	oldSigner, err := token.NewSigner(p.key, "shoal", "shoal")
-	if err != nil {
-		t.Fatal(err)
-	}
 	newKey, err := token.GenerateKey(token.ES256)
 	if err != nil {
 		t.Fatal(err)
 	}
-	newSigner, err := token.NewSigner(newKey, "shoal", "shoal")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bearer := func(s *token.Signer) string {
-		tok, _, err := s.Sign("alice", []string{"echo"}, time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return "Bearer " + tok
-	}
+	oldSigner, newSigner := tokentest.Bearer(t, p.key, "alice"), tokentest.Bearer(t, newKey, "alice")
+	bearer := func(mint func(...string) string) string { return mint("echo") }
 	// Before the new key is published, its tokens are refused.
 	if c := p.viaGateway(t, "echo", bearer(newSigner), ""); c.status != 401 {
 		t.Fatalf("unpublished key: %d", c.status)

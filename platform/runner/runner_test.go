@@ -27,6 +27,7 @@ import (
 	"github.com/shoal-dev/shoal/platform/runner"
 	"github.com/shoal-dev/shoal/platform/runner/runnertest"
 	"github.com/shoal-dev/shoal/token"
+	"github.com/shoal-dev/shoal/token/tokentest"
 )
 
 const testManifest = `version: 1
@@ -519,17 +520,7 @@ func TestRunnerChecksTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	runnertest.Start(t, s.ClientURL(), runner.Config{Manifest: m, Builtins: fns, Verifier: v})
-	signer, err := token.NewSigner(key, "shoal", "shoal")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bearer := func(perms ...string) string {
-		tok, _, err := signer.Sign("alice", perms, time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return "Bearer " + tok
-	}
+	bearer := tokentest.Bearer(t, key, "alice")
 	tests := []struct {
 		name, authorization string
 		status              int
