@@ -180,7 +180,55 @@ gateway and runner follows them. A rotation publishes the new public key
 first, then makes it the key that signs; tokens signed with older keys keep
 verifying until those keys are withdrawn with shoal key rm.`,
 	}
-	cmd.AddCommand(newKeyRotateCmd(), newKeyListCmd(), newKeyRemoveCmd())
+	cmd.AddCommand(newKeyRotateCmd(), newKeyListCmd(), newKeyRemoveCmd(), newKeyPublishCmd())
+	return cmd
+}
+
+func newKeyPublishCmd() *cobra.Command {
+	var (
+		k        keyFlags
+		replicas int
+	)
+	cmd := &cobra.Command{
+		Use:   "publish",
+		Short: "Publish the public halves of the key file's signing keys",
+		Long: `Publish the public halves of every asymmetric key in the signing key file
+into the KV bucket ` + keyring.Bucket + `, creating it if needed, so that gateways and
+runners verify the tokens those keys sign. Keys already published stay.
+shoal up does this itself; a multi-machine deployment runs it once per
+key file (docs/deploy.md).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if replicas < 0 || replicas > 5 {
+				return fmt.Errorf("--replicas %d: want 1 to 5 (0 keeps an existing bucket's)", replicas)
+			}
+			path, keys, err := k.read()
+			if err != nil {
+				return err
+			}
+			if len(keys) == 0 {
+				return fmt.Errorf("no signing keys in %s (shoal init creates one)", path)
+			}
+			err = k.session(cmd.Context(), func(ctx context.Context, js jetstream.JetStream) error {
+				kv, err := keyring.Create(ctx, js, replicas)
+				if err != nil {
+					return err
+				}
+				return publishKeys(ctx, kv, keys)
+			})
+			if err != nil {
+				return err
+			}
+			for _, key := range keys {
+				if m := key.Marshal(); m.KTY != jwkset.KtyOct {
+					fmt.Fprintf(cmd.OutOrStdout(), "published %s (%s)\n", m.KID, m.ALG)
+				}
+			}
+			return nil
+		},
+	}
+	k.register(cmd)
+	cmd.Flags().IntVar(&replicas, "replicas", 0, "replicas of the key bucket: 1 on one server, 3 on a cluster (0: keep an existing bucket's, 1 for a new one)")
 	return cmd
 }
 

@@ -11,9 +11,11 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/shoal-dev/shoal"
 )
@@ -54,7 +56,10 @@ func newRootCmd() *cobra.Command {
 		Version:       shoal.Version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		PersistentPreRunE: func(*cobra.Command, []string) error {
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyEnv(cmd); err != nil {
+				return err
+			}
 			l, err := newLogger(rootFlags.logFormat, rootFlags.logLevel)
 			if err != nil {
 				return err
@@ -67,8 +72,38 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&rootFlags.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&rootFlags.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.AddCommand(newUpCmd(), newGatewayCmd(), newRunnerCmd(), newInvokeCmd(), newValidateCmd(),
+		newDeployCmd(), newRemoveCmd(), newListCmd(), newInitCmd(),
 		newTokenCmd(), newUserCmd(), newKeyCmd(), newRestartCmd(), newPSCmd(), newVersionCmd())
 	return root
+}
+
+// envPrefix starts the environment variables that set flags: every flag
+// --some-flag of a command can be given as SHOAL_SOME_FLAG instead, which
+// suits containers; the command line wins over the environment.
+const envPrefix = "SHOAL_"
+
+// envName is the environment variable of a flag.
+func envName(flag string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// applyEnv sets every flag of cmd that the command line did not give from
+// its environment variable, if set.
+func applyEnv(cmd *cobra.Command) error {
+	var errs []error
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if f.Changed || f.Name == "help" || f.Name == "version" {
+			return
+		}
+		v, ok := os.LookupEnv(envName(f.Name))
+		if !ok {
+			return
+		}
+		if err := cmd.Flags().Set(f.Name, v); err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q (--%s): %w", envName(f.Name), v, f.Name, err))
+		}
+	})
+	return errors.Join(errs...)
 }
 
 func newLogger(format, level string) (*slog.Logger, error) {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/MicahParks/jwkset"
@@ -19,6 +20,7 @@ import (
 	"github.com/shoal-dev/shoal/functions/auth"
 	"github.com/shoal-dev/shoal/manifest"
 	"github.com/shoal-dev/shoal/platform/broker"
+	"github.com/shoal-dev/shoal/platform/catalog"
 	"github.com/shoal-dev/shoal/platform/gateway"
 	"github.com/shoal-dev/shoal/platform/runner"
 	"github.com/shoal-dev/shoal/platform/supervisor"
@@ -34,6 +36,8 @@ const (
 // servingGateway is a gateway serving HTTP in the background.
 type servingGateway struct {
 	*gateway.Gateway
+	// watcher follows the catalog; nil for a gateway serving a file.
+	watcher *catalog.Watcher
 	// done is closed when Serve has returned, with its result in err.
 	done     chan struct{}
 	err      error
@@ -71,36 +75,71 @@ type gatewayExtras struct {
 	workers    func(context.Context) (any, error)
 }
 
-// startGateway starts a gateway that owns nc and serves HTTP on addr.
-func startGateway(nc *nats.Conn, m *manifest.Manifest, addr string, limits gatewayLimits, tr *trust, x gatewayExtras) (*servingGateway, error) {
+// startGateway starts a gateway that owns nc and serves HTTP on addr: the
+// functions of m, or, when m is nil, those of the catalog, which it
+// follows (it serves once the catalog is loaded).
+func startGateway(ctx context.Context, nc *nats.Conn, m *manifest.Manifest, addr string, limits gatewayLimits, tr *trust, x gatewayExtras) (*servingGateway, error) {
+	sg := &servingGateway{done: make(chan struct{})}
+	entries := func() []catalog.Entry { return sg.watcher.Entries() }
+	if m != nil {
+		entries = func() []catalog.Entry { return entriesOf(m) }
+	}
 	g, err := gateway.New(gateway.Config{
 		NATS: nc, Manifest: m, MaxBody: int64(limits.maxBody), MaxInFlight: limits.maxInFlight,
 		Verifier: tr.verifier, JWKS: tr.jwks,
-		AckRunners: x.ackRunners, Workers: x.workers, SystemPermission: systemPermission,
-		Logger: logger.With("component", "gateway"),
+		AckRunners: x.ackRunners, Workers: x.workers, Functions: functionsStatus(nc, entries),
+		SystemPermission: systemPermission,
+		Logger:           logger.With("component", "gateway"),
 	})
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
+	sg.Gateway = g
+	if m == nil {
+		w, err := followCatalog(ctx, nc, "gateway", func(entries []catalog.Entry) error {
+			g.SetFunctions(functionsOf(entries))
+			return nil
+		})
+		if err != nil {
+			nc.Close()
+			return nil, err
+		}
+		sg.watcher = w
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
+		sg.stopWatch()
 		nc.Close()
 		return nil, fmt.Errorf("gateway: listen on %s: %w", addr, err)
 	}
-	sg := &servingGateway{Gateway: g, done: make(chan struct{})}
 	go func() {
 		sg.err = g.Serve(ln)
 		close(sg.done)
 	}()
-	logger.Info("gateway listening", "url", "http://"+ln.Addr().String(), "functions", len(m.Functions))
+	source := "catalog"
+	if m != nil {
+		source = m.File
+	}
+	logger.Info("gateway listening", "url", "http://"+ln.Addr().String(), "functions", len(entries()), "from", source)
 	return sg, nil
+}
+
+// stopWatch stops following the catalog.
+func (sg *servingGateway) stopWatch() {
+	if sg.watcher == nil {
+		return
+	}
+	if err := sg.watcher.Stop(); err != nil {
+		logger.Warn("stop following the catalog", "component", "gateway", "error", err)
+	}
 }
 
 // shutdown drains the gateway; it also reports a serving failure that
 // waitForStop has not reported.
 func (sg *servingGateway) shutdown(ctx context.Context) error {
 	err := sg.Shutdown(ctx)
+	sg.stopWatch()
 	<-sg.done
 	if sg.reported {
 		return err
@@ -145,8 +184,10 @@ type runnerEnv struct {
 	auth *auth.Config
 }
 
-// startRunner starts a runner that owns nc. nc must serve only this
-// runner: its stop waits for the connection's subscriptions to drain.
+// startRunner starts a runner that owns nc, serving the functions of m
+// (nil: none yet; the caller follows the catalog). nc must serve only
+// this runner: its stop waits for the connection's subscriptions to
+// drain.
 func startRunner(nc *nats.Conn, m *manifest.Manifest, worker int, env runnerEnv) (*runner.Runner, error) {
 	log := logger.With("component", "runner")
 	meta := map[string]string{}
@@ -227,28 +268,45 @@ func newGatewayCmd() *cobra.Command {
 		Short: "Run the HTTP gateway against a NATS server or cluster",
 		Long: `Run the HTTP gateway: it checks the caller's token and routes
 /function/NAME/... onto NATS as one request per invocation. Run runners
-(shoal runner) against the same NATS.`,
+(shoal runner) against the same NATS.
+
+The gateway serves the functions deployed in the catalog (shoal deploy) and
+follows it live; until something is deployed it waits. With -f it serves
+the manifest's functions instead, fixed for its life.
+
+GET /healthz answers 200 while the process serves HTTP; GET /readyz answers
+200 while it is connected to NATS and 503 otherwise.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := errors.Join(limits.check(), tf.check()); err != nil {
 				return err
 			}
 			nf.defaultInbox(broker.InboxPrefix(broker.RoleGateway))
-			m, err := loadManifest(file)
-			if err != nil {
-				return err
+			var m *manifest.Manifest
+			if file != "" {
+				var err error
+				if m, err = loadManifest(file); err != nil {
+					return err
+				}
 			}
 			nc, err := nf.connect("shoal-gateway", gatewayConnOpts...)
 			if err != nil {
 				return err
 			}
-			tr, err := buildTrust(cmd.Context(), nc, &tf, nil, needsTokens(m))
+			if m == nil {
+				// The signing keys' bucket is created with the catalog.
+				if err := waitForCatalog(cmd.Context(), nc, "gateway"); err != nil {
+					nc.Close()
+					return err
+				}
+			}
+			tr, err := buildTrust(cmd.Context(), nc, &tf, nil, m != nil && needsTokens(m))
 			if err != nil {
 				nc.Close()
 				return err
 			}
 			defer tr.stop()
-			sg, err := startGateway(nc, m, addr, limits, tr, gatewayExtras{})
+			sg, err := startGateway(cmd.Context(), nc, m, addr, limits, tr, gatewayExtras{})
 			if err != nil {
 				return err
 			}
@@ -260,7 +318,7 @@ func newGatewayCmd() *cobra.Command {
 	}
 	nf.register(cmd.Flags())
 	tf.register(cmd.Flags())
-	cmd.Flags().StringVarP(&file, "file", "f", defaultManifest, "function manifest")
+	cmd.Flags().StringVarP(&file, "file", "f", "", "serve this manifest's functions instead of following the catalog")
 	cmd.Flags().StringVar(&addr, "http", defaultHTTPAddr, "HTTP listen address")
 	limits.register(cmd.Flags())
 	cmd.Flags().DurationVar(&drain, "drain-timeout", defaultDrainTimeout, "how long shutdown waits for in-flight requests")
@@ -281,25 +339,42 @@ func buildTrust(ctx context.Context, nc *nats.Conn, tf *trustFlags, local []jwks
 
 func newRunnerCmd() *cobra.Command {
 	var (
-		nf     natsFlags
-		tf     trustFlags
-		af     authFlags
-		file   string
-		drain  time.Duration
-		worker int
+		nf         natsFlags
+		tf         trustFlags
+		af         authFlags
+		file       string
+		healthAddr string
+		drain      time.Duration
+		worker     int
 	)
 	cmd := &cobra.Command{
 		Use:   "runner",
 		Short: "Run a function runner against a NATS server or cluster",
-		Long: `Run a runner: it serves the manifest's functions from the NATS queue
-group shoal-runners, so that any number of runners share the load. It
-verifies the caller's token again on every invocation of a function that is
-not public. Given the signing key file (--key), it also serves the auth
-function.`,
+		Long: `Run a runner: it serves functions from the NATS queue group
+shoal-runners, so that any number of runners share the load. It verifies
+the caller's token again on every invocation of a function that is not
+public. Given the signing key file (--key), it also serves the auth
+function.
+
+The runner serves the functions deployed in the catalog (shoal deploy) that
+it has a handler for, and follows the catalog live; until something is
+deployed it waits. With -f it serves the manifest's functions instead,
+fixed for its life.
+
+With --health, GET /healthz answers 200 while the process runs and GET
+/readyz 200 while it serves (connected to NATS, functions loaded).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := errors.Join(tf.check(), af.check()); err != nil {
 				return err
+			}
+			var health *healthServer
+			if healthAddr != "" {
+				var err error
+				if health, err = startHealth(healthAddr); err != nil {
+					return err
+				}
+				defer health.stop()
 			}
 			// A runner that serves auth connects as the auth role, which
 			// may read users; others as the runner role.
@@ -308,9 +383,12 @@ function.`,
 			} else {
 				nf.defaultInbox(broker.InboxPrefix(broker.RoleRunner))
 			}
-			m, err := loadManifest(file)
-			if err != nil {
-				return err
+			var m *manifest.Manifest
+			if file != "" {
+				var err error
+				if m, err = loadManifest(file); err != nil {
+					return err
+				}
 			}
 			var signer auth.Signer
 			if af.keyFile != "" {
@@ -320,13 +398,19 @@ function.`,
 				}
 				signer = s
 			}
-			// The runner owns its connection alone; the key watch and the
-			// auth function's KV work go on a second one.
+			// The runner owns its connection alone; the catalog and key
+			// watches and the auth function's KV work go on a second one.
 			snc, err := nf.connect("shoal-runner-support")
 			if err != nil {
 				return err
 			}
 			defer snc.Close()
+			if m == nil {
+				// The signing keys' bucket is created with the catalog.
+				if err := waitForCatalog(cmd.Context(), snc, "runner"); err != nil {
+					return err
+				}
+			}
 			// The key file's own shared secrets (HS256), if any, verify
 			// too, as in shoal up.
 			var local []jwkset.JWK
@@ -335,7 +419,7 @@ function.`,
 					return fmt.Errorf("--key: %w", err)
 				}
 			}
-			tr, err := buildTrust(cmd.Context(), snc, &tf, local, needsTokens(m))
+			tr, err := buildTrust(cmd.Context(), snc, &tf, local, m != nil && needsTokens(m))
 			if err != nil {
 				return err
 			}
@@ -354,11 +438,42 @@ function.`,
 			if err != nil {
 				return err
 			}
+			var watcher *catalog.Watcher
+			if m == nil {
+				w, err := followCatalog(cmd.Context(), snc, "runner", func(entries []catalog.Entry) error {
+					if err := r.SetFunctions(functionsOf(entries)); err != nil {
+						return err
+					}
+					logger.Debug("runner functions", "functions", r.Functions())
+					return nil
+				})
+				if err != nil {
+					stopErr := r.Stop(context.Background())
+					return errors.Join(err, stopErr)
+				}
+				watcher = w
+			}
+			var stopping atomic.Bool
+			health.setReady(func() error {
+				switch {
+				case stopping.Load():
+					return errors.New("shutting down")
+				case !nc.IsConnected():
+					return errors.New("not connected to NATS")
+				}
+				return nil
+			})
 			logger.Info("runner serving", "nats", nc.ConnectedUrlRedacted(), "id", r.ID(), "functions", r.Functions())
 			if err := supervisor.NotifyReady(r.ID()); err != nil {
 				logger.Error("cannot tell the supervisor this runner is ready", "error", err)
 			}
 			<-cmd.Context().Done()
+			stopping.Store(true)
+			if watcher != nil {
+				if err := watcher.Stop(); err != nil {
+					logger.Warn("stop following the catalog", "error", err)
+				}
+			}
 			logger.Info("shutting down: draining in-flight invocations")
 			ctx, cancel := context.WithTimeout(context.Background(), drain)
 			defer cancel()
@@ -368,7 +483,8 @@ function.`,
 	nf.register(cmd.Flags())
 	tf.register(cmd.Flags())
 	af.register(cmd.Flags(), true)
-	cmd.Flags().StringVarP(&file, "file", "f", defaultManifest, "function manifest")
+	cmd.Flags().StringVarP(&file, "file", "f", "", "serve this manifest's functions instead of following the catalog")
+	cmd.Flags().StringVar(&healthAddr, "health", "", "serve GET /healthz and /readyz on this address (e.g. 0.0.0.0:8081); off by default")
 	cmd.Flags().DurationVar(&drain, "drain-timeout", defaultDrainTimeout, "how long shutdown waits for in-flight invocations")
 	cmd.Flags().IntVar(&worker, "worker", 0, "worker slot, when run by shoal up's supervisor (shown in the service metadata)")
 	_ = cmd.Flags().MarkHidden("worker")

@@ -18,7 +18,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shoal-dev/shoal/functions/auth"
+	"github.com/shoal-dev/shoal/manifest"
 	"github.com/shoal-dev/shoal/platform/broker"
+	"github.com/shoal-dev/shoal/platform/catalog"
 	"github.com/shoal-dev/shoal/platform/keyring"
 	"github.com/shoal-dev/shoal/platform/supervisor"
 )
@@ -51,6 +53,10 @@ func newUpCmd() *cobra.Command {
 JetStream (store under --data), the HTTP gateway, and runner workers
 serving the functions of the manifest. Ctrl-C or SIGTERM drains in-flight
 requests and exits 0.
+
+The manifest is deployed into the function catalog at start (functions it
+does not declare are removed from the catalog); while up runs, shoal deploy
+and shoal rm change the catalog live, without a restart.
 
 NATS requires credentials: one NKey identity per role (admin, gateway,
 runner, auth, client), kept under DATA/credentials. The token signing key is
@@ -131,6 +137,12 @@ func up(ctx context.Context, o upOptions) error {
 	if err := prepareStores(ctx, anc, keys, o.auth.limits); err != nil {
 		return err
 	}
+	// The manifest is this machine's source of truth: up deploys it into
+	// the catalog, removing what it does not declare; shoal deploy and
+	// shoal rm change the catalog live afterwards.
+	if err := deployFile(ctx, anc, m); err != nil {
+		return err
+	}
 	tr, err := buildTrust(ctx, anc, &o.trust, keys, needsTokens(m))
 	if err != nil {
 		return err
@@ -144,7 +156,7 @@ func up(ctx context.Context, o upOptions) error {
 
 	// The runners are worker processes: this binary again, as `shoal
 	// runner`, supervised.
-	wc, err := newWorkerCommand(o, m, url, creds, keyFile)
+	wc, err := newWorkerCommand(o, url, creds, keyFile)
 	if err != nil {
 		return err
 	}
@@ -176,7 +188,7 @@ func up(ctx context.Context, o upOptions) error {
 		return abort(err)
 	}
 	sys := &systemInfo{sup: sup, nc: anc}
-	sg, err := startGateway(nc, m, o.httpAddr, o.limits, tr, gatewayExtras{ackRunners: o.acks, workers: sys.workers})
+	sg, err := startGateway(ctx, nc, nil, o.httpAddr, o.limits, tr, gatewayExtras{ackRunners: o.acks, workers: sys.workers})
 	if err != nil {
 		return abort(err)
 	}
@@ -238,6 +250,26 @@ func prepareStores(ctx context.Context, nc *nats.Conn, keys []jwkset.JWK, limits
 	}
 	if _, err := auth.CreateLimiter(ctx, js, limits, 1); err != nil {
 		return err
+	}
+	return nil
+}
+
+// deployFile deploys m into the catalog with prune, and logs what changed.
+func deployFile(ctx context.Context, nc *nats.Conn, m *manifest.Manifest) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	changes, err := deployManifest(ctx, js, m, true, 0)
+	if err != nil {
+		return fmt.Errorf("deploy %s: %w", m.File, err)
+	}
+	for _, ch := range changes {
+		if ch.Action != catalog.Unchanged {
+			logger.Info("function "+string(ch.Action), "function", ch.Name, "revision", ch.Revision, "from", m.File)
+		}
 	}
 	return nil
 }

@@ -24,8 +24,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shoal-dev/shoal/invocation"
-	"github.com/shoal-dev/shoal/manifest"
 	"github.com/shoal-dev/shoal/platform/broker"
+	"github.com/shoal-dev/shoal/platform/catalog"
 	"github.com/shoal-dev/shoal/platform/gateway"
 	"github.com/shoal-dev/shoal/platform/runner"
 	"github.com/shoal-dev/shoal/platform/supervisor"
@@ -41,20 +41,16 @@ type workerCommand struct {
 	procs int
 }
 
-func newWorkerCommand(o upOptions, m *manifest.Manifest, url string, creds *broker.Credentials, keyFile string) (*workerCommand, error) {
+func newWorkerCommand(o upOptions, url string, creds *broker.Credentials, keyFile string) (*workerCommand, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find this program to start workers: %w", err)
 	}
-	manifestPath, err := filepath.Abs(m.File)
-	if err != nil {
-		return nil, err
-	}
-	// Every worker serves the auth function too, so it runs as the auth
+	// Every worker follows the catalog, which up deployed the manifest
+	// into, and serves the auth function too, so it runs as the auth
 	// role: on one machine the workers are one trust domain.
 	args := []string{
 		"runner",
-		"-f", manifestPath,
 		"--nats", url,
 		"--nats-nkey", creds.SeedFile(broker.RoleAuth),
 		"--nats-inbox-prefix", broker.InboxPrefix(broker.RoleAuth),
@@ -83,7 +79,14 @@ func newWorkerCommand(o upOptions, m *manifest.Manifest, url string, creds *brok
 // command is the supervisor's Command: a fresh process for a slot.
 func (w *workerCommand) command(slot int) *exec.Cmd {
 	cmd := exec.Command(w.exe, append(append([]string(nil), w.args...), "--worker", strconv.Itoa(slot))...)
-	cmd.Env = os.Environ()
+	// The worker's flags are all on its command line: up's SHOAL_*
+	// variables, meant for up's own flags, must not set the runner's
+	// (SHOAL_FILE would pin the workers to a file instead of the catalog).
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, envPrefix) || strings.HasPrefix(kv, "SHOAL_TEST_") { // SHOAL_TEST_*: the tests' own switches
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
 	if w.procs > 0 && os.Getenv("GOMAXPROCS") == "" {
 		// The workers share the machine's CPUs with each other and with
 		// up (NATS, the gateway): one scheduler thread each per CPU share
@@ -311,10 +314,19 @@ func (s *systemInfo) served(ctx context.Context) map[string]uint64 {
 		for _, ep := range st.Endpoints {
 			var d runner.EndpointStats
 			if json.Unmarshal(ep.Data, &d) == nil {
-				out[st.ID] += d.Completed
+				out[runnerID(st.ServiceIdentity)] += d.Completed
 			}
 		}
 	}
+}
+
+// runnerID is a runner's stable id: from its metadata, which a runner
+// re-registering after a catalog change keeps, else its instance id.
+func runnerID(id micro.ServiceIdentity) string {
+	if rid := id.Metadata[catalog.RunnerMetadata]; rid != "" {
+		return rid
+	}
+	return id.ID
 }
 
 // systemPermission is the permission a token needs for /system/ routes.

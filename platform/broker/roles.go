@@ -28,10 +28,11 @@ const (
 	// RoleAdmin may do anything: `shoal up` itself, `shoal user`, `shoal
 	// key`.
 	RoleAdmin Role = "admin"
-	// RoleGateway may send invocations and read the public signing keys.
+	// RoleGateway may send invocations, discover runners, and read the
+	// function catalog and the public signing keys.
 	RoleGateway Role = "gateway"
 	// RoleRunner may take invocations from the queue groups, answer them,
-	// and read the public signing keys. It cannot read users: runners run
+	// and read the function catalog and the public signing keys. It cannot read users: runners run
 	// function code.
 	RoleRunner Role = "runner"
 	// RoleAuth is a runner that also serves the auth function: it may
@@ -62,13 +63,14 @@ func InboxPrefix(role Role) string {
 	return "_INBOX_" + string(role)
 }
 
-// Bucket names whose JetStream API subjects the roles are allowed. They
-// are the KV buckets of the auth work: public signing keys, users and
-// failed-login counters.
+// Bucket names whose JetStream API subjects the roles are allowed: the
+// function catalog, and the KV buckets of the auth work (public signing
+// keys, users and failed-login counters).
 const (
-	keysBucket     = "shoal_keys"
-	usersBucket    = "shoal_users"
-	failuresBucket = "shoal_login_failures"
+	functionsBucket = "shoal_functions"
+	keysBucket      = "shoal_keys"
+	usersBucket     = "shoal_users"
+	failuresBucket  = "shoal_login_failures"
 )
 
 // callerInboxes are where runners may publish: the reply inboxes of the
@@ -86,12 +88,12 @@ func Permissions(role Role) *server.Permissions {
 	switch role {
 	case RoleGateway:
 		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>"}, kvRead(keysBucket))},
+			Publish:   &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>"}, kvRead(keysBucket), kvRead(functionsBucket))},
 			Subscribe: &server.SubjectPermission{Allow: inbox},
 		}
 	case RoleRunner:
 		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: concat(callerInboxes, kvRead(keysBucket))},
+			Publish:   &server.SubjectPermission{Allow: concat(callerInboxes, kvRead(keysBucket), kvRead(functionsBucket))},
 			Subscribe: &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>"}, inbox)},
 		}
 	case RoleAuth:
@@ -99,6 +101,7 @@ func Permissions(role Role) *server.Permissions {
 			Publish: &server.SubjectPermission{Allow: concat(
 				callerInboxes,
 				kvRead(keysBucket),
+				kvRead(functionsBucket),
 				kvRead(usersBucket),
 				kvRead(failuresBucket),
 				[]string{

@@ -66,7 +66,8 @@ type Config struct {
 	// nats.ReconnectBufSize(-1), so that a request sent while NATS is
 	// unreachable fails at once (503) instead of waiting in a buffer.
 	NATS *nats.Conn
-	// Manifest declares the routable functions.
+	// Manifest declares the routable functions at start; nil starts with
+	// none. [Gateway.SetFunctions] replaces them live (the catalog).
 	Manifest *manifest.Manifest
 	// MaxBody limits a request body in bytes; 0 means DefaultMaxBody.
 	MaxBody int64
@@ -90,6 +91,14 @@ type Config struct {
 	// the worker processes behind this gateway (shoal up's supervisor),
 	// as JSON. The route needs a token holding SystemPermission.
 	Workers func(context.Context) (any, error)
+	// Functions, when set, answers GET /system/functions with the
+	// deployed functions and the runners serving each, as JSON. The
+	// route needs a token holding SystemPermission.
+	Functions func(context.Context) (any, error)
+	// Ready, when set, is part of GET /readyz: the gateway is ready when
+	// it is connected to NATS and Ready returns nil (e.g. once the
+	// catalog is loaded).
+	Ready func() error
 	// SystemPermission is the permission /system/ routes require;
 	// default "system:read".
 	SystemPermission string
@@ -104,8 +113,10 @@ const MaxHeaderBytes = 64 << 10
 
 // Gateway serves the HTTP API.
 type Gateway struct {
-	nc      *nats.Conn
-	routes  map[string]*route
+	nc *nats.Conn
+	// routes maps function names to routes; replaced whole by
+	// SetFunctions, never modified.
+	routes  atomic.Pointer[map[string]*route]
 	maxBody int64
 	// inFlight counts invocations being served, against maxInFlight.
 	inFlight    atomic.Int64
@@ -113,6 +124,7 @@ type Gateway struct {
 	log         *slog.Logger
 	verifier    *token.Verifier
 	jwks        func() ([]byte, error)
+	ready       func() error
 	mux         http.Handler
 	srv         *http.Server
 
@@ -126,20 +138,23 @@ type route struct {
 	fn      manifest.Function
 	subject string
 	wait    time.Duration
+	// unusable, when set, answers every invocation: the function needs
+	// a token and this gateway verifies none.
+	unusable *invocation.Error
 }
 
 // New returns a gateway for the functions of cfg.Manifest.
 func New(cfg Config) (*Gateway, error) {
-	if cfg.NATS == nil || cfg.Manifest == nil {
-		return nil, errors.New("gateway: a NATS connection and a manifest are required")
+	if cfg.NATS == nil {
+		return nil, errors.New("gateway: a NATS connection is required")
 	}
 	g := &Gateway{
 		nc:       cfg.NATS,
-		routes:   make(map[string]*route, len(cfg.Manifest.Functions)),
 		maxBody:  cfg.MaxBody,
 		log:      cfg.Logger,
 		verifier: cfg.Verifier,
 		jwks:     cfg.JWKS,
+		ready:    cfg.Ready,
 	}
 	if g.maxBody <= 0 {
 		g.maxBody = DefaultMaxBody
@@ -151,11 +166,15 @@ func New(cfg Config) (*Gateway, error) {
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
-	for _, fn := range cfg.Manifest.Functions {
-		if !fn.Public && g.verifier == nil {
-			return nil, fmt.Errorf("gateway: function %q needs a token, and the gateway has no token verifier configured", fn.Name)
+	if cfg.Manifest != nil {
+		for _, fn := range cfg.Manifest.Functions {
+			if !fn.Public && g.verifier == nil {
+				return nil, fmt.Errorf("gateway: function %q needs a token, and the gateway has no token verifier configured", fn.Name)
+			}
 		}
-		g.routes[fn.Name] = &route{fn: fn, subject: invocation.Subject(fn.Name), wait: fn.Timeout + timeoutGrace}
+		g.SetFunctions(cfg.Manifest.Functions)
+	} else {
+		g.SetFunctions(nil)
 	}
 	if cfg.AckRunners {
 		replies, err := newReplyMux(g.nc)
@@ -171,12 +190,17 @@ func New(cfg Config) (*Gateway, error) {
 
 	r := chi.NewRouter()
 	r.Get("/.well-known/jwks.json", g.serveJWKS)
+	r.Get("/healthz", g.serveHealth)
+	r.Get("/readyz", g.serveReady)
+	perm := cfg.SystemPermission
+	if perm == "" {
+		perm = "system:read"
+	}
 	if cfg.Workers != nil {
-		perm := cfg.SystemPermission
-		if perm == "" {
-			perm = "system:read"
-		}
 		r.Get("/system/workers", g.serveSystem([]string{perm}, cfg.Workers))
+	}
+	if cfg.Functions != nil {
+		r.Get("/system/functions", g.serveSystem([]string{perm}, cfg.Functions))
 	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		invocation.Errorf(http.StatusNotFound, invocation.CodeNotFound, "no route for %s %s; functions are at /function/NAME", r.Method, r.URL.Path).WriteHTTP(w)
@@ -191,6 +215,48 @@ func New(cfg Config) (*Gateway, error) {
 		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
 	}
 	return g, nil
+}
+
+// SetFunctions replaces the routable functions, at once for the next
+// request: a new function is routable, a removed one answers 404, and a
+// changed timeout or permission list applies. Invocations in flight keep
+// the definition they started with. A function that needs a token when
+// this gateway verifies none answers 503 (and is logged).
+func (g *Gateway) SetFunctions(fns []manifest.Function) {
+	routes := make(map[string]*route, len(fns))
+	for _, fn := range fns {
+		rt := &route{fn: fn, subject: invocation.Subject(fn.Name), wait: fn.Timeout + timeoutGrace}
+		if !fn.Public && g.verifier == nil {
+			g.log.Error("function needs a token and this gateway verifies none; it answers 503", "function", fn.Name)
+			rt.unusable = invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable,
+				"function %q needs a token and this gateway is not configured to verify tokens", fn.Name)
+		}
+		routes[fn.Name] = rt
+	}
+	g.routes.Store(&routes)
+}
+
+// serveHealth answers GET /healthz: the process is alive and serving HTTP.
+func (g *Gateway) serveHealth(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write([]byte(`{"status":"ok"}` + "\n")) // the client went away; nothing to do
+}
+
+// serveReady answers GET /readyz: 200 when the gateway can route
+// invocations (connected to NATS, functions loaded), 503 otherwise.
+func (g *Gateway) serveReady(w http.ResponseWriter, _ *http.Request) {
+	var err error
+	if !g.nc.IsConnected() {
+		err = errors.New("not connected to NATS")
+	} else if g.ready != nil {
+		err = g.ready()
+	}
+	if err != nil {
+		invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable, "not ready: %v", err).WriteHTTP(w)
+		return
+	}
+	g.serveHealth(w, nil)
 }
 
 // ServeHTTP serves the gateway's routes. Invocations under /function/ are

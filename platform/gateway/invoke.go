@@ -31,9 +31,13 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 		invocation.Errorf(http.StatusNotFound, invocation.CodeNotFound, "no route for %s; functions are at /function/NAME", r.URL.Path).WriteHTTP(w)
 		return
 	}
-	rt, ok := g.routes[name]
+	rt, ok := (*g.routes.Load())[name]
 	if !ok {
-		invocation.Errorf(http.StatusNotFound, invocation.CodeFunctionNotFound, "function %q is not declared in the manifest", name).WriteHTTP(w)
+		invocation.Errorf(http.StatusNotFound, invocation.CodeFunctionNotFound, "function %q is not deployed", name).WriteHTTP(w)
+		return
+	}
+	if rt.unusable != nil {
+		rt.unusable.WriteHTTP(w)
 		return
 	}
 	if !rt.fn.Public {

@@ -18,12 +18,13 @@ import (
 	"github.com/shoal-dev/shoal/token"
 )
 
-// endpoint serves one function: the runner side of the hot path.
+// endpoint serves one function: the runner side of the hot path. It
+// lives as long as the function stays deployed; a changed definition
+// replaces def, and applies from the next invocation.
 type endpoint struct {
-	r       *Runner
-	fn      manifest.Function
-	handler http.Handler
-	limit   int64
+	r    *Runner
+	name string
+	def  atomic.Pointer[definition]
 
 	inFlight  atomic.Int64
 	received  atomic.Uint64
@@ -37,15 +38,23 @@ type endpoint struct {
 	lastError atomic.Pointer[string]
 }
 
+// definition is what an endpoint runs: the function's settings and its
+// handler.
+type definition struct {
+	fn      manifest.Function
+	handler http.Handler
+}
+
 // Handle admits an invocation and runs it on its own goroutine. micro calls
 // it sequentially for the endpoint's subscription, so it must not block.
 func (e *endpoint) Handle(req micro.Request) {
 	e.received.Add(1)
-	if e.inFlight.Add(1) > e.limit {
+	d := e.def.Load()
+	if limit := int64(d.fn.Concurrency); e.inFlight.Add(1) > limit {
 		e.inFlight.Add(-1)
 		e.rejected.Add(1)
 		e.refuse(req, invocation.Errorf(http.StatusTooManyRequests, invocation.CodeOverloaded,
-			"function %q is running %d invocations on this runner, its concurrency limit; retry shortly or add runners", e.fn.Name, e.limit))
+			"function %q is running %d invocations on this runner, its concurrency limit; retry shortly or add runners", e.name, limit))
 		return
 	}
 	e.r.unanswered.Add(1)
@@ -56,12 +65,12 @@ func (e *endpoint) Handle(req micro.Request) {
 	acked := false
 	if reply := req.Reply(); reply != "" && invocation.WantsAck(header) {
 		if err := e.r.nc.PublishMsg(&nats.Msg{Subject: reply, Header: e.r.ackHeader}); err != nil {
-			e.r.log.Warn("cannot send ack", "function", e.fn.Name, "error", err)
+			e.r.log.Warn("cannot send ack", "function", e.name, "error", err)
 		} else {
 			acked = true
 		}
 	}
-	go e.invoke(req.Reply(), header, req.Data(), acked)
+	go e.invoke(d, req.Reply(), header, req.Data(), acked)
 }
 
 // refuse answers on the handler's goroutine through micro, so that micro's
@@ -72,7 +81,7 @@ func (e *endpoint) refuse(req micro.Request, ierr *invocation.Error) {
 		return
 	}
 	if err := req.Error(strconv.Itoa(ierr.Status), ierr.Message, ierr.Body(), micro.WithHeaders(micro.Headers(ierr.Header()))); err != nil {
-		e.r.log.Warn("cannot send refusal", "function", e.fn.Name, "error", err)
+		e.r.log.Warn("cannot send refusal", "function", e.name, "error", err)
 	}
 }
 
@@ -87,38 +96,38 @@ const ackFlushTimeout = 2 * time.Second
 // function takes the process down at once (os.Exit, a fatal error): the
 // caller then learns which runner it lost. Concurrent invocations share
 // that flush (see flushGroup).
-func (e *endpoint) invoke(reply string, header nats.Header, data []byte, acked bool) {
+func (e *endpoint) invoke(d *definition, reply string, header nats.Header, data []byte, acked bool) {
 	start := time.Now()
 	defer e.inFlight.Add(-1)
 	if acked {
 		if err := e.r.ackFlush.wait(ackFlushTimeout); err != nil {
-			e.r.log.Warn("cannot confirm an ack", "function", e.fn.Name, "error", err)
+			e.r.log.Warn("cannot confirm an ack", "function", e.name, "error", err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(e.r.ctx, e.fn.Timeout)
+	ctx, cancel := context.WithTimeout(e.r.ctx, d.fn.Timeout)
 	defer cancel()
 
 	var answered atomic.Bool
 	stopTimer := context.AfterFunc(ctx, func() {
 		if answered.CompareAndSwap(false, true) {
-			ierr := e.expired(ctx)
+			ierr := e.expired(ctx, d)
 			e.finish(reply, ierr.Msg(reply), ierr, start)
 		}
 	})
 
-	w, ierr := e.run(ctx, header, data)
+	w, ierr := e.run(ctx, d, header, data)
 	stopTimer()
 	defer putWriter(w)
 	if !answered.CompareAndSwap(false, true) {
 		e.r.log.Warn("function answered after its timeout; the answer was dropped",
-			"function", e.fn.Name, "took", time.Since(start).Round(time.Millisecond), "timeout", e.fn.Timeout)
+			"function", e.name, "took", time.Since(start).Round(time.Millisecond), "timeout", d.fn.Timeout)
 		return
 	}
 	if ierr == nil && ctx.Err() != nil {
 		// The function returned because its time was up (its context
 		// ended) before the timer's answer went out: it did not answer
 		// in time, whatever it wrote.
-		ierr = e.expired(ctx)
+		ierr = e.expired(ctx, d)
 	}
 	if ierr != nil {
 		e.finish(reply, ierr.Msg(reply), ierr, start)
@@ -129,27 +138,27 @@ func (e *endpoint) invoke(reply string, header nats.Header, data []byte, acked b
 
 // expired is the answer to an invocation whose context ended: 504 when its
 // timeout passed, 503 when the runner stopped before it answered.
-func (e *endpoint) expired(ctx context.Context) *invocation.Error {
+func (e *endpoint) expired(ctx context.Context, d *definition) *invocation.Error {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		e.timeouts.Add(1)
 		return invocation.Errorf(http.StatusGatewayTimeout, invocation.CodeTimeout,
-			"function %q did not answer within its timeout of %s", e.fn.Name, e.fn.Timeout)
+			"function %q did not answer within its timeout of %s", e.name, d.fn.Timeout)
 	}
 	return invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable,
-		"the runner shut down before function %q answered", e.fn.Name)
+		"the runner shut down before function %q answered", e.name)
 }
 
 // run calls the function, turning a panic or a malformed invocation into
 // an error answer. It returns the writer the function wrote to.
-func (e *endpoint) run(ctx context.Context, header nats.Header, data []byte) (w *responseWriter, ierr *invocation.Error) {
+func (e *endpoint) run(ctx context.Context, d *definition, header nats.Header, data []byte) (w *responseWriter, ierr *invocation.Error) {
 	w = getWriter(e.r.maxBody)
 	req, err := invocation.NewHTTPRequest(ctx, header, data)
 	if err != nil {
 		errors.As(err, &ierr)
 		return w, ierr
 	}
-	if !e.fn.Public {
-		claims, aerr := e.r.verifier.AuthorizeHeader(ctx, req.Header["Authorization"], e.fn.Permissions)
+	if !d.fn.Public {
+		claims, aerr := e.r.verifier.AuthorizeHeader(ctx, req.Header["Authorization"], d.fn.Permissions)
 		if aerr != nil {
 			return w, &invocation.Error{Status: aerr.Status, Code: invocation.Code(aerr.Code), Message: aerr.Description, Challenge: aerr.Challenge()}
 		}
@@ -158,11 +167,11 @@ func (e *endpoint) run(ctx context.Context, header nats.Header, data []byte) (w 
 	defer func() {
 		if p := recover(); p != nil {
 			e.panics.Add(1)
-			e.r.log.Error("function panicked", "function", e.fn.Name, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-			ierr = invocation.Errorf(http.StatusInternalServerError, invocation.CodeFunctionPanic, "function %q panicked", e.fn.Name)
+			e.r.log.Error("function panicked", "function", e.name, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			ierr = invocation.Errorf(http.StatusInternalServerError, invocation.CodeFunctionPanic, "function %q panicked", e.name)
 		}
 	}()
-	e.handler.ServeHTTP(w, req)
+	d.handler.ServeHTTP(w, req)
 	if w.overflow {
 		return w, e.tooLarge()
 	}
@@ -171,7 +180,7 @@ func (e *endpoint) run(ctx context.Context, header nats.Header, data []byte) (w 
 
 func (e *endpoint) tooLarge() *invocation.Error {
 	return invocation.Errorf(http.StatusInternalServerError, invocation.CodeResponseTooLarge,
-		"function %q answered more than %d bytes, more than a NATS message here can carry", e.fn.Name, e.r.maxBody)
+		"function %q answered more than %d bytes, more than a NATS message here can carry", e.name, e.r.maxBody)
 }
 
 // finish sends an answer and records it. ierr is the error the answer
@@ -185,7 +194,7 @@ func (e *endpoint) finish(reply string, msg *nats.Msg, ierr *invocation.Error, s
 			err = e.r.nc.PublishMsg(ierr.Msg(reply))
 		}
 		if err != nil {
-			e.r.log.Warn("cannot send answer", "function", e.fn.Name, "error", err)
+			e.r.log.Warn("cannot send answer", "function", e.name, "error", err)
 		}
 	}
 	e.completed.Add(1)
@@ -232,7 +241,7 @@ type EndpointStats struct {
 func (e *endpoint) stats() EndpointStats {
 	s := EndpointStats{
 		InFlight:       e.inFlight.Load(),
-		Concurrency:    e.limit,
+		Concurrency:    int64(e.def.Load().fn.Concurrency),
 		Received:       e.received.Load(),
 		Rejected:       e.rejected.Load(),
 		Completed:      e.completed.Load(),
@@ -252,7 +261,7 @@ func (e *endpoint) stats() EndpointStats {
 
 // endpointStats is the micro StatsHandler.
 func (r *Runner) endpointStats(ep *micro.Endpoint) any {
-	if e, ok := r.eps[ep.Name]; ok {
+	if e, ok := (*r.eps.Load())[ep.Name]; ok {
 		return e.stats()
 	}
 	return nil

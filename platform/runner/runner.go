@@ -21,8 +21,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,24 +33,27 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/nats-io/nuid"
 
 	"github.com/shoal-dev/shoal"
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/manifest"
+	"github.com/shoal-dev/shoal/platform/catalog"
 	"github.com/shoal-dev/shoal/token"
 )
 
 // Config configures a runner.
 type Config struct {
-	// Manifest declares the functions; the runner serves those it has a
-	// handler for.
+	// Manifest declares the functions at start; nil starts with none.
+	// [Runner.SetFunctions] replaces them live (the catalog). The runner
+	// serves those it has a handler for.
 	Manifest *manifest.Manifest
 	// Builtins are the built-in functions by handler name.
 	Builtins map[string]http.Handler
 	// Verifier checks the bearer token of every invocation of a function
 	// that is not public, again after the gateway: callers may come
-	// straight over NATS. It is required when a served function is not
-	// public.
+	// straight over NATS. Without one, functions that are not public are
+	// not served.
 	Verifier *token.Verifier
 	// Metadata is added to the runner's service metadata (e.g. a worker id).
 	Metadata map[string]string
@@ -56,19 +61,27 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Runner serves the functions of a manifest on one NATS connection.
+// Runner serves functions on one NATS connection.
 type Runner struct {
 	nc       *nats.Conn
 	ackFlush *flushGroup
-	svc      micro.Service
 	verifier *token.Verifier
+	builtins map[string]http.Handler
+	meta     map[string]string
 	log      *slog.Logger
-	eps      map[string]*endpoint
-	served   []string
+	// eps maps the served functions' names to their endpoints; replaced
+	// whole by SetFunctions, never modified.
+	eps atomic.Pointer[map[string]*endpoint]
 	// maxBody bounds a buffered answer so that it fits in a NATS message.
 	maxBody int
 
-	// id is the service instance id; ackHeader, the header of every ack,
+	// mu serializes changes of the served functions with Stop.
+	mu sync.Mutex
+	// svc is the current registration; SetFunctions replaces it.
+	svc     micro.Service
+	stopped bool
+
+	// id is the runner's stable id; ackHeader, the header of every ack,
 	// carries it. Messages are encoded, never modified, once built, so
 	// the acks share it.
 	id        string
@@ -88,14 +101,15 @@ type Runner struct {
 // when bounding an answer's body.
 const replyHeaderRoom = 64 << 10
 
+// subscribeTimeout bounds the wait for the NATS server to confirm a
+// registration's subscriptions.
+const subscribeTimeout = 10 * time.Second
+
 // Start registers the runner with the NATS services framework and begins
 // serving. The runner takes ownership of nc: Stop drains and closes it.
 // nc must serve this runner alone: Stop waits until every subscription on
 // it has drained.
 func Start(nc *nats.Conn, cfg Config) (*Runner, error) {
-	if cfg.Manifest == nil {
-		return nil, errors.New("runner: no manifest")
-	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -105,73 +119,151 @@ func Start(nc *nats.Conn, cfg Config) (*Runner, error) {
 		nc:       nc,
 		ackFlush: &flushGroup{nc: nc},
 		verifier: cfg.Verifier,
+		builtins: cfg.Builtins,
 		log:      log,
-		eps:      map[string]*endpoint{},
 		maxBody:  max(int(nc.MaxPayload())-replyHeaderRoom, 0),
+		id:       nuid.Next(),
 		ctx:      ctx,
 		cancel:   cancel,
 	}
-	// Build every endpoint before registering: micro may ask for stats
-	// as soon as the service exists, and r.eps is read-only from then on.
-	var served []*endpoint
-	for _, fn := range cfg.Manifest.Functions {
-		h, ok := cfg.Builtins[fn.Handler.Builtin]
-		if !ok {
-			log.Warn("function not served: this runner has no handler for it", "function", fn.Name, "handler", fn.Handler.String())
-			continue
-		}
+	r.ackHeader = invocation.NewAckMsg("", r.id).Header
+	r.meta = map[string]string{"pid": strconv.Itoa(os.Getpid()), catalog.RunnerMetadata: r.id}
+	if host, err := os.Hostname(); err == nil {
+		r.meta["host"] = host
+	}
+	maps.Copy(r.meta, cfg.Metadata)
+	var fns []manifest.Function
+	if cfg.Manifest != nil {
+		fns = cfg.Manifest.Functions
+	}
+	for _, fn := range fns {
 		if !fn.Public && cfg.Verifier == nil {
 			cancel()
 			return nil, fmt.Errorf("runner: function %q needs a token, and the runner has no token verifier configured", fn.Name)
 		}
-		ep := &endpoint{r: r, fn: fn, handler: h, limit: int64(fn.Concurrency)}
-		r.eps[fn.Name] = ep
-		r.served = append(r.served, fn.Name)
-		served = append(served, ep)
 	}
-	meta := map[string]string{"pid": strconv.Itoa(os.Getpid())}
-	if host, err := os.Hostname(); err == nil {
-		meta["host"] = host
+	eps := r.endpoints(fns, map[string]*endpoint{})
+	// The endpoints are in place before registering: micro may ask for
+	// stats as soon as the service exists.
+	r.eps.Store(&eps)
+	svc, err := r.register(eps)
+	if err != nil {
+		cancel()
+		return nil, err
 	}
-	for k, v := range cfg.Metadata {
-		meta[k] = v
+	r.svc = svc
+	return r, nil
+}
+
+// endpoints builds the endpoints of the functions this runner can serve,
+// reusing those in old: an endpoint keeps its figures and its in-flight
+// count across changes of its definition.
+func (r *Runner) endpoints(fns []manifest.Function, old map[string]*endpoint) map[string]*endpoint {
+	eps := make(map[string]*endpoint, len(fns))
+	for _, fn := range fns {
+		h, ok := r.builtins[fn.Handler.Builtin]
+		if !ok {
+			r.log.Warn("function not served: this runner has no handler for it", "function", fn.Name, "handler", fn.Handler.String())
+			continue
+		}
+		if !fn.Public && r.verifier == nil {
+			r.log.Error("function not served: it needs a token and this runner verifies none", "function", fn.Name)
+			continue
+		}
+		ep := old[fn.Name]
+		if ep == nil {
+			ep = &endpoint{r: r, name: fn.Name}
+		}
+		ep.def.Store(&definition{fn: fn, handler: h})
+		eps[fn.Name] = ep
 	}
-	svc, err := micro.AddService(nc, micro.Config{
+	return eps
+}
+
+// register registers a service instance with one endpoint per function
+// and waits until the server has its subscriptions, so that an invocation
+// sent after it returns finds this runner.
+func (r *Runner) register(eps map[string]*endpoint) (micro.Service, error) {
+	svc, err := micro.AddService(r.nc, micro.Config{
 		Name:         invocation.ServiceName,
 		Version:      shoal.Version,
 		Description:  "Shoal function runner",
-		Metadata:     meta,
+		Metadata:     r.meta,
 		QueueGroup:   invocation.QueueGroup,
 		StatsHandler: r.endpointStats,
 		ErrorHandler: func(_ micro.Service, err *micro.NATSError) {
-			log.Error("nats subscription error", "subject", err.Subject, "error", err.Description)
+			r.log.Error("nats subscription error", "subject", err.Subject, "error", err.Description)
 		},
 	})
 	if err != nil {
-		cancel()
 		return nil, fmt.Errorf("runner: register service: %w", err)
 	}
-	r.svc = svc
-	r.id = svc.Info().ID
-	r.ackHeader = invocation.NewAckMsg("", r.id).Header
-	for _, ep := range served {
-		if err := svc.AddEndpoint(ep.fn.Name, ep,
-			micro.WithEndpointSubject(invocation.Subject(ep.fn.Name)),
-			micro.WithEndpointMetadata(endpointMetadata(ep.fn)),
+	for _, name := range slices.Sorted(maps.Keys(eps)) {
+		ep := eps[name]
+		if err := svc.AddEndpoint(name, ep,
+			micro.WithEndpointSubject(invocation.Subject(name)),
+			micro.WithEndpointMetadata(endpointMetadata(ep.def.Load().fn)),
 		); err != nil {
 			_ = svc.Stop()
-			cancel()
-			return nil, fmt.Errorf("runner: add endpoint for function %q: %w", ep.fn.Name, err)
+			return nil, fmt.Errorf("runner: add endpoint for function %q: %w", name, err)
 		}
 	}
-	// Return once the server has the subscriptions, so that an invocation
-	// sent after Start finds this runner.
-	if err := nc.FlushTimeout(10 * time.Second); err != nil {
+	if err := r.nc.FlushTimeout(subscribeTimeout); err != nil {
 		_ = svc.Stop()
-		cancel()
 		return nil, fmt.Errorf("runner: confirm subscriptions with the NATS server: %w", err)
 	}
-	return r, nil
+	return svc, nil
+}
+
+// SetFunctions replaces the functions the runner serves, live: a new
+// function is served once it returns, a removed one is no longer taken
+// (invocations it already took finish), and a changed timeout,
+// concurrency limit or permission list applies from the next invocation.
+// Functions this runner has no handler for are skipped, as at Start.
+//
+// micro cannot remove an endpoint, so a change registers a new service
+// instance with the new endpoints and then drains the old one: both are
+// in the queue group for a moment, and no invocation finds this runner
+// missing. On error the runner keeps serving what it served.
+func (r *Runner) SetFunctions(fns []manifest.Function) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopped {
+		return errors.New("runner: stopped")
+	}
+	old := *r.eps.Load()
+	if sameFunctions(old, fns, r) {
+		return nil
+	}
+	eps := r.endpoints(fns, old)
+	svc, err := r.register(eps)
+	if err != nil {
+		return err
+	}
+	r.eps.Store(&eps)
+	prev := r.svc
+	r.svc = svc
+	if err := prev.Stop(); err != nil {
+		return fmt.Errorf("runner: drain the previous registration: %w", err)
+	}
+	return nil
+}
+
+// sameFunctions reports whether serving fns would change nothing: the
+// same functions, defined alike.
+func sameFunctions(eps map[string]*endpoint, fns []manifest.Function, r *Runner) bool {
+	n := 0
+	for _, fn := range fns {
+		if _, ok := r.builtins[fn.Handler.Builtin]; !ok || (!fn.Public && r.verifier == nil) {
+			continue
+		}
+		n++
+		ep, ok := eps[fn.Name]
+		if !ok || !manifest.SameDefinition(ep.def.Load().fn, fn) {
+			return false
+		}
+	}
+	return n == len(eps)
 }
 
 // endpointMetadata describes a function in `nats micro info`.
@@ -191,17 +283,28 @@ func endpointMetadata(fn manifest.Function) map[string]string {
 	return m
 }
 
-// Functions returns the names of the functions this runner serves.
-func (r *Runner) Functions() []string { return r.served }
+// Functions returns the names of the functions this runner serves, sorted.
+func (r *Runner) Functions() []string { return slices.Sorted(maps.Keys(*r.eps.Load())) }
 
-// ID is the runner's service instance id, as `nats micro ls` shows it and
-// as acks carry it (invocation.HeaderAck): a caller told that this runner
-// is gone can fail the invocations it acked.
+// ID is the runner's id, stable for its life: acks carry it
+// (invocation.HeaderAck), so that a caller told that this runner is gone
+// can fail the invocations it acked, and its service metadata gives it
+// under "runner" (catalog.RunnerMetadata). The NATS services instance id
+// `nats micro ls` shows changes whenever the served functions do.
 func (r *Runner) ID() string { return r.id }
+
+// InstanceID is the NATS services instance id of the runner's current
+// registration, which `nats micro ls` shows and $SRV.*.shoal-runner.ID
+// subjects address; it changes whenever the served functions do.
+func (r *Runner) InstanceID() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.svc.Info().ID
+}
 
 // Stats returns the runner's figures for one function.
 func (r *Runner) Stats(function string) (EndpointStats, bool) {
-	ep, ok := r.eps[function]
+	ep, ok := (*r.eps.Load())[function]
 	if !ok {
 		return EndpointStats{}, false
 	}
@@ -224,6 +327,11 @@ func (r *Runner) Stop(ctx context.Context) error {
 }
 
 func (r *Runner) stop(ctx context.Context) error {
+	// From now on no change of functions registers again.
+	r.mu.Lock()
+	r.stopped = true
+	svc := r.svc
+	r.mu.Unlock()
 	var errs []error
 	drained := false
 	// 1. Leaving the queue groups needs the server: nats.go sends no
@@ -238,7 +346,7 @@ func (r *Runner) stop(ctx context.Context) error {
 		// 2. Unsubscribe, in drain mode: the server sends this runner no
 		//    new invocations, and those already delivered to it still
 		//    reach the endpoint handlers.
-		if err := r.svc.Stop(); err != nil {
+		if err := svc.Stop(); err != nil {
 			errs = append(errs, fmt.Errorf("stop service: %w", err))
 		}
 		// 3. Wait until every subscription has drained, i.e. every

@@ -24,6 +24,7 @@ import (
 	"github.com/shoal-dev/shoal/manifest"
 	"github.com/shoal-dev/shoal/platform/broker"
 	"github.com/shoal-dev/shoal/platform/broker/brokertest"
+	"github.com/shoal-dev/shoal/platform/catalog"
 	"github.com/shoal-dev/shoal/platform/runner"
 	"github.com/shoal-dev/shoal/platform/runner/runnertest"
 	"github.com/shoal-dev/shoal/token"
@@ -223,8 +224,8 @@ func TestServiceDiscovery(t *testing.T) {
 	if err := json.Unmarshal(reply.Data, &info); err != nil {
 		t.Fatal(err)
 	}
-	if info.ID != r.ID() || len(info.Endpoints) != len(r.Functions()) {
-		t.Fatalf("info = %+v, want id %s with %d endpoints", info, r.ID(), len(r.Functions()))
+	if info.Metadata[catalog.RunnerMetadata] != r.ID() || len(info.Endpoints) != len(r.Functions()) {
+		t.Fatalf("info = %+v, want runner %s with %d endpoints", info, r.ID(), len(r.Functions()))
 	}
 	for _, ep := range info.Endpoints {
 		if ep.Subject != invocation.Subject(ep.Name) || ep.QueueGroup != invocation.QueueGroup {
@@ -254,7 +255,7 @@ func TestServiceDiscovery(t *testing.T) {
 	var microBlock *micro.EndpointStats
 	stats := func() map[string]runner.EndpointStats {
 		var st micro.Stats
-		reply := request(t, nc, nats.NewMsg("$SRV.STATS."+invocation.ServiceName+"."+r.ID()))
+		reply := request(t, nc, nats.NewMsg("$SRV.STATS."+invocation.ServiceName+"."+r.InstanceID()))
 		if err := json.Unmarshal(reply.Data, &st); err != nil {
 			t.Fatal(err)
 		}

@@ -1,0 +1,168 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// settle is how long a watcher waits after a change for more before it
+// applies them: a deploy of many functions writes one entry each, and
+// applying them together spares runners one re-registration per entry.
+const settle = 50 * time.Millisecond
+
+// Watcher follows the catalog and hands every new state of it to a
+// callback.
+type Watcher struct {
+	watcher jetstream.KeyWatcher
+	log     *slog.Logger
+	apply   func([]Entry) error
+	done    chan struct{}
+
+	mu      sync.Mutex
+	entries map[string]Entry
+}
+
+// retryApply is how long a watcher waits to apply a state again after
+// apply failed (e.g. NATS was briefly away), unless a change comes first.
+const retryApply = time.Second
+
+// Watch reads the catalog, calls apply with every deployed function
+// (sorted by name) before it returns, then follows changes and calls apply
+// again with the whole new state after each change, from one goroutine,
+// until Stop is called or the connection closes. When apply fails, the
+// error is logged and the state applied again a second later. Entries
+// that cannot be decoded are logged and left out: no gateway or runner
+// serves them. ctx bounds only the initial read; an error of the first
+// apply is returned. ErrNoCatalog if nothing was ever deployed.
+func Watch(ctx context.Context, js jetstream.JetStream, log *slog.Logger, apply func([]Entry) error) (*Watcher, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c, err := Open(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	// The watch's own context must outlive the start-up.
+	kw, err := c.kv.WatchAll(context.WithoutCancel(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("catalog: watch bucket %s: %w", Bucket, err)
+	}
+	w := &Watcher{watcher: kw, log: log, apply: apply, done: make(chan struct{}), entries: map[string]Entry{}}
+	// The watcher first delivers every current entry, then a nil marker.
+	for loaded := false; !loaded; {
+		select {
+		case e, ok := <-kw.Updates():
+			if !ok {
+				return nil, errors.New("catalog: the watch ended before the catalog was read")
+			}
+			if e == nil {
+				loaded = true
+				break
+			}
+			w.record(e)
+		case <-ctx.Done():
+			_ = kw.Stop()
+			return nil, fmt.Errorf("catalog: read: %w", ctx.Err())
+		}
+	}
+	if err := apply(w.Entries()); err != nil {
+		_ = kw.Stop()
+		return nil, err
+	}
+	go w.follow()
+	return w, nil
+}
+
+// follow applies updates until the watch stops.
+func (w *Watcher) follow() {
+	defer close(w.done)
+	updates := w.watcher.Updates()
+	// timer fires when gathered changes are due (settle) or a failed
+	// apply is due again (retryApply); nil when nothing is due.
+	var timer <-chan time.Time
+	for {
+		select {
+		case e, ok := <-updates:
+			if !ok {
+				if timer != nil {
+					w.applyNow() // the last state seen
+				}
+				return
+			}
+			if e != nil {
+				w.record(e)
+			}
+			if timer == nil {
+				// Gather what follows closely, then apply once.
+				timer = time.After(settle)
+			}
+		case <-timer:
+			timer = nil
+			if !w.applyNow() {
+				timer = time.After(retryApply)
+			}
+		}
+	}
+}
+
+// applyNow applies the current state and reports whether it succeeded.
+func (w *Watcher) applyNow() bool {
+	if err := w.apply(w.Entries()); err != nil {
+		w.log.Error("cannot apply the catalog; retrying", "error", err, "retry_in", retryApply)
+		return false
+	}
+	return true
+}
+
+// record applies one KV entry to the watcher's state.
+func (w *Watcher) record(e jetstream.KeyValueEntry) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	name := e.Key()
+	if e.Operation() != jetstream.KeyValuePut {
+		delete(w.entries, name)
+		w.log.Info("function removed", "function", name, "revision", e.Revision())
+		return
+	}
+	entry, err := decode(e)
+	if err != nil {
+		delete(w.entries, name)
+		w.log.Error("a malformed catalog entry: function not served", "function", name, "revision", e.Revision(), "error", err)
+		return
+	}
+	if old, ok := w.entries[name]; ok && old.Revision == entry.Revision {
+		return
+	}
+	w.entries[name] = entry
+	w.log.Debug("function deployed", "function", name, "revision", entry.Revision)
+}
+
+// Entries returns the functions the watcher knows of, sorted by name.
+func (w *Watcher) Entries() []Entry {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]Entry, 0, len(w.entries))
+	for _, name := range slices.Sorted(maps.Keys(w.entries)) {
+		out = append(out, w.entries[name])
+	}
+	return out
+}
+
+// Stop ends the watch and waits for the last apply to return.
+func (w *Watcher) Stop() error {
+	err := w.watcher.Stop()
+	<-w.done
+	if err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+		return fmt.Errorf("catalog: stop watch: %w", err)
+	}
+	return nil
+}
