@@ -67,7 +67,7 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&rootFlags.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&rootFlags.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.AddCommand(newUpCmd(), newGatewayCmd(), newRunnerCmd(), newInvokeCmd(), newValidateCmd(),
-		newTokenCmd(), newUserCmd(), newKeyCmd(), newRestartCmd(), newPSCmd(), newVersionCmd())
+		newTokenCmd(), newUserCmd(), newKeyCmd(), newRestartCmd(), newPSCmd(), newNATSCmd(), newVersionCmd())
 	return root
 }
 
