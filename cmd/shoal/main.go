@@ -72,7 +72,7 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&rootFlags.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&rootFlags.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.AddCommand(newUpCmd(), newGatewayCmd(), newRunnerCmd(), newInvokeCmd(), newValidateCmd(),
-		newDeployCmd(), newRemoveCmd(), newListCmd(), newInitCmd(),
+		newDeployCmd(), newRemoveCmd(), newListCmd(), newInitCmd(), newNATSCmd(),
 		newTokenCmd(), newUserCmd(), newKeyCmd(), newRestartCmd(), newPSCmd(), newVersionCmd())
 	return root
 }

@@ -42,6 +42,7 @@ type upOptions struct {
 	natsContext string
 	crashLoop   supervisor.CrashLoop
 	acks        bool
+	natsSync    syncPolicy
 }
 
 func newUpCmd() *cobra.Command {
@@ -69,6 +70,7 @@ the nats CLI, with the client role's credentials.`,
 	f.StringVarP(&o.file, "file", "f", defaultManifest, "function manifest")
 	f.StringVar(&o.httpAddr, "http", defaultHTTPAddr, "HTTP listen address of the gateway")
 	f.StringVar(&o.natsAddr, "nats", broker.DefaultAddr, "listen address of the embedded NATS server (port 0 picks a free one)")
+	f.Var(&o.natsSync, "nats-sync", "JetStream fsync: always (every write, before its acknowledgement) or an interval like 2m (lazy: a power failure can lose acknowledged writes)")
 	f.StringVar(&o.dataDir, "data", ".shoal", "data directory (JetStream store)")
 	f.IntVar(&o.workers, "workers", runtime.NumCPU(), "runner workers, each on its own NATS connection")
 	o.limits.register(f)
@@ -117,6 +119,7 @@ func up(ctx context.Context, o upOptions) error {
 		MaxPayload: int(o.limits.maxBody) + payloadHeaderRoom,
 		Users:      creds.Users(),
 		Logger:     logger,
+		LazySync:   time.Duration(o.natsSync),
 	})
 	if err != nil {
 		return err

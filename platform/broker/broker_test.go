@@ -59,6 +59,19 @@ func TestStartErrors(t *testing.T) {
 		{"no port", broker.Config{Addr: "127.0.0.1", DataDir: t.TempDir()}, "listen address"},
 		{"bad port", broker.Config{Addr: "127.0.0.1:http2", DataDir: t.TempDir()}, "invalid port"},
 		{"no data directory", broker.Config{Addr: "127.0.0.1:0"}, "data directory is required"},
+		{"monitor port taken", broker.Config{Addr: "127.0.0.1:0", MonitorAddr: taken.Addr().String(), DataDir: t.TempDir()}, "address already in use"},
+		{"bad monitor address", broker.Config{Addr: "127.0.0.1:0", MonitorAddr: "8222", DataDir: t.TempDir()}, "monitor address"},
+		{"route port taken", broker.Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(),
+			Cluster: broker.ClusterConfig{Addr: taken.Addr().String(), Routes: []string{"nats-route://" + taken.Addr().String()}}}, "address already in use"},
+		{"cluster without routes", broker.Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(),
+			Cluster: broker.ClusterConfig{Addr: "127.0.0.1:0"}}, "needs routes"},
+		{"route without port", broker.Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(),
+			Cluster: broker.ClusterConfig{Addr: "127.0.0.1:0", Routes: []string{"nats-route://nats-0"}}}, "want nats-route://host:port"},
+		{"route with another scheme", broker.Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(),
+			Cluster: broker.ClusterConfig{Addr: "127.0.0.1:0", Routes: []string{"http://nats-0:6222"}}}, "want nats-route://host:port"},
+		{"routes without cluster address", broker.Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(),
+			Cluster: broker.ClusterConfig{Routes: []string{"nats-route://nats-0:6222"}}}, "without a cluster listen address"},
+		{"negative lazy sync", broker.Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(), LazySync: -time.Second}, "lazy sync interval"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
