@@ -244,8 +244,20 @@ func runShoal(t *testing.T, dir string, args ...string) (stdout, stderr string, 
 // runShoalIn runs a shoal command to completion with stdin as its input.
 func runShoalIn(t *testing.T, dir, stdin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
+	return runShoalWith(t, dir, stdin, nil, args...)
+}
+
+// runShoalEnv runs a shoal command to completion with variables added to
+// its environment.
+func runShoalEnv(t *testing.T, dir string, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	return runShoalWith(t, dir, "", env, args...)
+}
+
+func runShoalWith(t *testing.T, dir, stdin string, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), beShoal+"=1")
+	cmd.Env = append(append(os.Environ(), beShoal+"=1"), env...)
 	cmd.Dir = dir
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errOut bytes.Buffer
