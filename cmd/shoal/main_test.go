@@ -221,13 +221,13 @@ func post(t *testing.T, url, body, bearer string) (int, string) {
 }
 
 // connectAs connects to NATS with an NKey seed file.
-func connectAs(t *testing.T, url, seed string) *nats.Conn {
+func connectAs(t *testing.T, url, seed string, opts ...nats.Option) *nats.Conn {
 	t.Helper()
 	opt, err := nats.NkeyOptionFromSeed(seed)
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(url, opt)
+	nc, err := nats.Connect(url, append(opts, opt)...)
 	if err != nil {
 		t.Fatal(err)
 	}
