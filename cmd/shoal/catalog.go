@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/shoal-dev/shoal/functions/auth"
 	"github.com/shoal-dev/shoal/manifest"
 	"github.com/shoal-dev/shoal/platform/catalog"
 	"github.com/shoal-dev/shoal/platform/keyring"
@@ -103,15 +104,35 @@ func functionsStatus(nc *nats.Conn, entries func() []catalog.Entry) func(context
 	}
 }
 
-// deployManifest writes m into the catalog on js, creating the catalog
-// and the (empty) signing key bucket when they are missing, so that
-// gateways and runners find both.
+// deployManifest writes m into the catalog on js. It creates the
+// platform's state buckets that are missing, with replicas: the catalog,
+// the (empty) signing key bucket, so that gateways and runners find both,
+// and the auth function's users and failed-login counters, so that they
+// are replicated like the rest rather than created with one replica by
+// the first runner that serves auth.
 func deployManifest(ctx context.Context, js jetstream.JetStream, m *manifest.Manifest, prune bool, replicas int) ([]catalog.Change, error) {
 	c, err := catalog.Create(ctx, js, replicas)
 	if err != nil {
 		return nil, err
 	}
 	if _, err := keyring.Create(ctx, js, replicas); err != nil {
+		return nil, err
+	}
+	if _, err := auth.OpenUsers(ctx, js); errors.Is(err, auth.ErrNoUserStore) {
+		_, err = auth.CreateUsers(ctx, js, replicas)
+		if err != nil {
+			return nil, err
+		}
+	} else if err != nil {
+		return nil, err
+	}
+	if _, err := auth.OpenLimiter(ctx, js, auth.Limits{}); errors.Is(err, jetstream.ErrBucketNotFound) {
+		// The default window; runners with a longer --login-window warn.
+		_, err = auth.CreateLimiter(ctx, js, auth.Limits{}, replicas)
+		if err != nil {
+			return nil, err
+		}
+	} else if err != nil {
 		return nil, err
 	}
 	return c.Deploy(ctx, m.Functions, prune)

@@ -10,10 +10,14 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/shoal-dev/shoal/functions/auth"
 
 	"github.com/shoal-dev/shoal/platform/broker"
 	"github.com/shoal-dev/shoal/platform/broker/brokertest"
 	"github.com/shoal-dev/shoal/platform/catalog"
+	"github.com/shoal-dev/shoal/platform/keyring"
 )
 
 // timedOutcome is one request's result and when it was sent.
@@ -104,6 +108,21 @@ functions:
 `)
 	if _, errOut, code := runShoal(t, dir, append([]string{"deploy", "-f", v1, "--replicas", "3"}, admin(0)...)...); code != 0 {
 		t.Fatalf("shoal deploy: %s", errOut)
+	}
+
+	// The platform's state is replicated on the three nodes.
+	js, err := jetstream.New(connectAs(t, url(1), creds.SeedFile(broker.RoleAdmin)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bucket := range []string{catalog.Bucket, keyring.Bucket, auth.UsersBucket, auth.FailuresBucket} {
+		info, err := js.Stream(t.Context(), "KV_"+bucket)
+		if err != nil {
+			t.Fatalf("bucket %s: %v", bucket, err)
+		}
+		if r := info.CachedInfo().Config.Replicas; r != 3 {
+			t.Errorf("bucket %s has %d replicas, want 3", bucket, r)
+		}
 	}
 
 	runnerOn := func(node int) *proc {

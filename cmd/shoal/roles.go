@@ -232,6 +232,10 @@ func authConfig(ctx context.Context, nc *nats.Conn, signer auth.Signer, af authF
 	if err != nil {
 		return nil, err
 	}
+	if ttl, err := limiter.BucketTTL(ctx); err == nil && ttl > 0 && ttl < af.limits.Window {
+		logger.Warn("the failed-login bucket forgets counters sooner than --login-window; failures older than its max age are not counted",
+			"bucket", auth.FailuresBucket, "max_age", ttl, "login_window", af.limits.Window)
+	}
 	return &auth.Config{Users: users, Limiter: limiter, Signer: signer, TTL: af.ttl,
 		Logger: logger.With("component", "runner", "function", "auth")}, nil
 }

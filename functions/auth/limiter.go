@@ -113,6 +113,16 @@ func OpenLimiter(ctx context.Context, js jetstream.JetStream, limits Limits) (*L
 // Limits returns the limits in force, defaults applied.
 func (l *Limiter) Limits() Limits { return l.limits }
 
+// BucketTTL returns how long the bucket keeps a counter: a limiter whose
+// window is longer forgets failures before its window ends.
+func (l *Limiter) BucketTTL(ctx context.Context) (time.Duration, error) {
+	st, err := l.kv.Status(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("limiter: bucket %s: %w", FailuresBucket, err)
+	}
+	return st.TTL(), nil
+}
+
 // counter is a count of login attempts in a window starting at Since.
 type counter struct {
 	Count int       `json:"count"`
