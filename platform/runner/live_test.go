@@ -105,6 +105,29 @@ functions:
 		t.Errorf("echo stats after the change: %+v %v", st, ok)
 	}
 
+	// A changed timeout applies to the next invocation.
+	sleepFor := func(d string) *nats.Msg {
+		msg := nats.NewMsg("fn.sleep")
+		msg.Header.Set("Shoal-Query", "d="+d)
+		return request(t, nc, msg)
+	}
+	for _, tt := range []struct{ timeout, status string }{{"100ms", "504"}, {"5s", "200"}} {
+		if err := r.SetFunctions(functionsOf(t, `version: 1
+functions:
+  sleep: {handler: {builtin: sleep}, public: true, timeout: `+tt.timeout+`}
+`, fns)); err != nil {
+			t.Fatal(err)
+		}
+		reply := sleepFor("300ms")
+		got := reply.Header.Get("Shoal-Status")
+		if got == "" {
+			got = reply.Header.Get("Nats-Service-Error-Code")
+		}
+		if got != tt.status {
+			t.Errorf("sleep 300ms with timeout %s: status %q (%q), want %s", tt.timeout, got, reply.Data, tt.status)
+		}
+	}
+
 	// After Stop, nothing registers again.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
