@@ -101,9 +101,7 @@ func runNATS(ctx context.Context, o natsOptions) error {
 	if err != nil {
 		return fmt.Errorf("--credentials: %w", err)
 	}
-	if lazy := time.Duration(o.sync); lazy > 0 {
-		logger.Warn("JetStream syncs to disk lazily: acknowledged writes can be lost on a power failure or OS crash", "sync", lazy)
-	}
+	warnLazySync(time.Duration(o.sync))
 	srv, err := broker.Start(broker.Config{
 		Addr:        o.listen,
 		DataDir:     o.dataDir,
@@ -156,3 +154,11 @@ func (p *syncPolicy) String() string {
 }
 
 func (p *syncPolicy) Type() string { return "policy" }
+
+// warnLazySync says, at start, that a lazy sync policy can lose
+// acknowledged writes.
+func warnLazySync(lazy time.Duration) {
+	if lazy > 0 {
+		logger.Warn("JetStream syncs to disk lazily: acknowledged writes can be lost on a power failure or OS crash", "sync", lazy)
+	}
+}

@@ -113,6 +113,7 @@ func up(ctx context.Context, o upOptions) error {
 	if err != nil {
 		return err
 	}
+	warnLazySync(time.Duration(o.natsSync))
 	srv, err := broker.Start(broker.Config{
 		Addr:       o.natsAddr,
 		DataDir:    o.dataDir,
