@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"time"
 )
@@ -110,7 +111,7 @@ func UnmarshalSpec(data []byte) (Function, error) {
 	if err := dec.Decode(&s); err != nil {
 		return Function{}, fmt.Errorf("decode function definition: %w", err)
 	}
-	if dec.More() {
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return Function{}, errors.New("decode function definition: trailing data after the JSON object")
 	}
 	return s.Function()

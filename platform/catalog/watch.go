@@ -39,7 +39,8 @@ const retryApply = time.Second
 // (sorted by name) before it returns, then follows changes and calls apply
 // again with the whole new state after each change, from one goroutine,
 // until Stop is called or the connection closes. When apply fails, the
-// error is logged and the state applied again a second later. Entries
+// error is logged and the state applied again a second later, or sooner
+// when a change comes first. Entries
 // that cannot be decoded are logged and left out: no gateway or runner
 // serves them. ctx bounds only the initial read; an error of the first
 // apply is returned. ErrNoCatalog if nothing was ever deployed.
@@ -87,8 +88,10 @@ func (w *Watcher) follow() {
 	defer close(w.done)
 	updates := w.watcher.Updates()
 	// timer fires when gathered changes are due (settle) or a failed
-	// apply is due again (retryApply); nil when nothing is due.
+	// apply is due again (retryApply, while retrying); nil when nothing
+	// is due.
 	var timer <-chan time.Time
+	retrying := false
 	for {
 		select {
 		case e, ok := <-updates:
@@ -101,14 +104,15 @@ func (w *Watcher) follow() {
 			if e != nil {
 				w.record(e)
 			}
-			if timer == nil {
-				// Gather what follows closely, then apply once.
-				timer = time.After(settle)
+			if timer == nil || retrying {
+				// Gather what follows closely, then apply once; a
+				// change ends a retry's wait.
+				timer, retrying = time.After(settle), false
 			}
 		case <-timer:
 			timer = nil
 			if !w.applyNow() {
-				timer = time.After(retryApply)
+				timer, retrying = time.After(retryApply), true
 			}
 		}
 	}
