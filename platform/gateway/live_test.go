@@ -77,6 +77,7 @@ func TestHealth(t *testing.T) {
 	notReady = nil
 	check("/readyz", http.StatusOK, `"ok"`)
 	s.Shutdown()
+	eventually(t, func() bool { return !nc.IsConnected() })
 	check("/readyz", http.StatusServiceUnavailable, "not connected to NATS")
 	check("/healthz", http.StatusOK, `"ok"`)
 	check("/function/ping", http.StatusNotFound, "function_not_found")
