@@ -88,6 +88,12 @@ func startGateway(ctx context.Context, nc *nats.Conn, m *manifest.Manifest, addr
 		NATS: nc, Manifest: m, MaxBody: int64(limits.maxBody), MaxInFlight: limits.maxInFlight,
 		Verifier: tr.verifier, JWKS: tr.jwks,
 		AckRunners: x.ackRunners, Workers: x.workers, Functions: functionsStatus(nc, entries),
+		Ready: func() error {
+			if sg.watcher != nil {
+				return sg.watcher.Err()
+			}
+			return nil
+		},
 		SystemPermission: systemPermission,
 		Logger:           logger.With("component", "gateway"),
 	})
@@ -445,7 +451,7 @@ With --health, GET /healthz answers 200 while the process runs and GET
 			var watcher *catalog.Watcher
 			if m == nil {
 				w, err := followCatalog(cmd.Context(), snc, "runner", func(entries []catalog.Entry) error {
-					if err := r.SetFunctions(functionsOf(entries)); err != nil {
+					if err := r.SetFunctions(cmd.Context(), functionsOf(entries)); err != nil {
 						return err
 					}
 					logger.Debug("runner functions", "functions", r.Functions())
@@ -464,6 +470,8 @@ With --health, GET /healthz answers 200 while the process runs and GET
 					return errors.New("shutting down")
 				case !nc.IsConnected():
 					return errors.New("not connected to NATS")
+				case watcher != nil:
+					return watcher.Err()
 				}
 				return nil
 			})

@@ -82,6 +82,7 @@ func (w *workerCommand) command(slot int) *exec.Cmd {
 	// The worker's flags are all on its command line: up's SHOAL_*
 	// variables, meant for up's own flags, must not set the runner's
 	// (SHOAL_FILE would pin the workers to a file instead of the catalog).
+	cmd.Env = []string{} // never nil: nil would hand the worker up's whole environment
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, envPrefix) || strings.HasPrefix(kv, "SHOAL_TEST_") { // SHOAL_TEST_*: the tests' own switches
 			cmd.Env = append(cmd.Env, kv)

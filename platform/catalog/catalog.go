@@ -161,8 +161,9 @@ type Change struct {
 // changed ones updated, identical ones left alone (their revision does not
 // move). With prune, deployed functions not in fns are removed. Every
 // write is conditional on the revision read just before it, so a deploy
-// that races another one fails rather than undoing its changes; the
-// changes made up to the failure are kept and returned.
+// that races another one with a different definition fails rather than
+// undoing its changes (the changes made up to the failure are kept and
+// returned); two deploys of the same definitions both succeed.
 func (c *Catalog) Deploy(ctx context.Context, fns []manifest.Function, prune bool) ([]Change, error) {
 	seen := map[string]bool{}
 	for _, fn := range fns {
@@ -217,7 +218,7 @@ func (c *Catalog) put(ctx context.Context, fn manifest.Function) (Change, error)
 		// Never deployed, or deleted: Create succeeds on both.
 		rev, err := c.kv.Create(ctx, fn.Name, value)
 		if err != nil {
-			return Change{}, conflict(fn.Name, err)
+			return c.raced(ctx, fn, err)
 		}
 		return Change{Name: fn.Name, Action: Created, Revision: rev}, nil
 	case err != nil:
@@ -228,9 +229,22 @@ func (c *Catalog) put(ctx context.Context, fn manifest.Function) (Change, error)
 	}
 	rev, err := c.kv.Update(ctx, fn.Name, value, cur.Revision())
 	if err != nil {
-		return Change{}, conflict(fn.Name, err)
+		return c.raced(ctx, fn, err)
 	}
 	return Change{Name: fn.Name, Action: Updated, Revision: rev}, nil
+}
+
+// raced handles a conditional write of fn that failed with err: when
+// another writer got there first with the same definition (two deploys of
+// one file, e.g. two pods starting at once), the function is simply
+// unchanged; otherwise it is a conflict.
+func (c *Catalog) raced(ctx context.Context, fn manifest.Function, err error) (Change, error) {
+	if cur, gerr := c.kv.Get(ctx, fn.Name); gerr == nil {
+		if now, derr := decode(cur); derr == nil && manifest.SameDefinition(now.Function, fn) {
+			return Change{Name: fn.Name, Action: Unchanged, Revision: cur.Revision()}, nil
+		}
+	}
+	return Change{}, conflict(fn.Name, err)
 }
 
 // conflict explains a failed conditional write.

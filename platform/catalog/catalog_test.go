@@ -469,6 +469,32 @@ func TestDeployRacingAnotherWriter(t *testing.T) {
 			wantPingValue: "theirs",
 		},
 		{
+			name:      "create races a create of the same definition",
+			deploy:    []manifest.Function{fn("echo"), pingV2},
+			key:       "ping",
+			afterRead: true,
+			other: func(ctx context.Context, kv jetstream.KeyValue) error {
+				_, err := kv.Create(ctx, "ping", spec(pingV2))
+				return err
+			},
+			// Two deploys of one file: both succeed.
+			wantChanges:   []catalog.Change{{Name: "echo", Action: catalog.Created}, {Name: "ping", Action: catalog.Unchanged}},
+			wantPingValue: "ours",
+		},
+		{
+			name:      "update races an update to the same definition",
+			initial:   []manifest.Function{pingV1},
+			deploy:    []manifest.Function{pingV2},
+			key:       "ping",
+			afterRead: true,
+			other: func(ctx context.Context, kv jetstream.KeyValue) error {
+				_, err := kv.Put(ctx, "ping", spec(pingV2))
+				return err
+			},
+			wantChanges:   []catalog.Change{{Name: "ping", Action: catalog.Unchanged}},
+			wantPingValue: "ours",
+		},
+		{
 			name:      "update races an update",
 			initial:   []manifest.Function{pingV1},
 			deploy:    []manifest.Function{fn("echo"), pingV2},
@@ -642,7 +668,7 @@ func TestServing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := r.SetFunctions(m.Functions); err != nil {
+		if err := r.SetFunctions(t.Context(), m.Functions); err != nil {
 			t.Fatal(err)
 		}
 		if r.InstanceID() == first {

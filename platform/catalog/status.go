@@ -21,12 +21,13 @@ import (
 const RunnerMetadata = "runner"
 
 // quietGap ends discovery early: once runners have answered, a gap this
-// long without another answer means they all have.
-const quietGap = 100 * time.Millisecond
+// long without another answer means they all have (it allows for runners
+// attached to other nodes of a cluster, one route hop further).
+const quietGap = 250 * time.Millisecond
 
 // Serving counts, for each function, the runners serving it now, asking
 // every runner through NATS services discovery ($SRV.INFO.shoal-runner).
-// It returns once no answer came for 100 ms after the last one, or after
+// It returns once no answer came for 250 ms after the last one, or after
 // wait at most.
 func Serving(ctx context.Context, nc *nats.Conn, wait time.Duration) (map[string]int, error) {
 	inbox := nc.NewInbox()

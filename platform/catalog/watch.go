@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -26,6 +27,9 @@ type Watcher struct {
 	log     *slog.Logger
 	apply   func([]Entry) error
 	done    chan struct{}
+	// stopping is set by Stop; ended, when the watch ended without it.
+	stopping atomic.Bool
+	ended    atomic.Bool
 
 	mu      sync.Mutex
 	entries map[string]Entry
@@ -69,7 +73,7 @@ func Watch(ctx context.Context, js jetstream.JetStream, log *slog.Logger, apply 
 				loaded = true
 				break
 			}
-			w.record(e)
+			w.record(e, true)
 		case <-ctx.Done():
 			_ = kw.Stop()
 			return nil, fmt.Errorf("catalog: read: %w", ctx.Err())
@@ -99,10 +103,14 @@ func (w *Watcher) follow() {
 				if timer != nil {
 					w.applyNow() // the last state seen
 				}
+				if !w.stopping.Load() {
+					w.ended.Store(true)
+					w.log.Error("the catalog watch ended: changes are no longer applied (is the NATS connection closed?)")
+				}
 				return
 			}
 			if e != nil {
-				w.record(e)
+				w.record(e, false)
 			}
 			if timer == nil || retrying {
 				// Gather what follows closely, then apply once; a
@@ -127,14 +135,17 @@ func (w *Watcher) applyNow() bool {
 	return true
 }
 
-// record applies one KV entry to the watcher's state.
-func (w *Watcher) record(e jetstream.KeyValueEntry) {
+// record applies one KV entry to the watcher's state; initial entries are
+// those of the first read, whose removal markers are old news.
+func (w *Watcher) record(e jetstream.KeyValueEntry, initial bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	name := e.Key()
 	if e.Operation() != jetstream.KeyValuePut {
 		delete(w.entries, name)
-		w.log.Info("function removed", "function", name, "revision", e.Revision())
+		if !initial {
+			w.log.Info("function removed", "function", name, "revision", e.Revision())
+		}
 		return
 	}
 	entry, err := decode(e)
@@ -161,8 +172,18 @@ func (w *Watcher) Entries() []Entry {
 	return out
 }
 
+// Err is nil while the watch follows the catalog, and an error once it
+// ended without Stop (its connection closed): a readiness check.
+func (w *Watcher) Err() error {
+	if w.ended.Load() {
+		return errors.New("the function catalog watch ended")
+	}
+	return nil
+}
+
 // Stop ends the watch and waits for the last apply to return.
 func (w *Watcher) Stop() error {
+	w.stopping.Store(true)
 	err := w.watcher.Stop()
 	<-w.done
 	if err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {

@@ -335,6 +335,9 @@ func TestWatchStop(t *testing.T) {
 		if err := w.Stop(); err != nil {
 			t.Fatalf("Stop: %v", err)
 		}
+		if err := w.Err(); err != nil {
+			t.Errorf("Err after Stop: %v; a stopped watch did not fail", err)
+		}
 		r.stopped.Store(true)
 		deploy(t, ctx, c, false, fn("auth"))
 		if _, err := c.Remove(ctx, "ping"); err != nil {
@@ -384,7 +387,16 @@ func TestWatchStop(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if err := w.Err(); err != nil {
+			t.Fatalf("Err while following: %v", err)
+		}
 		nc.Close()
+		// The watch ended without Stop: Err says so (a readiness check).
+		for deadline := time.Now().Add(5 * time.Second); w.Err() == nil; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("Err still nil 5s after the connection closed")
+			}
+		}
 		done := make(chan error)
 		go func() { done <- w.Stop() }()
 		select {

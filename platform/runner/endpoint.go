@@ -46,7 +46,9 @@ type definition struct {
 }
 
 // Handle admits an invocation and runs it on its own goroutine. micro calls
-// it sequentially for the endpoint's subscription, so it must not block.
+// it sequentially for each subscription, so it must not block; while the
+// runner re-registers (Runner.SetFunctions), two subscriptions call it at
+// once, which the atomic counters allow.
 func (e *endpoint) Handle(req micro.Request) {
 	e.received.Add(1)
 	d := e.def.Load()
@@ -259,9 +261,10 @@ func (e *endpoint) stats() EndpointStats {
 	return s
 }
 
-// endpointStats is the micro StatsHandler.
-func (r *Runner) endpointStats(ep *micro.Endpoint) any {
-	if e, ok := (*r.eps.Load())[ep.Name]; ok {
+// endpointStats is the micro StatsHandler: the figures of the endpoint
+// the micro endpoint hands invocations to.
+func endpointStats(ep *micro.Endpoint) any {
+	if e, ok := ep.Handler.(*endpoint); ok {
 		return e.stats()
 	}
 	return nil

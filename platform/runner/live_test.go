@@ -36,7 +36,7 @@ functions:
 	id, instance := r.ID(), r.InstanceID()
 
 	// A function added is served once SetFunctions returns.
-	if err := r.SetFunctions(functionsOf(t, `version: 1
+	if err := r.SetFunctions(t.Context(), functionsOf(t, `version: 1
 functions:
   ping: {handler: {builtin: ping}, public: true}
   block: {handler: {builtin: block}, public: true, concurrency: 1}
@@ -56,7 +56,7 @@ functions:
 
 	// The same functions again change nothing, not even the registration.
 	instance = r.InstanceID()
-	if err := r.SetFunctions(functionsOf(t, `version: 1
+	if err := r.SetFunctions(t.Context(), functionsOf(t, `version: 1
 functions:
   echo: {handler: {builtin: echo}, public: true}
   block: {handler: {builtin: block}, public: true, concurrency: 1}
@@ -79,7 +79,7 @@ functions:
 		inflight <- reply
 	}()
 	<-block.Started
-	if err := r.SetFunctions(functionsOf(t, `version: 1
+	if err := r.SetFunctions(t.Context(), functionsOf(t, `version: 1
 functions:
   echo: {handler: {builtin: echo}, public: true}
 `, fns)); err != nil {
@@ -95,7 +95,7 @@ functions:
 
 	// A changed concurrency limit applies to the next invocation and
 	// shows in the figures.
-	if err := r.SetFunctions(functionsOf(t, `version: 1
+	if err := r.SetFunctions(t.Context(), functionsOf(t, `version: 1
 functions:
   echo: {handler: {builtin: echo}, public: true, concurrency: 7}
 `, fns)); err != nil {
@@ -105,6 +105,22 @@ functions:
 		t.Errorf("echo stats after the change: %+v %v", st, ok)
 	}
 
+	// A change that cannot be confirmed in time (here: its context has
+	// ended) changes nothing at all.
+	done, cancelDone := context.WithCancel(t.Context())
+	cancelDone()
+	instance = r.InstanceID()
+	if err := r.SetFunctions(done, functionsOf(t, `version: 1
+functions:
+  echo: {handler: {builtin: echo}, public: true, concurrency: 9}
+  ping: {handler: {builtin: ping}, public: true}
+`, fns)); err == nil {
+		t.Error("SetFunctions with an ended context succeeded")
+	}
+	if st, _ := r.Stats("echo"); st.Concurrency != 7 || r.InstanceID() != instance || !slices.Equal(r.Functions(), []string{"echo"}) {
+		t.Errorf("after a failed change: echo concurrency %d (want 7), functions %v, instance changed %v", st.Concurrency, r.Functions(), r.InstanceID() != instance)
+	}
+
 	// A changed timeout applies to the next invocation.
 	sleepFor := func(d string) *nats.Msg {
 		msg := nats.NewMsg("fn.sleep")
@@ -112,7 +128,7 @@ functions:
 		return request(t, nc, msg)
 	}
 	for _, tt := range []struct{ timeout, status string }{{"100ms", "504"}, {"5s", "200"}} {
-		if err := r.SetFunctions(functionsOf(t, `version: 1
+		if err := r.SetFunctions(t.Context(), functionsOf(t, `version: 1
 functions:
   sleep: {handler: {builtin: sleep}, public: true, timeout: `+tt.timeout+`}
 `, fns)); err != nil {
@@ -134,7 +150,7 @@ functions:
 	if err := r.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.SetFunctions(nil); err == nil {
+	if err := r.SetFunctions(t.Context(), nil); err == nil {
 		t.Error("SetFunctions after Stop succeeded")
 	}
 }
@@ -184,7 +200,7 @@ functions:
 		if i%2 == 0 {
 			next = with
 		}
-		if err := r.SetFunctions(next); err != nil {
+		if err := r.SetFunctions(t.Context(), next); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(10 * time.Millisecond)

@@ -78,7 +78,10 @@ type Runner struct {
 	// mu serializes changes of the served functions with Stop.
 	mu sync.Mutex
 	// svc is the current registration; SetFunctions replaces it.
-	svc     micro.Service
+	svc micro.Service
+	// stale are earlier registrations whose drain failed; each
+	// SetFunctions and Stop tries again.
+	stale   []micro.Service
 	stopped bool
 
 	// id is the runner's stable id; ackHeader, the header of every ack,
@@ -142,11 +145,11 @@ func Start(nc *nats.Conn, cfg Config) (*Runner, error) {
 			return nil, fmt.Errorf("runner: function %q needs a token, and the runner has no token verifier configured", fn.Name)
 		}
 	}
-	eps := r.endpoints(fns, map[string]*endpoint{})
-	// The endpoints are in place before registering: micro may ask for
-	// stats as soon as the service exists.
+	eps, defs := r.endpoints(fns, map[string]*endpoint{})
 	r.eps.Store(&eps)
-	svc, err := r.register(eps)
+	startCtx, cancelStart := context.WithTimeout(context.Background(), subscribeTimeout)
+	defer cancelStart()
+	svc, err := r.register(startCtx, eps, defs)
 	if err != nil {
 		cancel()
 		return nil, err
@@ -157,9 +160,13 @@ func Start(nc *nats.Conn, cfg Config) (*Runner, error) {
 
 // endpoints builds the endpoints of the functions this runner can serve,
 // reusing those in old: an endpoint keeps its figures and its in-flight
-// count across changes of its definition.
-func (r *Runner) endpoints(fns []manifest.Function, old map[string]*endpoint) map[string]*endpoint {
+// count across changes of its definition. It returns the endpoints and
+// each one's definition; a new endpoint has its definition already, a
+// reused one keeps its current definition until the caller stores the
+// new one.
+func (r *Runner) endpoints(fns []manifest.Function, old map[string]*endpoint) (map[string]*endpoint, map[string]*definition) {
 	eps := make(map[string]*endpoint, len(fns))
+	defs := make(map[string]*definition, len(fns))
 	for _, fn := range fns {
 		h, ok := r.builtins[fn.Handler.Builtin]
 		if !ok {
@@ -170,27 +177,29 @@ func (r *Runner) endpoints(fns []manifest.Function, old map[string]*endpoint) ma
 			r.log.Error("function not served: it needs a token and this runner verifies none", "function", fn.Name)
 			continue
 		}
+		d := &definition{fn: fn, handler: h}
 		ep := old[fn.Name]
 		if ep == nil {
 			ep = &endpoint{r: r, name: fn.Name}
+			ep.def.Store(d)
 		}
-		ep.def.Store(&definition{fn: fn, handler: h})
 		eps[fn.Name] = ep
+		defs[fn.Name] = d
 	}
-	return eps
+	return eps, defs
 }
 
-// register registers a service instance with one endpoint per function
-// and waits until the server has its subscriptions, so that an invocation
-// sent after it returns finds this runner.
-func (r *Runner) register(eps map[string]*endpoint) (micro.Service, error) {
+// register registers a service instance with one endpoint per function,
+// described by defs, and waits until the server has its subscriptions, so
+// that an invocation sent after it returns finds this runner.
+func (r *Runner) register(ctx context.Context, eps map[string]*endpoint, defs map[string]*definition) (micro.Service, error) {
 	svc, err := micro.AddService(r.nc, micro.Config{
 		Name:         invocation.ServiceName,
 		Version:      shoal.Version,
 		Description:  "Shoal function runner",
 		Metadata:     r.meta,
 		QueueGroup:   invocation.QueueGroup,
-		StatsHandler: r.endpointStats,
+		StatsHandler: endpointStats,
 		ErrorHandler: func(_ micro.Service, err *micro.NATSError) {
 			r.log.Error("nats subscription error", "subject", err.Subject, "error", err.Description)
 		},
@@ -199,16 +208,15 @@ func (r *Runner) register(eps map[string]*endpoint) (micro.Service, error) {
 		return nil, fmt.Errorf("runner: register service: %w", err)
 	}
 	for _, name := range slices.Sorted(maps.Keys(eps)) {
-		ep := eps[name]
-		if err := svc.AddEndpoint(name, ep,
+		if err := svc.AddEndpoint(name, eps[name],
 			micro.WithEndpointSubject(invocation.Subject(name)),
-			micro.WithEndpointMetadata(endpointMetadata(ep.def.Load().fn)),
+			micro.WithEndpointMetadata(endpointMetadata(defs[name].fn)),
 		); err != nil {
 			_ = svc.Stop()
 			return nil, fmt.Errorf("runner: add endpoint for function %q: %w", name, err)
 		}
 	}
-	if err := r.nc.FlushTimeout(subscribeTimeout); err != nil {
+	if err := r.nc.FlushWithContext(ctx); err != nil {
 		_ = svc.Stop()
 		return nil, fmt.Errorf("runner: confirm subscriptions with the NATS server: %w", err)
 	}
@@ -216,37 +224,67 @@ func (r *Runner) register(eps map[string]*endpoint) (micro.Service, error) {
 }
 
 // SetFunctions replaces the functions the runner serves, live: a new
-// function is served once it returns, a removed one is no longer taken
-// (invocations it already took finish), and a changed timeout,
+// function is served once it returns, a removed one is no longer routed
+// here once it returns (invocations it already took finish), and a changed timeout,
 // concurrency limit or permission list applies from the next invocation.
 // Functions this runner has no handler for are skipped, as at Start.
 //
 // micro cannot remove an endpoint, so a change registers a new service
 // instance with the new endpoints and then drains the old one: both are
 // in the queue group for a moment, and no invocation finds this runner
-// missing. On error the runner keeps serving what it served.
-func (r *Runner) SetFunctions(fns []manifest.Function) error {
+// missing. ctx bounds the wait for the server to confirm the new
+// subscriptions (at most 10 s); if it ends first, or registering fails,
+// the runner keeps serving what it served, as it was.
+func (r *Runner) SetFunctions(ctx context.Context, fns []manifest.Function) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.stopped {
 		return errors.New("runner: stopped")
 	}
+	r.stopStale()
 	old := *r.eps.Load()
 	if sameFunctions(old, fns, r) {
 		return nil
 	}
-	eps := r.endpoints(fns, old)
-	svc, err := r.register(eps)
+	eps, defs := r.endpoints(fns, old)
+	ctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
+	defer cancel()
+	svc, err := r.register(ctx, eps, defs)
 	if err != nil {
 		return err
+	}
+	// Registered: the new definitions apply from now on.
+	for name, ep := range eps {
+		ep.def.Store(defs[name])
 	}
 	r.eps.Store(&eps)
 	prev := r.svc
 	r.svc = svc
 	if err := prev.Stop(); err != nil {
-		return fmt.Errorf("runner: drain the previous registration: %w", err)
+		r.stale = append(r.stale, prev)
+		return fmt.Errorf("runner: drain the previous registration (tried again later): %w", err)
+	}
+	// The old subscriptions are gone from the server once it answers:
+	// from then on a removed function is not routed here.
+	if err := r.nc.FlushWithContext(ctx); err != nil {
+		return fmt.Errorf("runner: confirm the previous registration's drain with the NATS server: %w", err)
 	}
 	return nil
+}
+
+// stopStale tries again to drain the registrations whose drain failed.
+// It runs with r.mu held.
+func (r *Runner) stopStale() error {
+	var errs []error
+	keep := r.stale[:0]
+	for _, svc := range r.stale {
+		if err := svc.Stop(); err != nil {
+			keep = append(keep, svc)
+			errs = append(errs, err)
+		}
+	}
+	r.stale = keep
+	return errors.Join(errs...)
 }
 
 // sameFunctions reports whether serving fns would change nothing: the
@@ -331,6 +369,7 @@ func (r *Runner) stop(ctx context.Context) error {
 	r.mu.Lock()
 	r.stopped = true
 	svc := r.svc
+	staleErr := r.stopStale()
 	r.mu.Unlock()
 	var errs []error
 	drained := false
@@ -346,7 +385,7 @@ func (r *Runner) stop(ctx context.Context) error {
 		// 2. Unsubscribe, in drain mode: the server sends this runner no
 		//    new invocations, and those already delivered to it still
 		//    reach the endpoint handlers.
-		if err := svc.Stop(); err != nil {
+		if err := errors.Join(svc.Stop(), staleErr); err != nil {
 			errs = append(errs, fmt.Errorf("stop service: %w", err))
 		}
 		// 3. Wait until every subscription has drained, i.e. every
