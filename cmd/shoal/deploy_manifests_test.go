@@ -1406,6 +1406,10 @@ func checkShoalArgs(args []string, env map[string]string) []string {
 		if !ok {
 			continue
 		}
+		if !acceptsEnv(cmd) {
+			problems = append(problems, fmt.Sprintf("%s: %s is set, but this command does not read its flags from the environment", cmd.CommandPath(), k))
+			continue
+		}
 		flag := strings.ToLower(strings.ReplaceAll(name, "_", "-"))
 		f := lookupFlag(cmd, flag)
 		if f == nil {

@@ -71,16 +71,44 @@ func newRootCmd() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&rootFlags.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&rootFlags.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	root.AddCommand(newUpCmd(), newGatewayCmd(), newRunnerCmd(), newInvokeCmd(), newValidateCmd(),
-		newDeployCmd(), newRemoveCmd(), newListCmd(), newInitCmd(), newNATSCmd(),
-		newTokenCmd(), newUserCmd(), newKeyCmd(), newRestartCmd(), newPSCmd(), newVersionCmd())
+	root.AddCommand(newUpCmd(), withEnv(newGatewayCmd()), withEnv(newRunnerCmd()), newInvokeCmd(), newValidateCmd(),
+		withEnv(newDeployCmd()), withEnv(newRemoveCmd()), withEnv(newListCmd()), withEnv(newInitCmd()), withEnv(newNATSCmd()),
+		newTokenCmd(), withEnv(newUserCmd()), withEnv(newKeyCmd()), newRestartCmd(), newPSCmd(), newVersionCmd())
 	return root
 }
 
 // envPrefix starts the environment variables that set flags: every flag
-// --some-flag of a command can be given as SHOAL_SOME_FLAG instead, which
-// suits containers; the command line wins over the environment.
+// --some-flag of the commands that run in containers (see withEnv) can be
+// given as SHOAL_SOME_FLAG instead; the command line wins over the
+// environment.
 const envPrefix = "SHOAL_"
+
+// envAnnotation marks a command whose flags the environment may set.
+const envAnnotation = "shoal/env"
+
+// withEnv lets the environment set cmd's flags, and its subcommands'.
+// Only commands whose flag names mean one thing across them opt in: the
+// roles and the operator commands that act on a deployment. `up` (whose
+// --nats is a listen address, not a server to connect to) and `invoke`
+// (whose --data is a request body) do not, so that SHOAL_NATS or
+// SHOAL_DATA exported for the others cannot change what they do.
+func withEnv(cmd *cobra.Command) *cobra.Command {
+	if cmd.Annotations == nil {
+		cmd.Annotations = map[string]string{}
+	}
+	cmd.Annotations[envAnnotation] = "true"
+	return cmd
+}
+
+// acceptsEnv reports whether the environment may set cmd's flags.
+func acceptsEnv(cmd *cobra.Command) bool {
+	for c := cmd; c != nil; c = c.Parent() {
+		if c.Annotations[envAnnotation] == "true" {
+			return true
+		}
+	}
+	return false
+}
 
 // envName is the environment variable of a flag.
 func envName(flag string) string {
@@ -88,11 +116,15 @@ func envName(flag string) string {
 }
 
 // applyEnv sets every flag of cmd that the command line did not give from
-// its environment variable, if set.
+// its environment variable, if set and if cmd accepts the environment.
+// Hidden flags are internal and never set this way.
 func applyEnv(cmd *cobra.Command) error {
+	if !acceptsEnv(cmd) {
+		return nil
+	}
 	var errs []error
 	cmd.Flags().VisitAll(func(f *pflag.Flag) {
-		if f.Changed || f.Name == "help" || f.Name == "version" {
+		if f.Changed || f.Hidden || f.Name == "help" || f.Name == "version" {
 			return
 		}
 		v, ok := os.LookupEnv(envName(f.Name))
