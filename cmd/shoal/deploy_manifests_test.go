@@ -28,6 +28,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -121,7 +122,8 @@ type k8sObject struct {
 	obj   any
 }
 
-// workload is a Deployment or a StatefulSet.
+// workload is a Deployment, a StatefulSet or a Job (whose selector
+// Kubernetes makes itself: selector is nil).
 type workload struct {
 	kind, name string
 	replicas   int32
@@ -160,6 +162,8 @@ func newTyped(apiVersion, kind string) (any, bool) {
 		return &appsv1.Deployment{}, true
 	case "apps/v1 StatefulSet":
 		return &appsv1.StatefulSet{}, true
+	case "batch/v1 Job":
+		return &batchv1.Job{}, true
 	case "autoscaling/v2 HorizontalPodAutoscaler":
 		return &autoscalingv2.HorizontalPodAutoscaler{}, true
 	case "policy/v1 PodDisruptionBudget":
@@ -233,6 +237,9 @@ func readK8sBase(t *testing.T) *k8sBase {
 				b.workloads = append(b.workloads, &workload{kind: "StatefulSet", name: v.Name,
 					replicas: ptrOr(v.Spec.Replicas, 1), selector: v.Spec.Selector, pod: &v.Spec.Template,
 					claims: v.Spec.VolumeClaimTemplates})
+			case *batchv1.Job:
+				b.workloads = append(b.workloads, &workload{kind: "Job", name: v.Name,
+					replicas: ptrOr(v.Spec.Parallelism, 1), pod: &v.Spec.Template})
 			case *corev1.Service:
 				b.services = append(b.services, v)
 			case *networkingv1.NetworkPolicy:
@@ -451,18 +458,26 @@ func TestDeployK8sWorkloads(t *testing.T) {
 
 func checkWorkload(t *testing.T, b *k8sBase, w *workload) {
 	spec := &w.pod.Spec
-	if w.selector == nil || (len(w.selector.MatchLabels) == 0 && len(w.selector.MatchExpressions) == 0) {
-		t.Fatalf("%s: no selector", w)
-	}
-	sel, err := metav1.LabelSelectorAsSelector(w.selector)
-	if err != nil {
-		t.Fatalf("%s: selector: %v", w, err)
-	}
-	if !sel.Matches(labels.Set(w.pod.Labels)) {
-		t.Errorf("%s: selector %s does not match its pod labels %v", w, sel, w.pod.Labels)
-	}
-	if others := b.selecting(sel); len(others) != 1 {
-		t.Errorf("%s: selector %s selects the pods of %v; it must select its own only", w, sel, others)
+	if w.kind == "Job" {
+		// Kubernetes selects a Job's pods itself; what must hold is that
+		// no Service or budget of another workload selects them.
+		if spec.RestartPolicy != corev1.RestartPolicyOnFailure && spec.RestartPolicy != corev1.RestartPolicyNever {
+			t.Errorf("%s: restartPolicy %q; a Job needs OnFailure or Never", w, spec.RestartPolicy)
+		}
+	} else {
+		if w.selector == nil || (len(w.selector.MatchLabels) == 0 && len(w.selector.MatchExpressions) == 0) {
+			t.Fatalf("%s: no selector", w)
+		}
+		sel, err := metav1.LabelSelectorAsSelector(w.selector)
+		if err != nil {
+			t.Fatalf("%s: selector: %v", w, err)
+		}
+		if !sel.Matches(labels.Set(w.pod.Labels)) {
+			t.Errorf("%s: selector %s does not match its pod labels %v", w, sel, w.pod.Labels)
+		}
+		if others := b.selecting(sel); len(others) != 1 {
+			t.Errorf("%s: selector %s selects the pods of %v; it must select its own only", w, sel, others)
+		}
 	}
 	checkLabels(t, w.String()+" pod template", w.pod.Labels)
 	for _, c := range w.claims {
@@ -629,6 +644,10 @@ func checkWorkload(t *testing.T, b *k8sBase, w *workload) {
 		}
 		if sub == "gateway" && preStop == 0 {
 			t.Errorf("%s: the gateway needs a preStop sleep, so that its endpoint is gone before it drains", where)
+		}
+		// Only the long-running roles drain; a one-shot step has nothing to.
+		if !slices.Contains([]string{"gateway", "runner", "nats"}, sub) {
+			continue
 		}
 		if need := preStop + drainTimeout(t, c.Args, env); need > maxGrace {
 			maxGrace = need
@@ -928,6 +947,9 @@ func TestDeployK8sAutoscalersAndBudgets(t *testing.T) {
 		}
 	}
 	for _, w := range b.workloads {
+		if w.kind == "Job" {
+			continue // a one-shot step: nothing to keep available
+		}
 		sel, _ := metav1.LabelSelectorAsSelector(w.selector)
 		found := false
 		for _, o := range b.objects {
