@@ -81,8 +81,7 @@ func servedBy(t *testing.T, nc *nats.Conn, function string) map[string]uint64 {
 
 // TestMultiNode runs the multi-machine shape on loopback: a three-node
 // NATS cluster on 127.0.0.2–4 with JetStream (platform state R3), a
-// runner on node 1, another on node 2, a gateway on node 3, all real
-// processes. It shows that a function deployed through one node is served
+// runner on each node and a gateway on node 3, all real processes. It shows that a function deployed through one node is served
 // through all; that load spreads across the runners on both nodes; and
 // that stopping node 2 under load loses only the invocations in flight to
 // it, while its runner reconnects to the rest of the cluster.
@@ -132,6 +131,7 @@ functions:
 	}
 	runnerOn(0)
 	r2 := runnerOn(1)
+	runnerOn(2)
 	gwp := startShoal(t, "gateway", "--nats", url(2), "--nats-nkey", creds.SeedFile(broker.RoleGateway), "--http", "127.0.0.1:0")
 	gw := gwp.waitLog(`msg="gateway listening" url=(\S+)`)[1]
 	if status, body := get(t, gw+"/function/ping"); status != 200 || body != "pong!" {
@@ -164,8 +164,8 @@ functions:
 	before := servedBy(t, obs, "ping")
 	outs := timedLoad(gw+"/function/ping", 8, 100, 10*time.Second, nil)()
 	after := servedBy(t, obs, "ping")
-	if len(after) != 2 {
-		t.Fatalf("runners seen: %v, want 2", after)
+	if len(after) != 3 {
+		t.Fatalf("runners seen: %v, want 3", after)
 	}
 	var total uint64
 	for id := range after {
@@ -174,7 +174,7 @@ functions:
 	for id := range after {
 		share := float64(after[id]-before[id]) / float64(total)
 		t.Logf("runner %s served %.0f%% of %d invocations", id, 100*share, total)
-		if share < 0.2 {
+		if share < 0.15 {
 			t.Errorf("runner %s served %.0f%% of the load, want a fair share", id, 100*share)
 		}
 	}
@@ -209,6 +209,22 @@ functions:
 	}
 	t.Logf("node 2 stopped under load (its shutdown took %s): %d requests, %d failed, %d answered after the stop; runner 2 reconnected after %s",
 		down.Round(time.Millisecond), len(outs), len(failed), okAfter, reconnected.Round(time.Millisecond))
+	if len(failed) > 0 {
+		first, lastSent, lastDone := failed[0].sent, failed[0].sent, failed[0].done
+		for _, o := range failed {
+			if o.sent.Before(first) {
+				first = o.sent
+			}
+			if o.sent.After(lastSent) {
+				lastSent = o.sent
+			}
+			if o.done.After(lastDone) {
+				lastDone = o.done
+			}
+		}
+		t.Logf("error window: the failed requests were sent %+dms to %+dms after the stop began, and answered (504) by %+dms",
+			first.Sub(stopped).Milliseconds(), lastSent.Sub(stopped).Milliseconds(), lastDone.Sub(stopped).Milliseconds())
+	}
 	for _, o := range failed {
 		t.Logf("  failed: sent %+dms after the stop, answered %dms later: %d %v",
 			o.sent.Sub(stopped).Milliseconds(), o.done.Sub(o.sent).Milliseconds(), o.status, o.err)
@@ -232,7 +248,7 @@ functions:
 			t.Fatalf("shoal list --json = %d %q %s", code, out, errOut)
 		}
 		i := slices.IndexFunc(list, func(f catalog.FunctionStatus) bool { return f.Name == "ping" })
-		if i >= 0 && list[i].Runners == 2 {
+		if i >= 0 && list[i].Runners == 3 {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -87,7 +87,9 @@ const ClusterTimeout = 30 * time.Second
 // stop when the test ends, and a test may stop one earlier. It skips the
 // test where those addresses cannot be bound (127.0.0.1 is the only
 // loopback address on macOS without aliases).
-func StartCluster(tb testing.TB, n int, users []*server.NkeyUser) []*broker.Server {
+// Each option, if any, adjusts every node's configuration before it starts
+// (e.g. its sync policy).
+func StartCluster(tb testing.TB, n int, users []*server.NkeyUser, options ...func(*broker.Config)) []*broker.Server {
 	tb.Helper()
 	if n < 2 || n > 250 {
 		tb.Fatalf("StartCluster: %d nodes; want 2 to 250", n)
@@ -121,6 +123,9 @@ func StartCluster(tb testing.TB, n int, users []*server.NkeyUser) []*broker.Serv
 					Addr:   strings.TrimPrefix(routes[i], "nats-route://"),
 					Routes: routes,
 				},
+			}
+			for _, o := range options {
+				o(&cfg)
 			}
 			nodes[i], err = broker.Start(cfg)
 			if err == nil || attempt == 2 || !isAddrInUse(err) {
