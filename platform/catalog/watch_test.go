@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/shoal-dev/shoal/manifest"
 	"github.com/shoal-dev/shoal/platform/broker/brokertest"
 	"github.com/shoal-dev/shoal/platform/catalog"
 )
@@ -429,4 +430,103 @@ func TestWatchChangeDuringRetry(t *testing.T) {
 	if took := time.Since(start); took > 700*time.Millisecond {
 		t.Errorf("the change was applied %s after it was made; want the settle time (50ms), not the retry's 1s", took)
 	}
+}
+
+// TestWatchSurvivesLosingItsServer: on a three-node cluster, the server
+// that hosts the watch's consumer stops (the watcher's own connection is
+// to another); a change made afterwards still reaches the watcher within
+// seconds. nats.go alone notices the lost consumer only after two missed
+// heartbeats (10 s or more); the watcher's own check restarts the watch
+// sooner.
+func TestWatchSurvivesLosingItsServer(t *testing.T) {
+	nodes := brokertest.StartCluster(t, 3, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	js := newJS(t, nodes[0])
+	c, err := catalog.Create(ctx, js, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A new R3 bucket answers direct gets once every replica is ready.
+	for start := time.Now(); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := c.Deploy(ctx, []manifest.Function{fn("ping")}, false); err == nil {
+			break
+		} else if time.Since(start) > 10*time.Second {
+			t.Fatalf("deploy to a new R3 bucket: %v", err)
+		}
+	}
+
+	// Watch from one node until the watch's consumer lands on another.
+	var (
+		w          *catalog.Watcher
+		r          *recorder
+		host       string
+		watchNode  int
+		hostedNode = -1
+	)
+	for attempt := 0; hostedNode < 0; attempt++ {
+		if attempt == 10 {
+			t.Skip("the watch's consumer landed on the watcher's own node 10 times in a row")
+		}
+		watchNode = attempt % 3
+		r = &recorder{}
+		w, err = catalog.Watch(ctx, newJS(t, nodes[watchNode]), nil, r.apply)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stream, err := js.Stream(ctx, "KV_"+catalog.Bucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lister := stream.ListConsumers(ctx)
+		for ci := range lister.Info() {
+			if ci.Cluster != nil {
+				host = ci.Cluster.Leader
+			}
+		}
+		if lister.Err() != nil {
+			t.Fatal(lister.Err())
+		}
+		for i, n := range nodes {
+			if n.Name() == host && i != watchNode {
+				hostedNode = i
+			}
+		}
+		if hostedNode < 0 {
+			if err := w.Stop(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Cleanup(func() { _ = w.Stop() })
+	writeNode := 3 - watchNode - hostedNode
+
+	nodes[hostedNode].Shutdown()
+	// The two remaining nodes may elect new leaders; until then a
+	// JetStream request may go unanswered, so each try is short.
+	wjs := newJS(t, nodes[writeNode])
+	start := time.Now()
+	for {
+		err := func() error {
+			ctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			cw, err := catalog.Open(ctx, wjs)
+			if err != nil {
+				return err
+			}
+			_, err = cw.Deploy(ctx, []manifest.Function{fn("ping"), fn("echo")}, false)
+			return err
+		}()
+		if err == nil {
+			break
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("no write accepted within 20s of losing a node: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	written := time.Now()
+	r.waitFor(t, 1, "echo after the node loss", hasNames("echo", "ping"))
+	t.Logf("the watch's consumer was on %s, which stopped; a change written %s later reached the watcher after %s",
+		host, written.Sub(start).Round(time.Millisecond), time.Since(written).Round(time.Millisecond))
 }
