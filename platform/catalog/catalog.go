@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/shoal-dev/shoal/manifest"
@@ -66,7 +67,30 @@ func Create(ctx context.Context, js jetstream.JetStream, replicas int) (*Catalog
 	if err != nil {
 		return nil, fmt.Errorf("catalog: create bucket %s: %w", Bucket, err)
 	}
+	if err := readable(ctx, kv); err != nil {
+		return nil, err
+	}
 	return &Catalog{kv: kv}, nil
+}
+
+// readable waits until the bucket answers reads: a bucket just created
+// with replicas answers direct gets only once its replicas are ready, and
+// until then a read finds no responders.
+func readable(ctx context.Context, kv jetstream.KeyValue) error {
+	for {
+		_, err := kv.Get(ctx, "readable-probe")
+		if err == nil || errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil
+		}
+		if !errors.Is(err, nats.ErrNoResponders) {
+			return fmt.Errorf("catalog: read bucket %s: %w", Bucket, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("catalog: bucket %s does not answer reads yet: %w", Bucket, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // Open opens the existing bucket; ErrNoCatalog if there is none.

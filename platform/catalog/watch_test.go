@@ -447,14 +447,8 @@ func TestWatchSurvivesLosingItsServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A new R3 bucket answers direct gets once every replica is ready.
-	for start := time.Now(); ; time.Sleep(50 * time.Millisecond) {
-		if _, err := c.Deploy(ctx, []manifest.Function{fn("ping")}, false); err == nil {
-			break
-		} else if time.Since(start) > 10*time.Second {
-			t.Fatalf("deploy to a new R3 bucket: %v", err)
-		}
-	}
+	// Create returns once the new R3 bucket answers reads.
+	deploy(t, ctx, c, false, fn("ping"))
 
 	// Watch from one node until the watch's consumer lands on another.
 	var (
