@@ -31,7 +31,13 @@ func benchJetStream(b *testing.B, lazy time.Duration) jetstream.JetStream {
 		b.Fatal(err)
 	}
 	b.Cleanup(s.Shutdown)
-	nc, err := nats.Connect(s.ClientURL())
+	return connectJS(b, s.ClientURL())
+}
+
+// connectJS connects a JetStream client to url for the benchmark.
+func connectJS(b *testing.B, url string) jetstream.JetStream {
+	b.Helper()
+	nc, err := nats.Connect(url)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -41,6 +47,22 @@ func benchJetStream(b *testing.B, lazy time.Duration) jetstream.JetStream {
 		b.Fatal(err)
 	}
 	return js
+}
+
+// benchKVPut measures 128-byte puts to a new file bucket of replicas.
+func benchKVPut(b *testing.B, js jetstream.JetStream, replicas int) {
+	ctx := context.Background()
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "bench", Storage: jetstream.FileStorage, Replicas: replicas})
+	if err != nil {
+		b.Fatal(err)
+	}
+	value := make([]byte, 128)
+	b.SetBytes(int64(len(value)))
+	for b.Loop() {
+		if _, err := kv.Put(ctx, "key", value); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
 
 // BenchmarkJetStreamPublish measures a synchronous publish of a 128-byte
@@ -72,27 +94,7 @@ func BenchmarkKVPutR3(b *testing.B) {
 	for _, mode := range syncModes {
 		b.Run(mode.name, func(b *testing.B) {
 			nodes := brokertest.StartCluster(b, 3, nil, func(c *broker.Config) { c.LazySync = mode.lazy })
-			nc, err := nats.Connect(nodes[0].ClientURL())
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(nc.Close)
-			js, err := jetstream.New(nc)
-			if err != nil {
-				b.Fatal(err)
-			}
-			ctx := context.Background()
-			kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "bench", Storage: jetstream.FileStorage, Replicas: 3})
-			if err != nil {
-				b.Fatal(err)
-			}
-			value := make([]byte, 128)
-			b.SetBytes(int64(len(value)))
-			for b.Loop() {
-				if _, err := kv.Put(ctx, "key", value); err != nil {
-					b.Fatal(err)
-				}
-			}
+			benchKVPut(b, connectJS(b, nodes[0].ClientURL()), 3)
 		})
 	}
 }
@@ -101,19 +103,7 @@ func BenchmarkKVPutR3(b *testing.B) {
 func BenchmarkKVPut(b *testing.B) {
 	for _, mode := range syncModes {
 		b.Run(mode.name, func(b *testing.B) {
-			js := benchJetStream(b, mode.lazy)
-			ctx := context.Background()
-			kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "bench", Storage: jetstream.FileStorage, Replicas: 1})
-			if err != nil {
-				b.Fatal(err)
-			}
-			value := make([]byte, 128)
-			b.SetBytes(int64(len(value)))
-			for b.Loop() {
-				if _, err := kv.Put(ctx, "key", value); err != nil {
-					b.Fatal(err)
-				}
-			}
+			benchKVPut(b, benchJetStream(b, mode.lazy), 1)
 		})
 	}
 }
