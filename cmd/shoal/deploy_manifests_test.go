@@ -1438,6 +1438,10 @@ func checkShoalArgs(args []string, env map[string]string) []string {
 			problems = append(problems, fmt.Sprintf("%s: %s sets --%s, which it does not have", cmd.CommandPath(), k, flag))
 			continue
 		}
+		if f.Hidden || len(f.Annotations[envAnnotation]) > 0 {
+			problems = append(problems, fmt.Sprintf("%s: %s is set, but --%s is never read from the environment", cmd.CommandPath(), k, flag))
+			continue
+		}
 		if v := env[k]; v != "" {
 			if err := f.Value.Set(v); err != nil {
 				problems = append(problems, fmt.Sprintf("%s: %s=%q: %v", cmd.CommandPath(), k, v, err))

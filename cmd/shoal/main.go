@@ -87,8 +87,9 @@ const envPrefix = "SHOAL_"
 const envAnnotation = "shoal/env"
 
 // withEnv lets the environment set cmd's flags, and its subcommands'.
-// Only commands whose flag names mean one thing across them opt in: the
-// roles and the operator commands that act on a deployment. `up` (whose
+// The roles and the operator commands that act on a deployment opt in;
+// their few flags whose name means something else in another of them are
+// kept out one by one (noEnv). `up` (whose
 // --nats is a listen address, not a server to connect to) and `invoke`
 // (whose --data is a request body) do not, so that SHOAL_NATS or
 // SHOAL_DATA exported for the others cannot change what they do.
@@ -98,6 +99,19 @@ func withEnv(cmd *cobra.Command) *cobra.Command {
 	}
 	cmd.Annotations[envAnnotation] = "true"
 	return cmd
+}
+
+// noEnv keeps the environment from setting the named flags of fs: those
+// whose name means something else in another command that reads the
+// environment (SHOAL_FILE exported for shoal deploy must not pin a runner
+// to a file; SHOAL_KEY exported for shoal key publish must not make every
+// runner an auth runner).
+func noEnv(fs *pflag.FlagSet, names ...string) {
+	for _, name := range names {
+		if err := fs.SetAnnotation(name, envAnnotation, []string{"off"}); err != nil {
+			panic(fmt.Sprintf("noEnv %s: %v", name, err)) // a programming error: the flag must exist
+		}
+	}
 }
 
 // acceptsEnv reports whether the environment may set cmd's flags.
@@ -124,7 +138,7 @@ func applyEnv(cmd *cobra.Command) error {
 	}
 	var errs []error
 	cmd.Flags().VisitAll(func(f *pflag.Flag) {
-		if f.Changed || f.Hidden || f.Name == "help" || f.Name == "version" {
+		if f.Changed || f.Hidden || f.Name == "help" || f.Name == "version" || len(f.Annotations[envAnnotation]) > 0 {
 			return
 		}
 		v, ok := os.LookupEnv(envName(f.Name))

@@ -50,7 +50,8 @@ type Catalog struct {
 // Create creates the bucket with the given number of replicas (1 on a
 // single server, 3 on a cluster) or updates an existing one to it;
 // replicas 0 keeps an existing bucket as it is and creates a missing one
-// with 1.
+// with 1. It returns once the bucket answers reads (a new replicated
+// bucket takes a moment), or when ctx ends.
 func Create(ctx context.Context, js jetstream.JetStream, replicas int) (*Catalog, error) {
 	if replicas <= 0 {
 		c, err := Open(ctx, js)
@@ -290,6 +291,11 @@ func (c *Catalog) Remove(ctx context.Context, name string) (uint64, error) {
 		return 0, fmt.Errorf("catalog: read %s: %w", name, err)
 	}
 	if err := c.kv.Delete(ctx, name, jetstream.LastRevision(cur.Revision())); err != nil {
+		// Someone else may have removed it first (two deploys pruning
+		// the same function): then it is simply not deployed any more.
+		if _, gerr := c.kv.Get(ctx, name); errors.Is(gerr, jetstream.ErrKeyNotFound) {
+			return 0, fmt.Errorf("%w: %s", ErrNotDeployed, name)
+		}
 		return 0, conflict(name, err)
 	}
 	// The delete marker is the key's last entry in its history.

@@ -535,6 +535,18 @@ func TestDeployRacingAnotherWriter(t *testing.T) {
 			wantPingValue: "theirs",
 		},
 		{
+			name:      "prune races another prune",
+			initial:   []manifest.Function{pingV1, fn("echo")},
+			deploy:    []manifest.Function{fn("echo")},
+			prune:     true,
+			key:       "ping",
+			afterRead: true,
+			other:     func(ctx context.Context, kv jetstream.KeyValue) error { return kv.Delete(ctx, "ping") },
+			// Both removed it: no error, and no removal reported twice.
+			wantChanges:   []catalog.Change{{Name: "echo", Action: catalog.Unchanged}},
+			wantPingValue: "-",
+		},
+		{
 			name:      "prune finds its stale function already removed",
 			initial:   []manifest.Function{pingV1, fn("echo")},
 			deploy:    []manifest.Function{fn("echo")},

@@ -49,6 +49,9 @@ type Watcher struct {
 	// replaces.
 	wmu     sync.Mutex
 	watcher jetstream.KeyWatcher
+	// ctx ends when Stop is called, cutting a restart short.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu      sync.Mutex
 	entries map[string]Entry
@@ -73,13 +76,16 @@ func Watch(ctx context.Context, js jetstream.JetStream, log *slog.Logger, apply 
 		return nil, err
 	}
 	w := &Watcher{kv: c.kv, log: log, apply: apply, done: make(chan struct{})}
+	w.ctx, w.cancel = context.WithCancel(context.Background())
 	kw, entries, err := w.load(ctx)
 	if err != nil {
+		w.cancel()
 		return nil, err
 	}
 	w.watcher, w.entries = kw, entries
 	if err := apply(w.Entries()); err != nil {
 		_ = kw.Stop()
+		w.cancel()
 		return nil, err
 	}
 	go w.follow()
@@ -89,6 +95,13 @@ func Watch(ctx context.Context, js jetstream.JetStream, log *slog.Logger, apply 
 // load starts a KV watch and reads the current entries it delivers first,
 // up to its nil marker, within ctx.
 func (w *Watcher) load(ctx context.Context) (jetstream.KeyWatcher, map[string]Entry, error) {
+	// Revisions up to the bucket's last one when the watch starts count
+	// as seen, delivered or not: a removed message (a compacted delete
+	// marker) is never delivered, and must not make the watch look behind.
+	last, err := w.lastRevision(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("catalog: read bucket %s: %w", Bucket, err)
+	}
 	// The watch's own context must outlive the start-up.
 	kw, err := w.kv.WatchAll(context.WithoutCancel(ctx))
 	if err != nil {
@@ -102,6 +115,9 @@ func (w *Watcher) load(ctx context.Context) (jetstream.KeyWatcher, map[string]En
 				return nil, nil, errors.New("catalog: the watch ended before the catalog was read")
 			}
 			if e == nil {
+				if last > w.seen.Load() {
+					w.seen.Store(last)
+				}
 				return kw, entries, nil
 			}
 			w.record(entries, e, true)
@@ -180,23 +196,33 @@ func (w *Watcher) follow() {
 	}
 }
 
+// lastRevision returns the bucket's last revision (its stream's last
+// sequence).
+func (w *Watcher) lastRevision(ctx context.Context) (uint64, error) {
+	st, err := w.kv.Status(ctx)
+	if err != nil {
+		return 0, err
+	}
+	s, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return 0, fmt.Errorf("unexpected bucket status %T", st)
+	}
+	return s.StreamInfo().State.LastSeq, nil
+}
+
 // lagging reports whether the bucket holds a revision the watch has not
 // delivered.
 func (w *Watcher) lagging() bool {
 	if w.stopping.Load() {
 		return false
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), stallCheck)
+	ctx, cancel := context.WithTimeout(w.ctx, stallCheck)
 	defer cancel()
-	st, err := w.kv.Status(ctx)
+	last, err := w.lastRevision(ctx)
 	if err != nil {
 		return false // NATS is away: the watch is not to blame
 	}
-	s, ok := st.(*jetstream.KeyValueBucketStatus)
-	if !ok {
-		return false
-	}
-	return s.StreamInfo().State.LastSeq > w.seen.Load()
+	return last > w.seen.Load()
 }
 
 // restart replaces a watch that fell behind with a new one, reading the
@@ -206,7 +232,7 @@ func (w *Watcher) lagging() bool {
 func (w *Watcher) restart() (<-chan jetstream.KeyValueEntry, bool) {
 	w.log.Warn("the catalog watch fell behind the bucket (its server may have left the cluster); restarting it",
 		"seen_revision", w.seen.Load())
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(w.ctx, 10*time.Second)
 	defer cancel()
 	kw, entries, err := w.load(ctx)
 	if err != nil {
@@ -222,6 +248,12 @@ func (w *Watcher) restart() (<-chan jetstream.KeyValueEntry, bool) {
 	old := w.watcher
 	w.watcher = kw
 	_ = old.Stop() // it delivers nothing more either way
+	// Read what the old watch may still hand over until it closes, so
+	// that nats.go's delivery goroutine is never left blocked on it.
+	go func(ch <-chan jetstream.KeyValueEntry) {
+		for range ch {
+		}
+	}(old.Updates())
 	w.mu.Lock()
 	w.logChanges(w.entries, entries)
 	w.entries = entries
@@ -277,7 +309,9 @@ func (w *Watcher) record(entries map[string]Entry, e jetstream.KeyValueEntry, in
 		return
 	}
 	entries[name] = entry
-	w.log.Debug("function deployed", "function", name, "revision", entry.Revision)
+	if !initial {
+		w.log.Debug("function deployed", "function", name, "revision", entry.Revision)
+	}
 }
 
 // Entries returns the functions the watcher knows of, sorted by name.
@@ -303,6 +337,7 @@ func (w *Watcher) Err() error {
 // Stop ends the watch and waits for the last apply to return.
 func (w *Watcher) Stop() error {
 	w.stopping.Store(true)
+	w.cancel()
 	w.wmu.Lock()
 	err := w.watcher.Stop()
 	w.wmu.Unlock()

@@ -524,3 +524,30 @@ func TestWatchSurvivesLosingItsServer(t *testing.T) {
 	t.Logf("the watch's consumer was on %s, which stopped; a change written %s later reached the watcher after %s",
 		host, written.Sub(start).Round(time.Millisecond), time.Since(written).Round(time.Millisecond))
 }
+
+// TestWatchAfterCompaction: when the bucket's newest message is gone (a
+// delete marker compacted away), the watch is not behind: it is not
+// restarted and applies nothing more.
+func TestWatchAfterCompaction(t *testing.T) {
+	s, js, ctx := start(t)
+	c := create(t, ctx, newJS(t, s))
+	deploy(t, ctx, c, false, fn("ping"), fn("echo"))
+	if _, err := c.Remove(ctx, "echo"); err != nil {
+		t.Fatal(err)
+	}
+	kv := bucketKV(t, ctx, js)
+	if err := kv.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(-1)); err != nil {
+		t.Fatal(err)
+	}
+	logs := &logBuffer{}
+	r := &recorder{}
+	w, err := catalog.Watch(ctx, js, logs.logger(), r.apply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Stop() })
+	time.Sleep(3 * time.Second) // three stall checks
+	if n := r.count(); n != 1 || strings.Contains(logs.String(), "restarting") {
+		t.Errorf("%d applies after the start (want 1), log: %s", n, logs.String())
+	}
+}

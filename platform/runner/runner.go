@@ -234,17 +234,21 @@ func (r *Runner) register(ctx context.Context, eps map[string]*endpoint, defs ma
 // in the queue group for a moment, and no invocation finds this runner
 // missing. ctx bounds the wait for the server to confirm the new
 // subscriptions (at most 10 s); if it ends first, or registering fails,
-// the runner keeps serving what it served, as it was.
+// the runner keeps serving what it served, as it was. If only draining
+// the old registration fails, the new one serves and the old one is
+// drained again at the next call (and at Stop); the error says so.
 func (r *Runner) SetFunctions(ctx context.Context, fns []manifest.Function) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.stopped {
 		return errors.New("runner: stopped")
 	}
-	r.stopStale()
+	staleErr := r.stopStale()
 	old := *r.eps.Load()
 	if sameFunctions(old, fns, r) {
-		return nil
+		// Nothing to change; a registration that still fails to drain
+		// is reported, so that the caller tries again.
+		return staleErr
 	}
 	eps, defs := r.endpoints(fns, old)
 	ctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
@@ -369,7 +373,6 @@ func (r *Runner) stop(ctx context.Context) error {
 	r.mu.Lock()
 	r.stopped = true
 	svc := r.svc
-	staleErr := r.stopStale()
 	r.mu.Unlock()
 	var errs []error
 	drained := false
@@ -385,6 +388,9 @@ func (r *Runner) stop(ctx context.Context) error {
 		// 2. Unsubscribe, in drain mode: the server sends this runner no
 		//    new invocations, and those already delivered to it still
 		//    reach the endpoint handlers.
+		r.mu.Lock()
+		staleErr := r.stopStale()
+		r.mu.Unlock()
 		if err := errors.Join(svc.Stop(), staleErr); err != nil {
 			errs = append(errs, fmt.Errorf("stop service: %w", err))
 		}
