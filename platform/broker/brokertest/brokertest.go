@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 
 	"github.com/shoal-dev/shoal/platform/broker"
 )
@@ -109,6 +110,7 @@ func StartCluster(tb testing.TB, n int, users []*server.NkeyUser, options ...fun
 		}
 		routes[i] = "nats-route://" + addr
 	}
+	name := "test-" + nuid.Next()
 	nodes := make([]*broker.Server, n)
 	for i := range n {
 		var err error
@@ -120,6 +122,11 @@ func StartCluster(tb testing.TB, n int, users []*server.NkeyUser, options ...fun
 				MaxPayload: MaxPayload,
 				Users:      users,
 				Cluster: broker.ClusterConfig{
+					// A name of its own: tests run clusters at once on the
+					// same addresses, and a route port one freed may be
+					// taken by another; nodes refuse routes from a cluster
+					// of another name instead of merging with it.
+					Name:   name,
 					Addr:   strings.TrimPrefix(routes[i], "nats-route://"),
 					Routes: routes,
 				},
