@@ -18,6 +18,7 @@ import (
 
 	"github.com/shoal-dev/shoal/functions/auth"
 	"github.com/shoal-dev/shoal/manifest"
+	"github.com/shoal-dev/shoal/platform/broker"
 	"github.com/shoal-dev/shoal/platform/catalog"
 	"github.com/shoal-dev/shoal/platform/keyring"
 )
@@ -25,6 +26,10 @@ import (
 // discoveryWait bounds how long a listing waits for runners to answer
 // NATS services discovery.
 const discoveryWait = time.Second
+
+// jsAttempt bounds one attempt of a JetStream operation that is retried
+// until its command's deadline (see broker.Retry).
+const jsAttempt = 5 * time.Second
 
 // catalogPoll is how often a gateway or runner looks again for a catalog
 // that does not exist yet.
@@ -39,11 +44,14 @@ func waitForCatalog(ctx context.Context, nc *nats.Conn, component string) error 
 	}
 	for said := false; ; said = true {
 		err := func() error {
-			ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			ctx, cancel := context.WithTimeout(ctx, jsAttempt)
 			defer cancel()
 			_, err := catalog.Open(ctx, js)
 			return err
 		}()
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			err = catalog.ErrNoCatalog // unanswered: look again
+		}
 		if !errors.Is(err, catalog.ErrNoCatalog) {
 			return err
 		}
@@ -70,7 +78,13 @@ func followCatalog(ctx context.Context, nc *nats.Conn, component string, apply f
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	return catalog.Watch(ctx, js, logger.With("component", component), apply)
+	var w *catalog.Watcher
+	err = broker.Retry(ctx, jsAttempt, func(ctx context.Context) error {
+		var err error
+		w, err = catalog.Watch(ctx, js, logger.With("component", component), apply)
+		return err
+	})
+	return w, err
 }
 
 // functionsOf returns the functions of catalog entries.
@@ -176,7 +190,14 @@ are removed.`,
 				return err
 			}
 			return a.session(cmd.Context(), func(ctx context.Context, js jetstream.JetStream) error {
-				changes, err := deployManifest(ctx, js, m, prune, replicas)
+				// A cluster that is forming or electing a leader may leave
+				// a request unanswered; deploying again is harmless.
+				var changes []catalog.Change
+				err := broker.Retry(ctx, jsAttempt, func(ctx context.Context) error {
+					var err error
+					changes, err = deployManifest(ctx, js, m, prune, replicas)
+					return err
+				})
 				printChanges(cmd.OutOrStdout(), changes)
 				return err
 			})

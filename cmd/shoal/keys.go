@@ -210,11 +210,14 @@ key file (docs/deploy.md).`,
 				return fmt.Errorf("no signing keys in %s (shoal init creates one)", path)
 			}
 			err = k.session(cmd.Context(), func(ctx context.Context, js jetstream.JetStream) error {
-				kv, err := keyring.Create(ctx, js, replicas)
-				if err != nil {
-					return err
-				}
-				return publishKeys(ctx, kv, keys)
+				// Publishing again is harmless; see shoal deploy.
+				return broker.Retry(ctx, jsAttempt, func(ctx context.Context) error {
+					kv, err := keyring.Create(ctx, js, replicas)
+					if err != nil {
+						return err
+					}
+					return publishKeys(ctx, kv, keys)
+				})
 			})
 			if err != nil {
 				return err

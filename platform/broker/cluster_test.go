@@ -38,7 +38,14 @@ func TestCluster(t *testing.T) {
 		}
 	}
 
-	created, err := js[0].CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "cluster", Replicas: 3, Storage: jetstream.FileStorage})
+	// A cluster just formed may still move its meta leader, and a request
+	// sent meanwhile goes unanswered: short attempts, retried.
+	var created jetstream.KeyValue
+	err := broker.Retry(ctx, 5*time.Second, func(ctx context.Context) error {
+		var err error
+		created, err = js[0].CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "cluster", Replicas: 3, Storage: jetstream.FileStorage})
+		return err
+	})
 	if err != nil {
 		t.Fatalf("create R3 bucket through node 1: %v", err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/shoal-dev/shoal/manifest"
+	"github.com/shoal-dev/shoal/platform/broker"
 	"github.com/shoal-dev/shoal/platform/broker/brokertest"
 	"github.com/shoal-dev/shoal/platform/catalog"
 )
@@ -443,7 +444,14 @@ func TestWatchSurvivesLosingItsServer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	js := newJS(t, nodes[0])
-	c, err := catalog.Create(ctx, js, 3)
+	// A cluster just formed may still move its meta leader, and a request
+	// sent meanwhile goes unanswered: short attempts, retried.
+	var c *catalog.Catalog
+	err := broker.Retry(ctx, 5*time.Second, func(ctx context.Context) error {
+		var err error
+		c, err = catalog.Create(ctx, js, 3)
+		return err
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
