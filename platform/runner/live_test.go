@@ -187,14 +187,20 @@ functions:
 				}
 				reply, err := nc.Request("fn.ping", nil, 5*time.Second)
 				if err != nil || string(reply.Data) != "pong!" {
-					failed.Add(1)
+					if failed.Add(1) <= 3 {
+						if err != nil {
+							t.Logf("invocation failed: %v", err)
+						} else {
+							t.Logf("invocation answered %v %q", reply.Header, reply.Data)
+						}
+					}
 					continue
 				}
 				ok.Add(1)
 			}
 		})
 	}
-	const changes = 20
+	const changes = 50
 	for i := range changes {
 		next := with[:1]
 		if i%2 == 0 {
