@@ -256,6 +256,9 @@ func (r *Runner) SetFunctions(ctx context.Context, fns []manifest.Function) erro
 		// is reported, so that the caller tries again.
 		return staleErr
 	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("runner: change of functions: %w", err)
+	}
 	eps, defs := r.endpoints(fns, old)
 	ctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
 	defer cancel()
