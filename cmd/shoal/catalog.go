@@ -119,16 +119,13 @@ func functionsStatus(nc *nats.Conn, entries func() []catalog.Entry) func(context
 }
 
 // deployManifest writes m into the catalog on js. It creates the
-// platform's state buckets that are missing, with replicas: the catalog,
-// the (empty) signing key bucket, so that gateways and runners find both,
-// and the auth function's users and failed-login counters, so that they
-// are replicated like the rest rather than created with one replica by
-// the first runner that serves auth.
+// platform's state buckets that are missing, with replicas: the (empty)
+// signing key bucket and the auth function's users and failed-login
+// counters, then the catalog, last: gateways and runners wait for the
+// catalog, so when they go on, the others exist with their replicas
+// rather than being created with one by the first runner that serves
+// auth.
 func deployManifest(ctx context.Context, js jetstream.JetStream, m *manifest.Manifest, prune bool, replicas int) ([]catalog.Change, error) {
-	c, err := catalog.Create(ctx, js, replicas)
-	if err != nil {
-		return nil, err
-	}
 	if _, err := keyring.Create(ctx, js, replicas); err != nil {
 		return nil, err
 	}
@@ -147,6 +144,10 @@ func deployManifest(ctx context.Context, js jetstream.JetStream, m *manifest.Man
 			return nil, err
 		}
 	} else if err != nil {
+		return nil, err
+	}
+	c, err := catalog.Create(ctx, js, replicas)
+	if err != nil {
 		return nil, err
 	}
 	return c.Deploy(ctx, m.Functions, prune)

@@ -81,7 +81,8 @@ func servedBy(t *testing.T, nc *nats.Conn, function string) map[string]uint64 {
 
 // TestMultiNode runs the multi-machine shape on loopback: a three-node
 // NATS cluster on 127.0.0.2–4 with JetStream (platform state R3), a
-// runner on each node and a gateway on node 3, all real processes. It shows that a function deployed through one node is served
+// runner on each node (the one on node 1 serves auth and starts before
+// anything is deployed) and a gateway on node 3, all real processes. It shows that a function deployed through one node is served
 // through all; that load spreads across the runners on both nodes; and
 // that stopping node 2 under load loses only the invocations in flight to
 // it, while its runner reconnects to the rest of the cluster.
@@ -98,6 +99,12 @@ func TestMultiNode(t *testing.T) {
 		t.Fatalf("shoal init: %s", errOut)
 	}
 	admin := func(node int) []string { return []string{"--data", data, "--nats", url(node)} }
+	// A runner that serves the auth function starts before anything is
+	// deployed, as pods do: it waits for the catalog, and must not create
+	// the users' buckets itself (with one replica) meanwhile.
+	early := startShoal(t, "runner", "--nats", url(0), "--nats-nkey", creds.SeedFile(broker.RoleAuth),
+		"--key", keyFilePath(data), "--drain-timeout", "5s")
+	early.waitLog(`msg="waiting for functions to be deployed`)
 	if _, errOut, code := runShoal(t, dir, append([]string{"key", "publish", "--replicas", "3"}, admin(0)...)...); code != 0 {
 		t.Fatalf("shoal key publish: %s", errOut)
 	}
@@ -108,6 +115,7 @@ functions:
 	if _, errOut, code := runShoal(t, dir, append([]string{"deploy", "-f", v1, "--replicas", "3"}, admin(0)...)...); code != 0 {
 		t.Fatalf("shoal deploy: %s", errOut)
 	}
+	early.waitLog(`msg="runner serving"`)
 
 	// The platform's state is replicated on the three nodes.
 	js, err := jetstream.New(connectAs(t, url(1), creds.SeedFile(broker.RoleAdmin)))
@@ -129,7 +137,6 @@ functions:
 		p.waitLog(`msg="runner serving"`)
 		return p
 	}
-	runnerOn(0)
 	r2 := runnerOn(1)
 	runnerOn(2)
 	gwp := startShoal(t, "gateway", "--nats", url(2), "--nats-nkey", creds.SeedFile(broker.RoleGateway), "--http", "127.0.0.1:0")
