@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/shoal-dev/shoal/invocation"
+	"github.com/shoal-dev/shoal/platform/health"
 )
 
 // healthServer answers the probes of a process that serves no HTTP
@@ -30,18 +30,11 @@ func startHealth(addr string) (*healthServer, error) {
 		return nil, fmt.Errorf("health: listen on %s: %w", addr, err)
 	}
 	h := &healthServer{done: make(chan struct{})}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeStatusOK(w) })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		err := errors.New("starting")
+	mux := health.Handler(func() error {
 		if check := h.ready.Load(); check != nil {
-			err = (*check)()
+			return (*check)()
 		}
-		if err != nil {
-			invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable, "not ready: %v", err).WriteHTTP(w)
-			return
-		}
-		writeStatusOK(w)
+		return errors.New("starting")
 	})
 	h.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
@@ -52,12 +45,6 @@ func startHealth(addr string) (*healthServer, error) {
 	}()
 	logger.Info("health endpoint listening", "url", "http://"+ln.Addr().String())
 	return h, nil
-}
-
-func writeStatusOK(w http.ResponseWriter) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	_, _ = w.Write([]byte("{\"status\":\"ok\"}\n")) // the prober went away; nothing to do
 }
 
 // setReady sets the readiness check; nil h does nothing.

@@ -409,7 +409,7 @@ func TestUp(t *testing.T) {
 	}
 	// The runner workers registered with the NATS services framework.
 	nc := connectAs(t, natsURL, filepath.Join(data, "credentials", "admin.nk"))
-	if n := len(discover(t, nc, "PING")); n != 2 {
+	if n := len(discover(t, nc, micro.PingVerb)); n != 2 {
 		t.Errorf("%d runner instances answer $SRV.PING, want 2", n)
 	}
 
@@ -470,34 +470,22 @@ func TestUp(t *testing.T) {
 	}
 }
 
-// discover sends a services discovery request (PING, INFO, STATS) to every
-// runner and collects the answers that arrive within half a second.
-func discover(t *testing.T, nc *nats.Conn, verb string) []*nats.Msg {
+// discover sends a services discovery request to every runner and
+// collects the answers.
+func discover(t *testing.T, nc *nats.Conn, verb micro.Verb) []*nats.Msg {
 	t.Helper()
-	inbox := nats.NewInbox()
-	sub, err := nc.SubscribeSync(inbox)
+	msgs, err := invocation.Discover(t.Context(), nc, verb, 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = sub.Unsubscribe() }()
-	if err := nc.PublishRequest("$SRV."+verb+"."+invocation.ServiceName, inbox, nil); err != nil {
-		t.Fatal(err)
-	}
-	var msgs []*nats.Msg
-	for {
-		msg, err := sub.NextMsg(500 * time.Millisecond)
-		if err != nil {
-			return msgs
-		}
-		msgs = append(msgs, msg)
-	}
+	return msgs
 }
 
 // serviceStats collects every runner's STATS, by instance id.
 func serviceStats(t *testing.T, nc *nats.Conn) map[string]micro.Stats {
 	t.Helper()
 	out := map[string]micro.Stats{}
-	for _, msg := range discover(t, nc, "STATS") {
+	for _, msg := range discover(t, nc, micro.StatsVerb) {
 		var st micro.Stats
 		if err := json.Unmarshal(msg.Data, &st); err != nil {
 			t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/shoal-dev/shoal/functions/auth"
+	"github.com/shoal-dev/shoal/invocation"
 
 	"github.com/shoal-dev/shoal/platform/broker"
 	"github.com/shoal-dev/shoal/platform/broker/brokertest"
@@ -74,7 +76,7 @@ func servedBy(t *testing.T, nc *nats.Conn, function string) map[string]uint64 {
 	t.Helper()
 	out := map[string]uint64{}
 	for _, st := range serviceStats(t, nc) {
-		out[runnerID(st.ServiceIdentity)] += completed(t, st, function)
+		out[invocation.RunnerID(st.ServiceIdentity)] += completed(t, st, function)
 	}
 	return out
 }
@@ -103,8 +105,16 @@ func TestMultiNode(t *testing.T) {
 	// deployed, as pods do: it waits for the catalog, and must not create
 	// the users' buckets itself (with one replica) meanwhile.
 	early := startShoal(t, "runner", "--nats", url(0), "--nats-nkey", creds.SeedFile(broker.RoleAuth),
-		"--key", keyFilePath(data), "--drain-timeout", "5s")
+		"--key", keyFilePath(data), "--drain-timeout", "5s", "--health", "127.0.0.1:0")
+	probes := early.waitLog(`msg="health endpoint listening" url=(\S+)`)[1]
 	early.waitLog(`msg="waiting for functions to be deployed`)
+	// Its probes: alive, not ready until it serves.
+	if status, body := get(t, probes+"/healthz"); status != 200 {
+		t.Errorf("runner /healthz while waiting = %d %s", status, body)
+	}
+	if status, body := get(t, probes+"/readyz"); status != 503 || !strings.Contains(body, "starting") {
+		t.Errorf("runner /readyz while waiting = %d %s, want 503", status, body)
+	}
 	if _, errOut, code := runShoal(t, dir, append([]string{"key", "publish", "--replicas", "3"}, admin(0)...)...); code != 0 {
 		t.Fatalf("shoal key publish: %s", errOut)
 	}
@@ -116,6 +126,9 @@ functions:
 		t.Fatalf("shoal deploy: %s", errOut)
 	}
 	early.waitLog(`msg="runner serving"`)
+	if status, body := get(t, probes+"/readyz"); status != 200 {
+		t.Errorf("runner /readyz once serving = %d %s", status, body)
+	}
 
 	// The platform's state is replicated on the three nodes.
 	js, err := jetstream.New(connectAs(t, url(1), creds.SeedFile(broker.RoleAdmin)))

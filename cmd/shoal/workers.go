@@ -25,7 +25,6 @@ import (
 
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/platform/broker"
-	"github.com/shoal-dev/shoal/platform/catalog"
 	"github.com/shoal-dev/shoal/platform/gateway"
 	"github.com/shoal-dev/shoal/platform/runner"
 	"github.com/shoal-dev/shoal/platform/supervisor"
@@ -285,29 +284,15 @@ func (s *systemInfo) workers(ctx context.Context) (any, error) {
 	return out, nil
 }
 
-// served collects every runner's completed invocations by instance id;
+// served collects every runner's completed invocations by runner id;
 // a runner that does not answer within 300 ms counts none.
 func (s *systemInfo) served(ctx context.Context) map[string]uint64 {
 	out := map[string]uint64{}
-	inbox := s.nc.NewInbox()
-	sub, err := s.nc.SubscribeSync(inbox)
+	msgs, err := invocation.Discover(ctx, s.nc, micro.StatsVerb, 300*time.Millisecond)
 	if err != nil {
 		return out
 	}
-	defer func() { _ = sub.Unsubscribe() }()
-	if err := s.nc.PublishRequest("$SRV.STATS."+invocation.ServiceName, inbox, nil); err != nil {
-		return out
-	}
-	deadline := time.Now().Add(300 * time.Millisecond)
-	for {
-		wait := time.Until(deadline)
-		if wait <= 0 || ctx.Err() != nil {
-			return out
-		}
-		msg, err := sub.NextMsg(wait)
-		if err != nil {
-			return out
-		}
+	for _, msg := range msgs {
 		var st micro.Stats
 		if json.Unmarshal(msg.Data, &st) != nil {
 			continue
@@ -315,19 +300,11 @@ func (s *systemInfo) served(ctx context.Context) map[string]uint64 {
 		for _, ep := range st.Endpoints {
 			var d runner.EndpointStats
 			if json.Unmarshal(ep.Data, &d) == nil {
-				out[runnerID(st.ServiceIdentity)] += d.Completed
+				out[invocation.RunnerID(st.ServiceIdentity)] += d.Completed
 			}
 		}
 	}
-}
-
-// runnerID is a runner's stable id: from its metadata, which a runner
-// re-registering after a catalog change keeps, else its instance id.
-func runnerID(id micro.ServiceIdentity) string {
-	if rid := id.Metadata[catalog.RunnerMetadata]; rid != "" {
-		return rid
-	}
-	return id.ID
+	return out
 }
 
 // systemPermission is the permission a token needs for /system/ routes.

@@ -6,16 +6,13 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/shoal-dev/shoal/functions/auth"
-	"github.com/shoal-dev/shoal/platform/broker"
+	"github.com/shoal-dev/shoal/platform/broker/brokertest"
 )
 
 // exampleSigner stands in for a *token.Signer.
@@ -28,21 +25,12 @@ func (exampleSigner) Sign(subject string, _ []string, ttl time.Duration) (string
 // The auth function on a NATS server with one user: a good login gets a
 // token, a bad one the same 401 whatever was wrong.
 func ExampleHandler() {
-	dir, _ := os.MkdirTemp("", "shoal-example")
-	defer os.RemoveAll(dir)
-	s, err := broker.Start(broker.Config{Addr: "127.0.0.1:0", DataDir: dir})
+	_, js, stop, err := brokertest.ForExample()
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	defer s.Shutdown()
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	defer stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 

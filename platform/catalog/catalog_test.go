@@ -694,8 +694,8 @@ func TestServing(t *testing.T) {
 	t.Run("two registrations of one runner count once", func(t *testing.T) {
 		// As while SetFunctions hands over: both registrations answer.
 		s := brokertest.Start(t)
-		startRunner(t, s, []string{"ping", "echo"}, map[string]string{catalog.RunnerMetadata: "same"})
-		startRunner(t, s, []string{"ping"}, map[string]string{catalog.RunnerMetadata: "same"})
+		startRunner(t, s, []string{"ping", "echo"}, map[string]string{invocation.RunnerMetadata: "same"})
+		startRunner(t, s, []string{"ping"}, map[string]string{invocation.RunnerMetadata: "same"})
 		startRunner(t, s, []string{"ping"}, nil)
 		if want, got := map[string]int{"ping": 2, "echo": 1}, serving(t, s); !maps.Equal(got, want) {
 			t.Errorf("Serving = %v, want %v", got, want)

@@ -3,14 +3,10 @@ package catalog_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/shoal-dev/shoal/manifest"
-	"github.com/shoal-dev/shoal/platform/broker"
+	"github.com/shoal-dev/shoal/platform/broker/brokertest"
 	"github.com/shoal-dev/shoal/platform/catalog"
 )
 
@@ -18,29 +14,12 @@ import (
 // no longer declared are removed. Every change carries the catalog
 // revision it made.
 func ExampleCatalog_Deploy() {
-	dir, err := os.MkdirTemp("", "shoal-example")
+	_, js, stop, err := brokertest.ForExample()
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	defer os.RemoveAll(dir)
-	s, err := broker.Start(broker.Config{Addr: "127.0.0.1:0", DataDir: dir})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer s.Shutdown()
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
+	defer stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 

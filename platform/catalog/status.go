@@ -14,52 +14,21 @@ import (
 	"github.com/shoal-dev/shoal/manifest"
 )
 
-// RunnerMetadata is the service metadata key under which a runner gives
-// its stable id. A runner re-registers with the NATS services framework
-// when the catalog changes, which gives it a new instance id each time;
-// this one stays for the runner's life.
-const RunnerMetadata = "runner"
-
-// quietGap ends discovery early: once runners have answered, a gap this
-// long without another answer means they all have (it allows for runners
-// attached to other nodes of a cluster, one route hop further).
-const quietGap = 250 * time.Millisecond
-
 // Serving counts, for each function, the runners serving it now, asking
-// every runner through NATS services discovery ($SRV.INFO.shoal-runner).
-// It returns once no answer came for 250 ms after the last one, or after
-// wait at most.
+// every runner through NATS services discovery (INFO); see
+// invocation.Discover for how long it waits.
 func Serving(ctx context.Context, nc *nats.Conn, wait time.Duration) (map[string]int, error) {
-	inbox := nc.NewInbox()
-	sub, err := nc.SubscribeSync(inbox)
+	msgs, err := invocation.Discover(ctx, nc, micro.InfoVerb, wait)
 	if err != nil {
-		return nil, fmt.Errorf("catalog: discover runners: %w", err)
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	if err := nc.PublishRequest("$SRV.INFO."+invocation.ServiceName, inbox, nil); err != nil {
-		return nil, fmt.Errorf("catalog: discover runners: %w", err)
+		return nil, fmt.Errorf("catalog: %w", err)
 	}
 	runners := map[string]map[string]bool{} // function → runner ids
-	deadline := time.Now().Add(wait)
-	gap := wait
-	for {
-		next := min(time.Until(deadline), gap)
-		if next <= 0 || ctx.Err() != nil {
-			break
-		}
-		msg, err := sub.NextMsg(next)
-		if err != nil {
-			break // timeout: the runners have answered
-		}
-		gap = quietGap
+	for _, msg := range msgs {
 		var info micro.Info
 		if json.Unmarshal(msg.Data, &info) != nil {
 			continue
 		}
-		id := info.ID
-		if rid := info.Metadata[RunnerMetadata]; rid != "" {
-			id = rid
-		}
+		id := invocation.RunnerID(info.ServiceIdentity)
 		for _, ep := range info.Endpoints {
 			name, ok := strings.CutPrefix(ep.Subject, invocation.SubjectPrefix)
 			if !ok {

@@ -37,6 +37,7 @@ import (
 
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/manifest"
+	"github.com/shoal-dev/shoal/platform/health"
 	"github.com/shoal-dev/shoal/token"
 )
 
@@ -190,8 +191,9 @@ func New(cfg Config) (*Gateway, error) {
 
 	r := chi.NewRouter()
 	r.Get("/.well-known/jwks.json", g.serveJWKS)
-	r.Get("/healthz", g.serveHealth)
-	r.Get("/readyz", g.serveReady)
+	probes := health.Handler(g.readiness)
+	r.Get("/healthz", probes.ServeHTTP)
+	r.Get("/readyz", probes.ServeHTTP)
 	perm := cfg.SystemPermission
 	if perm == "" {
 		perm = "system:read"
@@ -236,27 +238,16 @@ func (g *Gateway) SetFunctions(fns []manifest.Function) {
 	g.routes.Store(&routes)
 }
 
-// serveHealth answers GET /healthz: the process is alive and serving HTTP.
-func (g *Gateway) serveHealth(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	_, _ = w.Write([]byte(`{"status":"ok"}` + "\n")) // the client went away; nothing to do
-}
-
-// serveReady answers GET /readyz: 200 when the gateway can route
-// invocations (connected to NATS, functions loaded), 503 otherwise.
-func (g *Gateway) serveReady(w http.ResponseWriter, _ *http.Request) {
-	var err error
+// readiness is the gateway's /readyz check: it can route invocations
+// when connected to NATS and its Ready check (functions loaded) passes.
+func (g *Gateway) readiness() error {
 	if !g.nc.IsConnected() {
-		err = errors.New("not connected to NATS")
-	} else if g.ready != nil {
-		err = g.ready()
+		return errors.New("not connected to NATS")
 	}
-	if err != nil {
-		invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable, "not ready: %v", err).WriteHTTP(w)
-		return
+	if g.ready != nil {
+		return g.ready()
 	}
-	g.serveHealth(w, nil)
+	return nil
 }
 
 // ServeHTTP serves the gateway's routes. Invocations under /function/ are

@@ -3,13 +3,9 @@ package keyring_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/shoal-dev/shoal/platform/broker"
+	"github.com/shoal-dev/shoal/platform/broker/brokertest"
 	"github.com/shoal-dev/shoal/platform/keyring"
 	"github.com/shoal-dev/shoal/token"
 )
@@ -17,29 +13,12 @@ import (
 // The signer publishes its public key; every verifier watches the bucket
 // and checks tokens with the keys it finds there.
 func ExampleWatch() {
-	dir, err := os.MkdirTemp("", "shoal-example")
+	_, js, stop, err := brokertest.ForExample()
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	defer os.RemoveAll(dir)
-	s, err := broker.Start(broker.Config{Addr: "127.0.0.1:0", DataDir: dir})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer s.Shutdown()
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
+	defer stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 

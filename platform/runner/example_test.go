@@ -3,28 +3,25 @@ package runner_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/shoal-dev/shoal/functions"
 	"github.com/shoal-dev/shoal/manifest"
-	"github.com/shoal-dev/shoal/platform/broker"
+	"github.com/shoal-dev/shoal/platform/broker/brokertest"
 	"github.com/shoal-dev/shoal/platform/runner"
 )
 
 // A runner serves the functions of a manifest on its own NATS connection;
 // any NATS client then invokes them with a request on fn.NAME.
 func ExampleStart() {
-	dir, _ := os.MkdirTemp("", "shoal-example")
-	defer os.RemoveAll(dir)
-	s, err := broker.Start(broker.Config{Addr: "127.0.0.1:0", DataDir: dir})
+	s, _, stop, err := brokertest.ForExample()
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	defer s.Shutdown()
+	defer stop()
 
 	m, err := manifest.Parse("fn.yaml", []byte("version: 1\nfunctions:\n  ping: {handler: {builtin: ping}, public: true}\n"),
 		manifest.Options{Builtins: functions.Names()})

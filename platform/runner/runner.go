@@ -38,7 +38,6 @@ import (
 	"github.com/shoal-dev/shoal"
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/manifest"
-	"github.com/shoal-dev/shoal/platform/catalog"
 	"github.com/shoal-dev/shoal/token"
 )
 
@@ -136,7 +135,7 @@ func Start(nc *nats.Conn, cfg Config) (*Runner, error) {
 		cancel:   cancel,
 	}
 	r.ackHeader = invocation.NewAckMsg("", r.id).Header
-	r.meta = map[string]string{"pid": strconv.Itoa(os.Getpid()), catalog.RunnerMetadata: r.id}
+	r.meta = map[string]string{"pid": strconv.Itoa(os.Getpid()), invocation.RunnerMetadata: r.id}
 	if host, err := os.Hostname(); err == nil {
 		r.meta["host"] = host
 	}
@@ -174,13 +173,9 @@ func (r *Runner) endpoints(fns []manifest.Function, old map[string]*endpoint) (m
 	eps := make(map[string]*endpoint, len(fns))
 	defs := make(map[string]*definition, len(fns))
 	for _, fn := range fns {
-		h, ok := r.builtins[fn.Handler.Builtin]
-		if !ok {
-			r.log.Warn("function not served: this runner has no handler for it", "function", fn.Name, "handler", fn.Handler.String())
-			continue
-		}
-		if !fn.Public && r.verifier == nil {
-			r.log.Error("function not served: it needs a token and this runner verifies none", "function", fn.Name)
+		h, why := r.handler(fn)
+		if h == nil {
+			r.log.Warn("function not served: "+why, "function", fn.Name, "handler", fn.Handler.String())
 			continue
 		}
 		d := &definition{fn: fn, handler: h}
@@ -251,7 +246,7 @@ func (r *Runner) SetFunctions(ctx context.Context, fns []manifest.Function) erro
 	}
 	staleErr := r.stopStale()
 	old := *r.eps.Load()
-	if sameFunctions(old, fns, r) {
+	if r.sameFunctions(old, fns) {
 		// Nothing to change; a registration that still fails to drain
 		// is reported, so that the caller tries again.
 		return staleErr
@@ -319,12 +314,25 @@ func (r *Runner) stopStale() error {
 	return errors.Join(errs...)
 }
 
+// handler returns the handler this runner serves fn with, or nil and why
+// it does not serve it.
+func (r *Runner) handler(fn manifest.Function) (http.Handler, string) {
+	h, ok := r.builtins[fn.Handler.Builtin]
+	switch {
+	case !ok:
+		return nil, "this runner has no handler for it"
+	case !fn.Public && r.verifier == nil:
+		return nil, "it needs a token and this runner verifies none"
+	}
+	return h, ""
+}
+
 // sameFunctions reports whether serving fns would change nothing: the
 // same functions, defined alike.
-func sameFunctions(eps map[string]*endpoint, fns []manifest.Function, r *Runner) bool {
+func (r *Runner) sameFunctions(eps map[string]*endpoint, fns []manifest.Function) bool {
 	n := 0
 	for _, fn := range fns {
-		if _, ok := r.builtins[fn.Handler.Builtin]; !ok || (!fn.Public && r.verifier == nil) {
+		if h, _ := r.handler(fn); h == nil {
 			continue
 		}
 		n++
@@ -359,7 +367,7 @@ func (r *Runner) Functions() []string { return slices.Sorted(maps.Keys(*r.eps.Lo
 // ID is the runner's id, stable for its life: acks carry it
 // (invocation.HeaderAck), so that a caller told that this runner is gone
 // can fail the invocations it acked, and its service metadata gives it
-// under "runner" (catalog.RunnerMetadata). The NATS services instance id
+// under "runner" (invocation.RunnerMetadata). The NATS services instance id
 // `nats micro ls` shows changes whenever the served functions do.
 func (r *Runner) ID() string { return r.id }
 

@@ -24,7 +24,6 @@ import (
 	"github.com/shoal-dev/shoal/manifest"
 	"github.com/shoal-dev/shoal/platform/broker"
 	"github.com/shoal-dev/shoal/platform/broker/brokertest"
-	"github.com/shoal-dev/shoal/platform/catalog"
 	"github.com/shoal-dev/shoal/platform/runner"
 	"github.com/shoal-dev/shoal/platform/runner/runnertest"
 	"github.com/shoal-dev/shoal/token"
@@ -224,7 +223,7 @@ func TestServiceDiscovery(t *testing.T) {
 	if err := json.Unmarshal(reply.Data, &info); err != nil {
 		t.Fatal(err)
 	}
-	if info.Metadata[catalog.RunnerMetadata] != r.ID() || len(info.Endpoints) != len(r.Functions()) {
+	if info.Metadata[invocation.RunnerMetadata] != r.ID() || len(info.Endpoints) != len(r.Functions()) {
 		t.Fatalf("info = %+v, want runner %s with %d endpoints", info, r.ID(), len(r.Functions()))
 	}
 	for _, ep := range info.Endpoints {

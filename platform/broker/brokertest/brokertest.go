@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
 	"github.com/shoal-dev/shoal/platform/broker"
@@ -33,6 +35,38 @@ func Start(tb testing.TB) *broker.Server {
 	}
 	tb.Cleanup(s.Shutdown)
 	return s
+}
+
+// ForExample starts an embedded NATS server with JetStream in a new
+// temporary directory and connects a JetStream client to it, for
+// examples, which have no testing.TB. stop closes the connection, shuts
+// the server down and removes the directory.
+func ForExample() (s *broker.Server, js jetstream.JetStream, stop func(), err error) {
+	dir, err := os.MkdirTemp("", "shoal-example")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	s, err = broker.Start(broker.Config{Addr: "127.0.0.1:0", DataDir: dir})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, nil, err
+	}
+	nc, err := nats.Connect(s.ClientURL())
+	if err == nil {
+		js, err = jetstream.New(nc)
+	}
+	stop = func() {
+		if nc != nil {
+			nc.Close()
+		}
+		s.Shutdown()
+		os.RemoveAll(dir)
+	}
+	if err != nil {
+		stop()
+		return nil, nil, nil, err
+	}
+	return s, js, stop, nil
 }
 
 // Connect opens a client connection to s that closes when the test ends.
