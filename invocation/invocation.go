@@ -80,7 +80,8 @@ func WantsAck(h nats.Header) bool {
 
 // NewAckMsg builds the ack message a runner sends to subject reply when it
 // admits an invocation that asked for one: no data, [HeaderAck] holding
-// runner, the runner's id (its NATS services instance id), and no
+// runner, the runner's stable id (runner.Runner.ID, also its services
+// metadata RunnerMetadata), and no
 // [HeaderStatus]. It must reach reply before the answer does: publish it
 // first, on the connection the answer will use.
 func NewAckMsg(reply, runner string) *nats.Msg {

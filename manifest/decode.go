@@ -211,8 +211,8 @@ func (d *decoder) permissions(n *yaml.Node, path string) []string {
 			continue
 		}
 		switch {
-		case p == "" || len(p) > maxPermission || !permissionRE.MatchString(p):
-			d.errorf(item, path, "invalid permission %q: use 1 to %d letters, digits and . _ : / -", p, maxPermission)
+		case !ValidPermission(p):
+			d.errorf(item, path, "invalid permission %q: use 1 to %d letters, digits and . _ : / -", p, MaxPermission)
 		case seen[p]:
 			d.errorf(item, path, "permission %q is listed twice", p)
 		default:

@@ -29,7 +29,8 @@ const (
 	DefaultConcurrency = 100
 	MaxConcurrency     = 10000
 	maxDescription     = 1024
-	maxPermission      = 128
+	// MaxPermission is the longest permission name, in bytes.
+	MaxPermission = 128
 )
 
 // Manifest is a validated fn.yaml.
@@ -134,6 +135,14 @@ func Parse(file string, data []byte, opts Options) (*Manifest, error) {
 // URL path segment, a NATS subject token, a micro endpoint name and a
 // Kubernetes object name.
 var nameRE = regexp.MustCompile(`^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ValidPermission reports whether p can name a permission: 1 to
+// MaxPermission letters, digits and . _ : / -, free of the separators used
+// on command lines (commas, spaces) and in token claims. The auth
+// function's users are granted permissions by the same rule.
+func ValidPermission(p string) bool {
+	return p != "" && len(p) <= MaxPermission && permissionRE.MatchString(p)
+}
 
 // permissionRE keeps permissions free of separators used on command lines
 // (commas, spaces) and in token claims.

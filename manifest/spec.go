@@ -69,7 +69,7 @@ func (s Spec) Function() (Function, error) {
 		bad("concurrency %d out of range [1, %d]", s.Concurrency, MaxConcurrency)
 	}
 	for i, p := range s.Permissions {
-		if p == "" || len(p) > maxPermission || !permissionRE.MatchString(p) {
+		if !ValidPermission(p) {
 			bad("invalid permission %q", p)
 		} else if slices.Contains(s.Permissions[:i], p) {
 			bad("permission %q listed twice", p)

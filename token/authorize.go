@@ -141,5 +141,5 @@ func describe(err error) string {
 	if errors.As(err, &ie) {
 		return ie.reason
 	}
-	return "the token does not verify"
+	return errDoesNotVerify.reason
 }

@@ -176,8 +176,14 @@ func RemoteKeys(ctx context.Context, jwksURL string, refresh time.Duration) (Key
 		refresh = DefaultRefresh
 	}
 	// A child context, to stop the refresh goroutine when the first
-	// fetch fails.
+	// fetch fails; otherwise it ends with the caller's context.
 	ctx, stop := context.WithCancel(ctx)
+	started := false
+	defer func() {
+		if !started {
+			stop()
+		}
+	}()
 	log := slog.Default().With("url", jwksURL)
 	store, err := jwkset.NewStorageFromHTTP(jwksURL, jwkset.HTTPClientStorageOptions{
 		Client:          &http.Client{Timeout: remoteTimeout, Transport: limitedTransport{http.DefaultTransport}},
@@ -189,7 +195,6 @@ func RemoteKeys(ctx context.Context, jwksURL string, refresh time.Duration) (Key
 		},
 	})
 	if err != nil {
-		stop()
 		return nil, fmt.Errorf("token: fetch the JWK set at %s: %w", jwksURL, err)
 	}
 	client, err := jwkset.NewHTTPClient(jwkset.HTTPClientOptions{
@@ -198,10 +203,10 @@ func RemoteKeys(ctx context.Context, jwksURL string, refresh time.Duration) (Key
 		RefreshUnknownKID: rate.NewLimiter(rate.Every(min(refresh, unknownKIDInterval)), 1),
 	})
 	if err != nil {
-		stop()
 		return nil, fmt.Errorf("token: JWK set at %s: %w", jwksURL, err)
 	}
-	return &remoteKeys{store: store, client: client, stop: stop}, nil
+	started = true
+	return &remoteKeys{store: store, client: client}, nil
 }
 
 func checkJWKSURL(raw string) error {
@@ -248,7 +253,6 @@ func (t limitedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 type remoteKeys struct {
 	store  jwkset.Storage
 	client jwkset.Storage
-	stop   context.CancelFunc // ends the refresh with the caller's context
 
 	mu       sync.Mutex
 	fetching chan struct{} // closed when the fetch in flight ends; nil if none

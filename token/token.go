@@ -43,7 +43,8 @@
 //
 // # Caching
 //
-// Verifying an EdDSA token costs tens of microseconds, an RS256 one more.
+// Verifying an EdDSA token costs about 100 µs, an RS256 one about four
+// times more.
 // A Verifier remembers the tokens it accepted, by the SHA-256 of the raw
 // token, for at most CacheTTL and never past the token's exp, so that a
 // client that sends the same token on every request pays once. The cost

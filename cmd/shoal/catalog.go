@@ -129,18 +129,15 @@ func deployManifest(ctx context.Context, js jetstream.JetStream, m *manifest.Man
 	if _, err := keyring.Create(ctx, js, replicas); err != nil {
 		return nil, err
 	}
-	if _, err := auth.OpenUsers(ctx, js); errors.Is(err, auth.ErrNoUserStore) {
-		_, err = auth.CreateUsers(ctx, js, replicas)
-		if err != nil {
-			return nil, err
-		}
-	} else if err != nil {
+	if _, err := auth.CreateUsers(ctx, js, replicas); err != nil {
 		return nil, err
 	}
+	// The failed-login bucket's max age is the login window of whoever
+	// created it (shoal up passes its own): an existing one is left as it
+	// is; a new one gets the default window, and runners given a longer
+	// --login-window warn.
 	if _, err := auth.OpenLimiter(ctx, js, auth.Limits{}); errors.Is(err, jetstream.ErrBucketNotFound) {
-		// The default window; runners with a longer --login-window warn.
-		_, err = auth.CreateLimiter(ctx, js, auth.Limits{}, replicas)
-		if err != nil {
+		if _, err := auth.CreateLimiter(ctx, js, auth.Limits{}, replicas); err != nil {
 			return nil, err
 		}
 	} else if err != nil {

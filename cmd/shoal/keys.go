@@ -106,7 +106,7 @@ func (k *keyFlags) read() (string, []jwkset.JWK, error) {
 // connect opens an admin connection: the given credentials, else shoal
 // up's admin seed from the data directory.
 func (a *adminFlags) connect(ctx context.Context) (*nats.Conn, jetstream.JetStream, error) {
-	a.nats.defaultNKey(credentialsPath(a.data) + "/" + string(broker.RoleAdmin) + ".nk")
+	a.nats.defaultNKey((&broker.Credentials{Dir: credentialsPath(a.data)}).SeedFile(broker.RoleAdmin))
 	nc, err := a.nats.connect("shoal-admin", nats.MaxReconnects(0))
 	if err != nil {
 		return nil, nil, err

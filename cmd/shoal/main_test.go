@@ -330,6 +330,29 @@ func TestUp(t *testing.T) {
 	if status, body := post(t, gw+"/function/echo", "hi", ""); status != 401 || !strings.Contains(body, "invalid_token") {
 		t.Errorf("echo without a token = %d %s", status, body)
 	}
+	// A new password and new permissions apply to the next login.
+	if _, errOut, code := runShoalIn(t, dir, "battery staple\n", append([]string{"user", "passwd", "alice", "--password-stdin"}, admin...)...); code != 0 {
+		t.Fatalf("shoal user passwd = %d %s", code, errOut)
+	}
+	if _, errOut, code := runShoal(t, dir, append([]string{"user", "perm", "alice", "--perm", "ping"}, admin...)...); code != 0 {
+		t.Fatalf("shoal user perm = %d %s", code, errOut)
+	}
+	if status, body := post(t, gw+"/function/auth/token", `{"username":"alice","password":"correct horse"}`, ""); status != 401 {
+		t.Errorf("login with the old password = %d %s", status, body)
+	}
+	status, body = post(t, gw+"/function/auth/token", `{"username":"alice","password":"battery staple"}`, "")
+	var tok2 struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := json.Unmarshal([]byte(body), &tok2); status != 200 || err != nil {
+		t.Fatalf("login with the new password = %d %s", status, body)
+	}
+	if status, body := post(t, gw+"/function/echo", "hi", tok2.AccessToken); status != 403 {
+		t.Errorf("echo with a token of the new permissions (ping only) = %d %s", status, body)
+	}
+	if _, errOut, code := runShoal(t, dir, append([]string{"user", "perm", "nobody", "--perm", "ping"}, admin...)...); code == 0 || !strings.Contains(errOut, "nobody") {
+		t.Errorf("shoal user perm of a missing user = %d %s", code, errOut)
+	}
 	// shoal token finds the signing key in the data directory by itself.
 	minted, errOut, code := runShoal(t, dir, "token", "--data", data, "--sub", "ops", "--perm", "echo", "--ttl", "5m")
 	minted = strings.TrimSpace(minted)

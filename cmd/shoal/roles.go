@@ -224,17 +224,13 @@ func authConfig(ctx context.Context, nc *nats.Conn, signer auth.Signer, af authF
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	users, err := auth.OpenUsers(ctx, js)
-	if errors.Is(err, auth.ErrNoUserStore) {
-		users, err = auth.CreateUsers(ctx, js, 1)
-	}
+	// Replicas 0: open what shoal deploy or shoal up created, else create
+	// with one replica.
+	users, err := auth.CreateUsers(ctx, js, 0)
 	if err != nil {
 		return nil, err
 	}
-	limiter, err := auth.OpenLimiter(ctx, js, af.limits)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		limiter, err = auth.CreateLimiter(ctx, js, af.limits, 1)
-	}
+	limiter, err := auth.CreateLimiter(ctx, js, af.limits, 0)
 	if err != nil {
 		return nil, err
 	}

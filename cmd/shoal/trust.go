@@ -180,7 +180,7 @@ func (t *trustFlags) build(ctx context.Context, js jetstream.JetStream, local []
 // file.
 func (t *trustFlags) oidcKeys(ctx context.Context) (token.KeySource, error) {
 	if u := t.oidcJWKS; len(u) > 8 && (u[:8] == "https://" || u[:7] == "http://") {
-		ks, err := token.RemoteKeys(ctx, u, 15*time.Minute)
+		ks, err := token.RemoteKeys(ctx, u, token.DefaultRefresh)
 		if err != nil {
 			return nil, fmt.Errorf("--oidc-jwks %s: %w", u, err)
 		}

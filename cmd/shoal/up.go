@@ -138,13 +138,7 @@ func up(ctx context.Context, o upOptions) error {
 		return err
 	}
 	defer anc.Close()
-	if err := prepareStores(ctx, anc, keys, o.auth.limits); err != nil {
-		return err
-	}
-	// The manifest is this machine's source of truth: up deploys it into
-	// the catalog, removing what it does not declare; shoal deploy and
-	// shoal rm change the catalog live afterwards.
-	if err := deployFile(ctx, anc, m); err != nil {
+	if err := prepareStores(ctx, anc, keys, o.auth.limits, m); err != nil {
 		return err
 	}
 	tr, err := buildTrust(ctx, anc, &o.trust, keys, needsTokens(m))
@@ -233,38 +227,21 @@ func up(ctx context.Context, o upOptions) error {
 	return nil
 }
 
-// prepareStores creates the KV buckets of the auth work and publishes the
-// public signing keys.
-func prepareStores(ctx context.Context, nc *nats.Conn, keys []jwkset.JWK, limits auth.Limits) error {
+// prepareStores creates the platform's KV buckets, deploys m and
+// publishes the public signing keys. The manifest is this machine's source
+// of truth: it is deployed with prune, removing what it does not declare;
+// shoal deploy and shoal rm change the catalog live afterwards.
+func prepareStores(ctx context.Context, nc *nats.Conn, keys []jwkset.JWK, limits auth.Limits, m *manifest.Manifest) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	kv, err := keyring.Create(ctx, js, 1)
-	if err != nil {
-		return err
-	}
-	if err := publishKeys(ctx, kv, keys); err != nil {
-		return err
-	}
-	if _, err := auth.CreateUsers(ctx, js, 1); err != nil {
-		return err
-	}
+	// First, so that the failed-login counters live as long as up's
+	// --login-window (deployManifest leaves an existing bucket alone).
 	if _, err := auth.CreateLimiter(ctx, js, limits, 1); err != nil {
 		return err
-	}
-	return nil
-}
-
-// deployFile deploys m into the catalog with prune, and logs what changed.
-func deployFile(ctx context.Context, nc *nats.Conn, m *manifest.Manifest) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
 	}
 	changes, err := deployManifest(ctx, js, m, true, 0)
 	if err != nil {
@@ -275,7 +252,11 @@ func deployFile(ctx context.Context, nc *nats.Conn, m *manifest.Manifest) error 
 			logger.Info("function "+string(ch.Action), "function", ch.Name, "revision", ch.Revision, "from", m.File)
 		}
 	}
-	return nil
+	kv, err := keyring.Create(ctx, js, 0) // created by deployManifest
+	if err != nil {
+		return err
+	}
+	return publishKeys(ctx, kv, keys)
 }
 
 // saveNATSContext saves a nats CLI context with the client role's

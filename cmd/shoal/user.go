@@ -26,7 +26,7 @@ func newUserCmd() *cobra.Command {
 with bcrypt. The auth function (POST /function/auth/token) issues a token
 holding the user's permissions.`,
 	}
-	cmd.AddCommand(newUserAddCmd(), newUserListCmd(), newUserRemoveCmd())
+	cmd.AddCommand(newUserAddCmd(), newUserListCmd(), newUserRemoveCmd(), newUserPasswdCmd(), newUserPermCmd())
 	return cmd
 }
 
@@ -147,14 +147,9 @@ func newUserRemoveCmd() *cobra.Command {
 		Short: "Remove a user; tokens already issued stay valid until they expire",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			err := a.session(cmd.Context(), func(ctx context.Context, js jetstream.JetStream) error {
-				users, err := auth.OpenUsers(ctx, js)
-				if err != nil {
-					return err
-				}
+			if err := userChange(cmd, &a, func(ctx context.Context, users *auth.Users) error {
 				return users.Remove(ctx, args[0])
-			})
-			if err != nil {
+			}); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "user %s removed\n", args[0])
@@ -162,5 +157,70 @@ func newUserRemoveCmd() *cobra.Command {
 		},
 	}
 	a.register(cmd)
+	return cmd
+}
+
+// userChange runs change on the user store of a running deployment.
+func userChange(cmd *cobra.Command, a *adminFlags, change func(ctx context.Context, users *auth.Users) error) error {
+	return a.session(cmd.Context(), func(ctx context.Context, js jetstream.JetStream) error {
+		users, err := auth.OpenUsers(ctx, js)
+		if err != nil {
+			return err
+		}
+		return change(ctx, users)
+	})
+}
+
+func newUserPasswdCmd() *cobra.Command {
+	var (
+		a             adminFlags
+		passwordStdin bool
+	)
+	cmd := &cobra.Command{
+		Use:   "passwd NAME",
+		Short: "Set a user's password; tokens already issued stay valid until they expire",
+		Example: `  shoal user passwd alice
+  echo "$PASSWORD" | shoal user passwd alice --password-stdin`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			password, err := readPassword(cmd, passwordStdin)
+			if err != nil {
+				return err
+			}
+			if err := userChange(cmd, &a, func(ctx context.Context, users *auth.Users) error {
+				return users.SetPassword(ctx, args[0], password)
+			}); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "password of user %s changed\n", args[0])
+			return nil
+		},
+	}
+	a.register(cmd)
+	cmd.Flags().BoolVar(&passwordStdin, "password-stdin", false, "read the password from the first line of stdin")
+	return cmd
+}
+
+func newUserPermCmd() *cobra.Command {
+	var (
+		a     adminFlags
+		perms []string
+	)
+	cmd := &cobra.Command{
+		Use:   "perm NAME --perm a,b",
+		Short: "Replace a user's permissions; they apply to the tokens issued from then on",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := userChange(cmd, &a, func(ctx context.Context, users *auth.Users) error {
+				return users.SetPermissions(ctx, args[0], perms)
+			}); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "user %s now has permissions [%s]\n", args[0], strings.Join(perms, ","))
+			return nil
+		},
+	}
+	a.register(cmd)
+	cmd.Flags().StringSliceVar(&perms, "perm", nil, "the permissions the user's tokens hold from now on, comma-separated (none: no permission)")
 	return cmd
 }

@@ -71,10 +71,9 @@ type Limiter struct {
 // CreateLimiter creates the bucket [FailuresBucket], or updates its
 // configuration, and returns a limiter on it. Entries vanish a window
 // after their last write (the bucket's max age is limits.Window), so
-// the bucket holds only the counters that still matter. replicas 0 means
-// 1 for a new bucket and leaves an existing bucket's replicas as they
-// are. As [CreateUsers], it asks to create first, which the runner role
-// may do.
+// the bucket holds only the counters that still matter. replicas 0 opens
+// an existing bucket as it is (its max age included) and creates a
+// missing one with 1 replica, which the auth role may do.
 func CreateLimiter(ctx context.Context, js jetstream.JetStream, limits Limits, replicas int) (*Limiter, error) {
 	limits, err := limits.withDefaults()
 	if err != nil {

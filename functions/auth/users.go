@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/shoal-dev/shoal/manifest"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -23,10 +24,10 @@ const (
 
 // Bounds of what an account holds.
 const (
-	MaxUsername   = 64  // bytes
-	MinPassword   = 8   // bytes
-	MaxPassword   = 72  // bytes: bcrypt ignores anything past the 72nd
-	MaxPermission = 128 // bytes, as in fn.yaml
+	MaxUsername   = 64                     // bytes
+	MinPassword   = 8                      // bytes
+	MaxPassword   = 72                     // bytes: bcrypt ignores anything past the 72nd
+	MaxPermission = manifest.MaxPermission // bytes, as in fn.yaml
 )
 
 // Errors of the user store. The errors returned wrap them, with the
@@ -51,9 +52,6 @@ type User struct {
 
 var (
 	usernameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
-	// permissionRE is fn.yaml's rule for permissions (package manifest),
-	// so that any permission a function can require can be granted.
-	permissionRE = regexp.MustCompile(`^[A-Za-z0-9_.:/-]+$`)
 )
 
 // ValidUsername returns an error wrapping [ErrInvalidUsername] that says
@@ -85,7 +83,7 @@ func validPermissions(permissions []string) ([]string, error) {
 	seen := make(map[string]bool, len(permissions))
 	for _, p := range permissions {
 		switch {
-		case p == "" || len(p) > MaxPermission || !permissionRE.MatchString(p):
+		case !manifest.ValidPermission(p): // fn.yaml's rule: any permission a function requires can be granted
 			return nil, fmt.Errorf("%w %.140q: use 1 to %d letters, digits and . _ : / -", ErrInvalidPermission, p, MaxPermission)
 		case seen[p]:
 			return nil, fmt.Errorf("%w: %q is listed twice", ErrInvalidPermission, p)
@@ -117,13 +115,10 @@ func newUsers(kv jetstream.KeyValue) *Users {
 // CreateUsers creates the bucket [UsersBucket], or updates its
 // configuration, and returns the store in it. The bucket keeps one
 // revision per user (history 1): an old password hash is gone as soon as
-// it is replaced. replicas 0 means 1 for a new bucket and leaves an
-// existing bucket's replicas as they are.
-//
-// It first asks to create the bucket, so that a connection allowed only
-// to create it (the runner role) succeeds when the bucket is missing or
-// already as configured; changing an existing bucket takes the right to
-// update streams.
+// it is replaced. replicas 0 opens an existing bucket as it is and
+// creates a missing one with 1 replica, which the auth role, allowed to
+// create the bucket but not to update it, may do; other replicas update
+// an existing bucket, which takes the right to update streams.
 func CreateUsers(ctx context.Context, js jetstream.JetStream, replicas int) (*Users, error) {
 	kv, err := ensureBucket(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      UsersBucket,
@@ -395,33 +390,27 @@ func (u *Users) dummyHash() []byte {
 	return h
 }
 
-// ensureBucket creates a KV bucket, or updates it when it exists with
-// another configuration. Replicas 0 means 1 for a new bucket and the
-// current replicas of an existing one.
+// ensureBucket creates a KV bucket, or updates an existing one to cfg.
+// Replicas 0 opens an existing bucket as it is and creates a missing one
+// with 1 replica; that path needs no permission to update streams (the
+// auth role has none).
 func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
-	keepReplicas := cfg.Replicas <= 0
-	if keepReplicas {
+	keep := cfg.Replicas <= 0
+	if keep {
+		kv, err := openBucket(ctx, js, cfg.Bucket)
+		if !errors.Is(err, jetstream.ErrBucketNotFound) {
+			return kv, err
+		}
 		cfg.Replicas = 1
 	}
 	kv, err := js.CreateKeyValue(ctx, cfg)
-	if err == nil {
+	switch {
+	case err == nil:
 		return kv, nil
-	}
-	if !errors.Is(err, jetstream.ErrBucketExists) {
+	case !errors.Is(err, jetstream.ErrBucketExists):
 		return nil, fmt.Errorf("create KV bucket %s: %w", cfg.Bucket, err)
-	}
-	if keepReplicas {
-		kv, err := openBucket(ctx, js, cfg.Bucket)
-		if err != nil {
-			return nil, err
-		}
-		st, err := kv.Status(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("KV bucket %s: %w", cfg.Bucket, err)
-		}
-		if s, ok := st.(*jetstream.KeyValueBucketStatus); ok {
-			cfg.Replicas = s.StreamInfo().Config.Replicas
-		}
+	case keep:
+		return openBucket(ctx, js, cfg.Bucket) // created meanwhile
 	}
 	kv, err = js.UpdateKeyValue(ctx, cfg)
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
@@ -191,19 +190,12 @@ func EnsureCredentials(dir string) (*Credentials, error) {
 	c := &Credentials{Dir: dir, Public: map[Role]string{}}
 	for _, role := range Roles {
 		path := c.SeedFile(role)
-		seed, err := os.ReadFile(path)
+		pub, err := publicKeyOfSeed(path)
 		if errors.Is(err, fs.ErrNotExist) {
-			seed, err = newSeed(path)
+			if err = newSeed(path); err == nil {
+				pub, err = publicKeyOfSeed(path)
+			}
 		}
-		if err != nil {
-			return nil, fmt.Errorf("nats credentials for role %s: %w", role, err)
-		}
-		kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(seed))))
-		if err != nil {
-			return nil, fmt.Errorf("nats credentials for role %s: %s is not an NKey user seed: %w", role, path, err)
-		}
-		pub, err := kp.PublicKey()
-		kp.Wipe()
 		if err != nil {
 			return nil, fmt.Errorf("nats credentials for role %s: %w", role, err)
 		}
@@ -214,24 +206,23 @@ func EnsureCredentials(dir string) (*Credentials, error) {
 
 // newSeed writes a new user seed to path, failing if the file appeared
 // meanwhile.
-func newSeed(path string) ([]byte, error) {
+func newSeed(path string) error {
 	kp, err := nkeys.CreateUser()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer kp.Wipe()
 	seed, err := kp.Seed()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	seed = append([]byte(nil), seed...) // Wipe zeroes the key pair's own copy
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if _, err := f.Write(append(seed, '\n')); err != nil {
 		f.Close()
-		return nil, err
+		return err
 	}
-	return seed, f.Close()
+	return f.Close()
 }

@@ -11,8 +11,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/shoal-dev/shoal/functions/auth"
 	"github.com/shoal-dev/shoal/platform/broker"
 	"github.com/shoal-dev/shoal/platform/broker/brokertest"
+	"github.com/shoal-dev/shoal/platform/keyring"
 )
 
 // TestRolePermissions checks, on a real server, what each role may
@@ -113,7 +115,7 @@ func TestReplySubjectCannotSteerRunners(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	users, err := admin.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "shoal_users"})
+	users, err := admin.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: auth.UsersBucket})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +196,7 @@ func TestRolesUseKV(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, b := range []string{"shoal_keys", "shoal_users"} {
+	for _, b := range []string{keyring.Bucket, auth.UsersBucket} {
 		kv, err := admin.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: b})
 		if err != nil {
 			t.Fatal(err)
@@ -210,7 +212,7 @@ func TestRolesUseKV(t *testing.T) {
 	}
 	// The auth runner creates the failures bucket itself, then writes
 	// and updates it.
-	failures, err := runner.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "shoal_login_failures", TTL: time.Minute})
+	failures, err := runner.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: auth.FailuresBucket, TTL: time.Minute})
 	if err != nil {
 		t.Fatalf("runner creates the failures bucket: %v", err)
 	}
@@ -221,7 +223,7 @@ func TestRolesUseKV(t *testing.T) {
 	if _, err := failures.Update(ctx, "u.abc", []byte("2"), rev); err != nil {
 		t.Fatalf("runner updates a failure: %v", err)
 	}
-	users, err := runner.KeyValue(ctx, "shoal_users")
+	users, err := runner.KeyValue(ctx, auth.UsersBucket)
 	if err != nil {
 		t.Fatalf("runner opens users: %v", err)
 	}
@@ -236,7 +238,7 @@ func TestRolesUseKV(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := plain.KeyValue(denied(t), "shoal_users"); err == nil {
+	if _, err := plain.KeyValue(denied(t), auth.UsersBucket); err == nil {
 		t.Fatal("a plain runner opened the users bucket")
 	}
 
@@ -244,7 +246,7 @@ func TestRolesUseKV(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := gw.KeyValue(ctx, "shoal_keys")
+	keys, err := gw.KeyValue(ctx, keyring.Bucket)
 	if err != nil {
 		t.Fatalf("gateway opens keys: %v", err)
 	}

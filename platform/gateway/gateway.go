@@ -269,8 +269,8 @@ func (g *Gateway) Serve(ln net.Listener) error {
 	return nil
 }
 
-// RunnerLost tells the gateway that the runner whose id (its NATS services
-// instance id, runner.Runner.ID) is runner has stopped for good, e.g. its
+// RunnerLost tells the gateway that the runner whose id (its stable id,
+// runner.Runner.ID, which its acks carry) is runner has stopped for good, e.g. its
 // process exited: every invocation it took and has not answered is
 // answered 502 runner_lost at once, and acks it may still have in transit
 // fail their invocations too. The invocations are not retried, as the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,9 +64,6 @@ type replyMux struct {
 
 	mu    sync.Mutex
 	calls map[string]*call
-	// running holds, for each runner, the calls it acked and has not
-	// answered yet.
-	running map[string]map[*call]struct{}
 	// lost holds the runners reported gone, with when.
 	lost map[string]time.Time
 }
@@ -86,12 +84,11 @@ type call struct {
 
 func newReplyMux(nc *nats.Conn) (*replyMux, error) {
 	m := &replyMux{
-		nc:      nc,
-		prefix:  nc.NewInbox() + ".",
-		closed:  make(chan struct{}),
-		calls:   make(map[string]*call),
-		running: make(map[string]map[*call]struct{}),
-		lost:    make(map[string]time.Time),
+		nc:     nc,
+		prefix: nc.NewInbox() + ".",
+		closed: make(chan struct{}),
+		calls:  make(map[string]*call),
+		lost:   make(map[string]time.Time),
 	}
 	sub, err := nc.Subscribe(m.prefix+"*", m.receive)
 	if err != nil {
@@ -156,31 +153,16 @@ func (m *replyMux) register() *call {
 func (m *replyMux) unregister(c *call) {
 	m.mu.Lock()
 	delete(m.calls, c.token)
-	m.leftLocked(c)
 	m.mu.Unlock()
-}
-
-// leftLocked records that c's runner, if any, no longer runs it.
-func (m *replyMux) leftLocked(c *call) {
-	if c.runner == "" {
-		return
-	}
-	if set := m.running[c.runner]; set != nil {
-		delete(set, c)
-		if len(set) == 0 {
-			delete(m.running, c.runner)
-		}
-	}
-	c.runner = ""
 }
 
 // receive handles a message on the inbox: an ack records which runner
 // runs the call, anything else is the call's answer.
 func (m *replyMux) receive(msg *nats.Msg) {
-	if len(msg.Subject) <= len(m.prefix) || msg.Subject[:len(m.prefix)] != m.prefix {
+	token, ok := strings.CutPrefix(msg.Subject, m.prefix)
+	if !ok || token == "" {
 		return
 	}
-	token := msg.Subject[len(m.prefix):]
 	runner, isAck := invocation.ReadAck(msg)
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -190,25 +172,25 @@ func (m *replyMux) receive(msg *nats.Msg) {
 	}
 	switch {
 	case !isAck:
-		m.leftLocked(c)
+		c.runner = ""
 		deliver(c, msg)
 	case c.acked:
 		// A second ack: the protocol has one per invocation. Keep the
 		// first runner.
-	case !m.lost[runner].IsZero():
+	case m.isLost(runner):
 		// Sent just before the runner died, and overtaken by the news.
 		c.acked = true
 		deliver(c, lostReply)
 	default:
 		c.runner = runner
 		c.acked = true
-		set := m.running[runner]
-		if set == nil {
-			set = make(map[*call]struct{})
-			m.running[runner] = set
-		}
-		set[c] = struct{}{}
 	}
+}
+
+// isLost reports whether runner was reported gone; m.mu is held.
+func (m *replyMux) isLost(runner string) bool {
+	_, gone := m.lost[runner]
+	return gone
 }
 
 // deliver hands msg to c's caller, unless it has had its answer already.
@@ -244,15 +226,15 @@ func (m *replyMux) runnerLost(runner string) int {
 		}
 	}
 	m.lost[runner] = now
-	set := m.running[runner]
-	for c := range set {
-		c.runner = ""
-		deliver(c, lostReply)
-	}
-	delete(m.running, runner)
+	answered := 0
 	var unacked []*call
 	for _, c := range m.calls {
-		if !c.acked {
+		switch {
+		case c.runner == runner:
+			c.runner = ""
+			deliver(c, lostReply)
+			answered++
+		case !c.acked:
 			unacked = append(unacked, c)
 		}
 	}
@@ -267,5 +249,5 @@ func (m *replyMux) runnerLost(runner string) int {
 			}
 		})
 	}
-	return len(set)
+	return answered
 }

@@ -79,7 +79,7 @@ func wantRunnerLost(t *testing.T, o outcome) {
 		t.Fatalf("answer %d %s, want 502 runner_lost", o.status, o.body)
 	}
 	if !strings.Contains(body.Error.Message, `"block"`) || o.header.Get("Retry-After") != "" || o.header.Get("Content-Type") != "application/json" {
-		t.Errorf("answer %v %s: want the function named, Retry-After 1, JSON", o.header, o.body)
+		t.Errorf("answer %v %s: want the function named, no Retry-After, JSON", o.header, o.body)
 	}
 }
 

@@ -7,7 +7,6 @@ package keyring
 
 import (
 	"context"
-	"crypto"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"github.com/MicahParks/jwkset"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/shoal-dev/shoal/token"
 )
 
 // Bucket is the KV bucket of public keys; the key of each entry is the
@@ -64,14 +64,9 @@ func Publish(ctx context.Context, kv jetstream.KeyValue, keys ...jwkset.JWK) err
 		if m.KID == "" {
 			return errors.New("keyring: a key without kid cannot be published")
 		}
-		if m.KTY == jwkset.KtyOct {
-			return fmt.Errorf("keyring: key %s is a shared secret (HS256); only public keys are published", m.KID)
-		}
-		pub, err := jwkset.NewJWKFromKey(publicKey(k.Key()), jwkset.JWKOptions{Metadata: jwkset.JWKMetadataOptions{
-			ALG: m.ALG, KID: m.KID, USE: jwkset.UseSig,
-		}})
+		pub, err := token.Public(k) // refuses shared secrets: only public keys are published
 		if err != nil {
-			return fmt.Errorf("keyring: key %s: %w", m.KID, err)
+			return fmt.Errorf("keyring: %w", err)
 		}
 		b, err := json.Marshal(pub.Marshal())
 		if err != nil {
@@ -82,15 +77,6 @@ func Publish(ctx context.Context, kv jetstream.KeyValue, keys ...jwkset.JWK) err
 		}
 	}
 	return nil
-}
-
-// publicKey returns the public half of a private key; public keys are
-// returned as they are.
-func publicKey(k any) any {
-	if s, ok := k.(crypto.Signer); ok {
-		return s.Public()
-	}
-	return k
 }
 
 // ErrNotPublished means no published key has the kid.
@@ -142,8 +128,6 @@ func Watch(ctx context.Context, js jetstream.JetStream, log *slog.Logger) (*Keyr
 		return nil, fmt.Errorf("keyring: watch bucket %s: %w", Bucket, err)
 	}
 	k := &Keyring{watcher: w, done: make(chan struct{}), log: log}
-	empty := map[string]jwkset.JWK{}
-	k.keys.Store(&empty)
 	// The watcher first delivers every current entry, then a nil marker.
 	initial := map[string]jwkset.JWK{}
 	for loaded := false; !loaded; {

@@ -100,7 +100,6 @@ const ackFlushTimeout = 2 * time.Second
 // that flush (see flushGroup).
 func (e *endpoint) invoke(d *definition, reply string, header nats.Header, data []byte, acked bool) {
 	start := time.Now()
-	defer e.inFlight.Add(-1)
 	if acked {
 		if err := e.r.ackFlush.wait(ackFlushTimeout); err != nil {
 			e.r.log.Warn("cannot confirm an ack", "function", e.name, "error", err)
@@ -118,6 +117,10 @@ func (e *endpoint) invoke(d *definition, reply string, header nats.Header, data 
 	})
 
 	w, ierr := e.run(ctx, d, header, data)
+	// The function has returned: its concurrency slot is free before its
+	// caller hears back, so that a caller's next invocation never finds
+	// it taken (429) by the one just answered.
+	e.inFlight.Add(-1)
 	stopTimer()
 	defer putWriter(w)
 	if !answered.CompareAndSwap(false, true) {
