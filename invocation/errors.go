@@ -18,14 +18,17 @@ type Code string
 const (
 	CodeNotFound         Code = "not_found"           // 404: no such route on the gateway
 	CodeFunctionNotFound Code = "function_not_found"  // 404: the function is not declared
+	CodeCallNotFound     Code = "call_not_found"      // 404: no record of an asynchronous call of that id (never submitted, or expired)
 	CodeBadRequest       Code = "bad_request"         // 400: the invocation itself is malformed
 	CodeInvalidToken     Code = "invalid_token"       // 401: no bearer token, or one that does not verify
 	CodeBadCredentials   Code = "invalid_credentials" // 401: a login with a wrong username or password
 	CodeForbidden        Code = "insufficient_scope"  // 403: the token lacks a permission the function requires
 	CodeMethodNotAllowed Code = "method_not_allowed"  // 405: the function does not answer this method
+	CodeAsyncDisabled    Code = "async_disabled"      // 405: the function takes no asynchronous calls
 	CodePayloadTooLarge  Code = "payload_too_large"   // 413: request body over the limit
 	CodeOverloaded       Code = "overloaded"          // 429: every runner reached was at its concurrency limit
 	CodeTooManyAttempts  Code = "too_many_attempts"   // 429: too many failed logins; wait for Retry-After
+	CodeQueueFull        Code = "queue_full"          // 429: the queue of asynchronous calls is at its limit; nothing was queued
 	CodeFunctionPanic    Code = "function_panic"      // 500: the function panicked
 	CodeResponseTooLarge Code = "response_too_large"  // 500: the answer does not fit in a NATS message
 	CodeInternal         Code = "internal"            // 500: a fault in Shoal itself

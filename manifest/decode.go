@@ -164,11 +164,62 @@ func (d *decoder) function(n *yaml.Node, path string) Function {
 			permsNode = v
 			fn.Permissions = d.permissions(v, path+".permissions")
 		}},
+		{name: "async", decode: func(v *yaml.Node) {
+			fn.Async = d.async(v, path+".async")
+		}},
 	})
 	if fn.Public && len(fn.Permissions) > 0 {
 		d.errorf(permsNode, path+".permissions", "a public function cannot require permissions; remove public: true or the permissions")
 	}
 	return fn
+}
+
+func (d *decoder) async(n *yaml.Node, path string) Async {
+	var a Async
+	d.mapping(n, path, []field{
+		{name: "enabled", decode: func(v *yaml.Node) {
+			enabled, ok := d.boolean(v, path+".enabled")
+			a.Disabled = ok && !enabled
+		}},
+		{name: "max_deliver", decode: func(v *yaml.Node) {
+			if c, ok := d.integer(v, path+".max_deliver"); ok {
+				if c < 1 || c > MaxMaxDeliver {
+					d.errorf(v, path+".max_deliver", "%d is out of range; expected 1 to %d attempts", c, MaxMaxDeliver)
+					return
+				}
+				a.MaxDeliver = c
+			}
+		}},
+		{name: "backoff", decode: func(v *yaml.Node) {
+			a.Backoff = d.backoff(v, path+".backoff")
+		}},
+	})
+	return a
+}
+
+func (d *decoder) backoff(n *yaml.Node, path string) []time.Duration {
+	if n.Kind != yaml.SequenceNode {
+		d.errorf(n, path, "expected a list of durations, like [10s, 1m], got %s", describe(n))
+		return nil
+	}
+	if len(n.Content) > MaxBackoffSteps {
+		d.errorf(n, path, "%d delays; list at most %d (the last one repeats)", len(n.Content), MaxBackoffSteps)
+		return nil
+	}
+	out := make([]time.Duration, 0, len(n.Content))
+	for _, item := range n.Content {
+		item = deref(item)
+		t, ok := d.duration(item, path)
+		if !ok {
+			continue
+		}
+		if t < 0 || t > MaxBackoff {
+			d.errorf(item, path, "%s is out of range; expected 0s to %s", t, MaxBackoff)
+			continue
+		}
+		out = append(out, t)
+	}
+	return out
 }
 
 // handlerKinds lists the keys of the handler mapping, one per handler kind.

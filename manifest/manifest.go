@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 	"time"
 )
 
@@ -28,7 +29,16 @@ const (
 	MaxTimeout         = 15 * time.Minute
 	DefaultConcurrency = 100
 	MaxConcurrency     = 10000
-	maxDescription     = 1024
+	// DefaultMaxDeliver is how many attempts an asynchronous call gets
+	// unless fn.yaml says otherwise: one try and two retries, as AWS
+	// Lambda gives asynchronous invocations.
+	DefaultMaxDeliver = 3
+	MaxMaxDeliver     = 100
+	// MaxBackoff bounds one delay between attempts; MaxBackoffSteps the
+	// length of the list.
+	MaxBackoff      = 12 * time.Hour
+	MaxBackoffSteps = 20
+	maxDescription  = 1024
 	// MaxPermission is the longest permission name, in bytes.
 	MaxPermission = 128
 )
@@ -58,8 +68,61 @@ type Function struct {
 	// every permission listed in Permissions.
 	Public      bool
 	Permissions []string
+	// Async configures asynchronous calls (POST /async-function/NAME).
+	Async Async
 	// Pos is where the function is declared.
 	Pos Position
+}
+
+// Async configures a function's asynchronous calls: queued durably on
+// JetStream, run at least once, retried on failure, dead-lettered after
+// the last attempt. Its zero value is the default: enabled, with
+// DefaultMaxDeliver attempts and the DefaultBackoff delays.
+type Async struct {
+	// Disabled refuses asynchronous calls (fn.yaml: enabled: false).
+	Disabled bool
+	// MaxDeliver is the most attempts a call gets, the first included;
+	// 0 means DefaultMaxDeliver.
+	MaxDeliver int
+	// Backoff are the delays before the second, third, ... attempt after
+	// a failed one; the last repeats. nil means DefaultBackoff; an empty
+	// list retries at once.
+	Backoff []time.Duration
+}
+
+// DefaultBackoff is the delay list of a function whose fn.yaml sets none:
+// a minute, then two, as AWS Lambda waits between asynchronous retries.
+func DefaultBackoff() []time.Duration { return []time.Duration{time.Minute, 2 * time.Minute} }
+
+// Attempts is the most attempts a call gets.
+func (a Async) Attempts() int {
+	if a.MaxDeliver == 0 {
+		return DefaultMaxDeliver
+	}
+	return a.MaxDeliver
+}
+
+// Delays is the backoff list in effect.
+func (a Async) Delays() []time.Duration {
+	if a.Backoff == nil {
+		return DefaultBackoff()
+	}
+	return a.Backoff
+}
+
+// Delay is the wait before the attempt after attempt n (1 for the
+// first) failed.
+func (a Async) Delay(n int) time.Duration {
+	d := a.Delays()
+	if len(d) == 0 || n < 1 {
+		return 0
+	}
+	return d[min(n, len(d))-1]
+}
+
+// same reports whether two settings behave alike.
+func (a Async) same(b Async) bool {
+	return a.Disabled == b.Disabled && a.Attempts() == b.Attempts() && slices.Equal(a.Delays(), b.Delays())
 }
 
 // Handler says what runs a function. Exactly one kind is set.

@@ -62,6 +62,48 @@ functions:
 	}
 }
 
+func TestParseAsync(t *testing.T) {
+	src := `version: 1
+functions:
+  plain: {handler: {builtin: ping}}
+  off: {handler: {builtin: ping}, async: {enabled: false}}
+  tuned:
+    handler: {builtin: ping}
+    async:
+      max_deliver: 5
+      backoff: [0s, 250ms, 1m]
+  eager: {handler: {builtin: ping}, async: {backoff: []}}
+`
+	m, err := manifest.Parse("fn.yaml", []byte(src), opts)
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	tests := []struct {
+		name     string
+		disabled bool
+		attempts int
+		delays   []time.Duration
+		delay    []time.Duration // Delay(1), Delay(2), ...
+	}{
+		{"plain", false, 3, []time.Duration{time.Minute, 2 * time.Minute}, []time.Duration{time.Minute, 2 * time.Minute, 2 * time.Minute}},
+		{"off", true, 3, []time.Duration{time.Minute, 2 * time.Minute}, nil},
+		{"tuned", false, 5, []time.Duration{0, 250 * time.Millisecond, time.Minute}, []time.Duration{0, 250 * time.Millisecond, time.Minute, time.Minute}},
+		{"eager", false, 3, []time.Duration{}, []time.Duration{0, 0}},
+	}
+	for _, tt := range tests {
+		fn, _ := m.Lookup(tt.name)
+		a := fn.Async
+		if a.Disabled != tt.disabled || a.Attempts() != tt.attempts || !slices.Equal(a.Delays(), tt.delays) {
+			t.Errorf("%s: async = disabled %v, %d attempts, delays %v; want %v, %d, %v", tt.name, a.Disabled, a.Attempts(), a.Delays(), tt.disabled, tt.attempts, tt.delays)
+		}
+		for i, want := range tt.delay {
+			if got := a.Delay(i + 1); got != want {
+				t.Errorf("%s: Delay(%d) = %s, want %s", tt.name, i+1, got, want)
+			}
+		}
+	}
+}
+
 func equalFunction(a, b manifest.Function) bool {
 	return a.Name == b.Name && a.Description == b.Description && a.Handler == b.Handler &&
 		a.Timeout == b.Timeout && a.Concurrency == b.Concurrency && a.Public == b.Public &&
@@ -168,7 +210,7 @@ functions:
 		{
 			name: "unknown function key",
 			src:  "version: 1\nfunctions:\n  ping:\n    handler: {builtin: ping}\n    timeuot: 5s\n",
-			want: []string{`fn.yaml:5:5: functions.ping.timeuot: unknown key (did you mean "timeout"?); expected one of: description, handler, timeout, concurrency, public, permissions`},
+			want: []string{`fn.yaml:5:5: functions.ping.timeuot: unknown key (did you mean "timeout"?); expected one of: description, handler, timeout, concurrency, public, permissions, async`},
 		},
 		{
 			name: "missing handler",
@@ -265,6 +307,32 @@ functions:
 				"fn.yaml:4:5: functions.ping: merge keys (<<) are not supported; write the keys out",
 				"fn.yaml:4:5: functions.ping.handler: missing required key",
 			},
+		},
+		{
+			name: "async errors",
+			src: `version: 1
+functions:
+  ping:
+    handler: {builtin: ping}
+    async:
+      enabled: "no"
+      max_deliver: 0
+      backoff: [1s, 5, -1s, 13h]
+      retries: 2
+`,
+			want: []string{
+				`fn.yaml:6:16: functions.ping.async.enabled: expected true or false, got the string "no"`,
+				"fn.yaml:7:20: functions.ping.async.max_deliver: 0 is out of range; expected 1 to 100 attempts",
+				"fn.yaml:8:21: functions.ping.async.backoff: expected a duration with a unit, like 5s or 1m30s; got the bare number 5",
+				"fn.yaml:8:24: functions.ping.async.backoff: -1s is out of range; expected 0s to 12h0m0s",
+				"fn.yaml:8:29: functions.ping.async.backoff: 13h0m0s is out of range; expected 0s to 12h0m0s",
+				`fn.yaml:9:7: functions.ping.async.retries: unknown key; expected one of: enabled, max_deliver, backoff`,
+			},
+		},
+		{
+			name: "async backoff not a list",
+			src:  "version: 1\nfunctions:\n  ping:\n    handler: {builtin: ping}\n    async: {backoff: 1s}\n",
+			want: []string{`fn.yaml:5:22: functions.ping.async.backoff: expected a list of durations, like [10s, 1m], got the string "1s"`},
 		},
 		{
 			name: "second document",

@@ -23,6 +23,16 @@ type Spec struct {
 	Concurrency int      `json:"concurrency"`
 	Public      bool     `json:"public"`
 	Permissions []string `json:"permissions,omitempty"`
+	// Async is left out when the function keeps the default setting.
+	Async *AsyncSpec `json:"async,omitempty"`
+}
+
+// AsyncSpec is the async setting of a Spec, in full; delays are Go
+// durations.
+type AsyncSpec struct {
+	Enabled    bool     `json:"enabled"`
+	MaxDeliver int      `json:"max_deliver"`
+	Backoff    []string `json:"backoff"`
 }
 
 // HandlerSpec is the handler of a Spec; exactly one kind is set.
@@ -32,6 +42,15 @@ type HandlerSpec struct {
 
 // Spec returns the function's definition as JSON-ready data.
 func (f Function) Spec() Spec {
+	var async *AsyncSpec
+	if !f.Async.same(Async{}) {
+		delays := f.Async.Delays()
+		backoff := make([]string, len(delays))
+		for i, d := range delays {
+			backoff[i] = d.String()
+		}
+		async = &AsyncSpec{Enabled: !f.Async.Disabled, MaxDeliver: f.Async.Attempts(), Backoff: backoff}
+	}
 	return Spec{
 		Name:        f.Name,
 		Description: f.Description,
@@ -40,6 +59,7 @@ func (f Function) Spec() Spec {
 		Concurrency: f.Concurrency,
 		Public:      f.Public,
 		Permissions: f.Permissions,
+		Async:       async,
 	}
 }
 
@@ -78,6 +98,24 @@ func (s Spec) Function() (Function, error) {
 	if s.Public && len(s.Permissions) > 0 {
 		bad("a public function cannot require permissions")
 	}
+	var async Async
+	if a := s.Async; a != nil {
+		async = Async{Disabled: !a.Enabled, MaxDeliver: a.MaxDeliver, Backoff: []time.Duration{}}
+		if a.MaxDeliver < 1 || a.MaxDeliver > MaxMaxDeliver {
+			bad("async max_deliver %d out of range [1, %d]", a.MaxDeliver, MaxMaxDeliver)
+		}
+		if len(a.Backoff) > MaxBackoffSteps {
+			bad("async backoff has %d delays, more than %d", len(a.Backoff), MaxBackoffSteps)
+		}
+		for _, b := range a.Backoff {
+			d, err := time.ParseDuration(b)
+			if err != nil || d < 0 || d > MaxBackoff {
+				bad("invalid async backoff delay %q", b)
+				continue
+			}
+			async.Backoff = append(async.Backoff, d)
+		}
+	}
 	if len(errs) > 0 {
 		return Function{}, fmt.Errorf("function %q: %w", s.Name, errors.Join(errs...))
 	}
@@ -89,6 +127,7 @@ func (s Spec) Function() (Function, error) {
 		Concurrency: s.Concurrency,
 		Public:      s.Public,
 		Permissions: slices.Clone(s.Permissions),
+		Async:       async,
 	}, nil
 }
 
@@ -122,5 +161,6 @@ func UnmarshalSpec(data []byte) (Function, error) {
 func SameDefinition(a, b Function) bool {
 	return a.Name == b.Name && a.Description == b.Description && a.Handler == b.Handler &&
 		a.Timeout == b.Timeout && a.Concurrency == b.Concurrency && a.Public == b.Public &&
-		slices.Equal(a.Permissions, b.Permissions)
+		slices.Equal(a.Permissions, b.Permissions) &&
+		a.Async.same(b.Async)
 }

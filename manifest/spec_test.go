@@ -1,6 +1,7 @@
 package manifest_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -45,6 +46,9 @@ func sameFields(t *testing.T, got, want manifest.Function) {
 	if strings.Join(got.Permissions, "|") != strings.Join(want.Permissions, "|") || len(got.Permissions) != len(want.Permissions) {
 		t.Errorf("Permissions = %q, want %q", got.Permissions, want.Permissions)
 	}
+	if got.Async.Disabled != want.Async.Disabled || got.Async.Attempts() != want.Async.Attempts() || fmt.Sprint(got.Async.Delays()) != fmt.Sprint(want.Async.Delays()) {
+		t.Errorf("Async = %+v, want %+v", got.Async, want.Async)
+	}
 	if got.Pos != (manifest.Position{}) {
 		t.Errorf("Pos = %v: a stored definition says nothing of where it was declared", got.Pos)
 	}
@@ -73,6 +77,9 @@ functions:
 			Permissions: []string{strings.Repeat("p", 128)},
 		}},
 		{"smallest", manifest.Function{Name: "a", Handler: manifest.Handler{Builtin: "a"}, Timeout: time.Nanosecond, Concurrency: 1}},
+		{"async disabled", manifest.Function{Name: "a", Handler: manifest.Handler{Builtin: "a"}, Timeout: time.Second, Concurrency: 1, Async: manifest.Async{Disabled: true}}},
+		{"async retried at once", manifest.Function{Name: "a", Handler: manifest.Handler{Builtin: "a"}, Timeout: time.Second, Concurrency: 1, Async: manifest.Async{MaxDeliver: 100, Backoff: []time.Duration{}}}},
+		{"async backoff", manifest.Function{Name: "a", Handler: manifest.Handler{Builtin: "a"}, Timeout: time.Second, Concurrency: 1, Async: manifest.Async{MaxDeliver: 1, Backoff: []time.Duration{0, time.Millisecond, manifest.MaxBackoff}}}},
 		{"odd duration", manifest.Function{Name: "slow", Handler: manifest.Handler{Builtin: "sleep"}, Timeout: 90*time.Second + 250*time.Microsecond, Concurrency: 3, Public: true}},
 	}
 	for _, tt := range tests {
@@ -104,6 +111,12 @@ func TestMarshalSpecFormat(t *testing.T) {
 			`{"name":"auth","description":"Checks a token","handler":{"builtin":"auth"},"timeout":"1.5s","concurrency":7,"public":false,"permissions":["fn:auth","Admin_2.x/y-z"]}`},
 		{"empty description and permissions left out", manifest.Function{Name: "ping", Handler: manifest.Handler{Builtin: "ping"}, Timeout: 30 * time.Second, Concurrency: 100, Public: true, Permissions: []string{}},
 			`{"name":"ping","handler":{"builtin":"ping"},"timeout":"30s","concurrency":100,"public":true}`},
+		{"default async written out as the default: left out", manifest.Function{Name: "ping", Handler: manifest.Handler{Builtin: "ping"}, Timeout: 30 * time.Second, Concurrency: 100, Public: true,
+			Async: manifest.Async{MaxDeliver: manifest.DefaultMaxDeliver, Backoff: manifest.DefaultBackoff()}},
+			`{"name":"ping","handler":{"builtin":"ping"},"timeout":"30s","concurrency":100,"public":true}`},
+		{"async in full when not the default", manifest.Function{Name: "ping", Handler: manifest.Handler{Builtin: "ping"}, Timeout: 30 * time.Second, Concurrency: 100, Public: true,
+			Async: manifest.Async{MaxDeliver: 5}},
+			`{"name":"ping","handler":{"builtin":"ping"},"timeout":"30s","concurrency":100,"public":true,"async":{"enabled":true,"max_deliver":5,"backoff":["1m0s","2m0s"]}}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -190,6 +203,12 @@ func TestUnmarshalSpecRefuses(t *testing.T) {
 		{"duplicate permission", def(`permissions: ["a","b","a"]`), []string{`permission "a" listed twice`}},
 		{"public with permissions", def(`public: true`, `permissions: ["a"]`), []string{"a public function cannot require permissions"}},
 		{"description too long", def(`description: "` + long + `"`), []string{"description too long (1025 bytes)"}},
+		{"async max_deliver 0", def(`async: {"enabled":true,"max_deliver":0,"backoff":[]}`), []string{"async max_deliver 0 out of range [1, 100]"}},
+		{"async max_deliver above the maximum", def(`async: {"enabled":true,"max_deliver":101,"backoff":[]}`), []string{"async max_deliver 101 out of range"}},
+		{"async backoff without a unit", def(`async: {"enabled":true,"max_deliver":3,"backoff":["5"]}`), []string{`invalid async backoff delay "5"`}},
+		{"async backoff negative", def(`async: {"enabled":true,"max_deliver":3,"backoff":["-1s"]}`), []string{`invalid async backoff delay "-1s"`}},
+		{"async backoff too long", def(`async: {"enabled":true,"max_deliver":3,"backoff":["12h0m1s"]}`), []string{`invalid async backoff delay "12h0m1s"`}},
+		{"async unknown field", def(`async: {"enabled":true,"max_deliver":3,"backoff":[],"dlq":"x"}`), []string{`unknown field "dlq"`}},
 		{"unknown field", def(`memory: "128Mi"`), []string{`unknown field "memory"`}},
 		{"unknown handler kind", def(`handler: {"image":"x"}`), []string{`unknown field "image"`}},
 		{"trailing object", def() + ` {}`, []string{"trailing data after the JSON object"}},

@@ -116,8 +116,11 @@ type VerifierConfig struct {
 // Verifier checks tokens (see the package documentation for the rules).
 // It is safe for concurrent use.
 type Verifier struct {
-	issuers  map[string]*Issuer
-	parser   *jwt.Parser
+	issuers map[string]*Issuer
+	parser  *jwt.Parser
+	// opts are the parser's options but its clock, for parsers as of
+	// another time (AsOf).
+	opts     []jwt.ParserOption
 	now      func() time.Time
 	maxSize  int
 	tooLarge *invalidError
@@ -191,15 +194,15 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 		v.cache = newCache(size)
 	}
 
-	v.parser = jwt.NewParser(
+	v.opts = []jwt.ParserOption{
 		jwt.WithValidMethods(algs),
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuedAt(),
 		jwt.WithLeeway(leeway),
-		jwt.WithTimeFunc(v.now),
 		// Canonical base64 only: one token, one spelling.
 		jwt.WithStrictDecoding(),
-	)
+	}
+	v.parser = jwt.NewParser(append(v.opts, jwt.WithTimeFunc(v.now))...)
 	return v, nil
 }
 
@@ -216,8 +219,12 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Claims, error) {
 	case len(raw) > v.maxSize:
 		return nil, v.tooLarge
 	}
+	if at, ok := ctx.Value(asOfKey{}).(time.Time); ok {
+		// Not cached: the cache answers for the present.
+		return v.verify(ctx, raw, jwt.NewParser(append(v.opts, jwt.WithTimeFunc(func() time.Time { return at }))...))
+	}
 	if v.cache == nil {
-		return v.verify(ctx, raw)
+		return v.verify(ctx, raw, v.parser)
 	}
 	now := v.now()
 	// Hash the string's bytes in place (SHA-256 neither keeps nor changes
@@ -227,7 +234,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Claims, error) {
 	if c := v.cache.get(&key, now); c != nil {
 		return c.clone(), nil
 	}
-	c, err := v.verify(ctx, raw)
+	c, err := v.verify(ctx, raw, v.parser)
 	if err != nil {
 		return nil, err
 	}
@@ -239,8 +246,21 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Claims, error) {
 	return c.clone(), nil
 }
 
-// verify parses and checks raw.
-func (v *Verifier) verify(ctx context.Context, raw string) (*Claims, error) {
+// asOfKey is the context key of AsOf's time.
+type asOfKey struct{}
+
+// AsOf returns a context under which Verify (and Authorize) check a
+// token's time claims (exp, nbf, iat) as of t instead of now. An
+// asynchronous call's token is checked as of the call's submission,
+// which the NATS server recorded: a token valid then is not refused for
+// the time the call waited in the queue. The signature, issuer, audience
+// and permissions are checked as usual, against the keys known now.
+func AsOf(ctx context.Context, t time.Time) context.Context {
+	return context.WithValue(ctx, asOfKey{}, t)
+}
+
+// verify parses and checks raw with parser.
+func (v *Verifier) verify(ctx context.Context, raw string, parser *jwt.Parser) (*Claims, error) {
 	var (
 		c      Claims
 		iss    *Issuer
@@ -256,7 +276,7 @@ func (v *Verifier) verify(ctx context.Context, raw string) (*Claims, error) {
 		}
 		return key, nil
 	}
-	if _, err := v.parser.ParseWithClaims(raw, &c, keyfunc); err != nil {
+	if _, err := parser.ParseWithClaims(raw, &c, keyfunc); err != nil {
 		return nil, explain(err, keyErr, iss != nil)
 	}
 	if iss.Audience != "" && !slices.Contains(c.Audience, iss.Audience) {

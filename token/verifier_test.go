@@ -365,6 +365,36 @@ func TestLeeway(t *testing.T) {
 	}
 }
 
+// TestAsOf: under AsOf, time claims are checked as of the given time
+// (an asynchronous call's submission), and the cache, which answers for
+// the present, is neither used nor filled.
+func TestAsOf(t *testing.T) {
+	clk := newClock(t0)
+	v := mustVerifier(t, mustStatic(t, testKey(EdDSA)), VerifierConfig{Now: clk.now, Leeway: time.Second})
+	tok := signWith(t, testKey(EdDSA), claimsAt(t0)) // valid for an hour from t0
+	ctx := context.Background()
+	clk.set(t0.Add(3 * time.Hour)) // expired now
+	tests := []struct {
+		name string
+		at   time.Time
+		want error
+	}{
+		{"submitted while valid", t0.Add(30 * time.Minute), nil},
+		{"submitted after it expired", t0.Add(2 * time.Hour), errExpired},
+		{"submitted before it was issued", t0.Add(-time.Hour), ErrInvalidToken},
+	}
+	for _, tt := range tests {
+		_, err := v.Verify(AsOf(ctx, tt.at), tok)
+		if tt.want == nil && err != nil || tt.want != nil && !errors.Is(err, ErrInvalidToken) {
+			t.Errorf("%s: error %v, want %v", tt.name, err, tt.want)
+		}
+	}
+	// The verification as of the past did not make the token pass now.
+	if _, err := v.Verify(ctx, tok); err != errExpired {
+		t.Errorf("now, after verifications as of the past: error %v, want %v", err, errExpired)
+	}
+}
+
 // TestKeyRotation: with both keys in the key source, tokens of the old and
 // the new key verify; once the old key is gone, its tokens do not.
 func TestKeyRotation(t *testing.T) {

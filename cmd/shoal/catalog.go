@@ -19,6 +19,7 @@ import (
 	"github.com/shoal-dev/shoal/functions/auth"
 	"github.com/shoal-dev/shoal/manifest"
 	"github.com/shoal-dev/shoal/platform/broker"
+	"github.com/shoal-dev/shoal/platform/calls"
 	"github.com/shoal-dev/shoal/platform/catalog"
 	"github.com/shoal-dev/shoal/platform/keyring"
 )
@@ -125,7 +126,8 @@ func functionsStatus(nc *nats.Conn, entries func() []catalog.Entry) func(context
 // catalog, so when they go on, the others exist with their replicas
 // rather than being created with one by the first runner that serves
 // auth.
-func deployManifest(ctx context.Context, js jetstream.JetStream, m *manifest.Manifest, prune bool, replicas int) ([]catalog.Change, error) {
+func deployManifest(ctx context.Context, js jetstream.JetStream, m *manifest.Manifest, prune bool, limits calls.Limits) ([]catalog.Change, error) {
+	replicas := limits.Replicas
 	if _, err := keyring.Create(ctx, js, replicas); err != nil {
 		return nil, err
 	}
@@ -141,6 +143,9 @@ func deployManifest(ctx context.Context, js jetstream.JetStream, m *manifest.Man
 			return nil, err
 		}
 	} else if err != nil {
+		return nil, err
+	}
+	if err := calls.Setup(ctx, js, limits); err != nil {
 		return nil, err
 	}
 	c, err := catalog.Create(ctx, js, replicas)
@@ -163,6 +168,7 @@ func newDeployCmd() *cobra.Command {
 		file     string
 		prune    bool
 		replicas int
+		al       asyncLimitFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "deploy",
@@ -187,13 +193,17 @@ are removed.`,
 			if err != nil {
 				return err
 			}
+			limits, err := al.limits(replicas)
+			if err != nil {
+				return err
+			}
 			return a.session(cmd.Context(), func(ctx context.Context, js jetstream.JetStream) error {
 				// A cluster that is forming or electing a leader may leave
 				// a request unanswered; deploying again is harmless.
 				var changes []catalog.Change
 				err := broker.Retry(ctx, jsAttempt, func(ctx context.Context) error {
 					var err error
-					changes, err = deployManifest(ctx, js, m, prune, replicas)
+					changes, err = deployManifest(ctx, js, m, prune, limits)
 					return err
 				})
 				printChanges(cmd.OutOrStdout(), changes)
@@ -204,7 +214,8 @@ are removed.`,
 	a.register(cmd)
 	cmd.Flags().StringVarP(&file, "file", "f", defaultManifest, "function manifest")
 	cmd.Flags().BoolVar(&prune, "prune", false, "also remove deployed functions that the manifest does not declare")
-	cmd.Flags().IntVar(&replicas, "replicas", 0, "replicas of the catalog bucket: 1 on one server, 3 on a cluster (0: keep an existing bucket's, 1 for a new one)")
+	cmd.Flags().IntVar(&replicas, "replicas", 0, "replicas of the platform's buckets and streams: 1 on one server, 3 on a cluster (0: keep existing ones', 1 for new ones)")
+	al.register(cmd.Flags())
 	return cmd
 }
 

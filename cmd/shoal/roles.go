@@ -20,6 +20,8 @@ import (
 	"github.com/shoal-dev/shoal/functions/auth"
 	"github.com/shoal-dev/shoal/manifest"
 	"github.com/shoal-dev/shoal/platform/broker"
+	"github.com/shoal-dev/shoal/platform/callback"
+	"github.com/shoal-dev/shoal/platform/calls"
 	"github.com/shoal-dev/shoal/platform/catalog"
 	"github.com/shoal-dev/shoal/platform/gateway"
 	"github.com/shoal-dev/shoal/platform/runner"
@@ -73,6 +75,8 @@ var gatewayConnOpts = []nats.Option{nats.ReconnectBufSize(-1)}
 type gatewayExtras struct {
 	ackRunners bool
 	workers    func(context.Context) (any, error)
+	// callbacks decides which callback URLs submissions may give.
+	callbacks *callback.Policy
 }
 
 // startGateway starts a gateway that owns nc and serves HTTP on addr: the
@@ -84,7 +88,13 @@ func startGateway(ctx context.Context, nc *nats.Conn, m *manifest.Manifest, addr
 	if m != nil {
 		entries = func() []catalog.Entry { return entriesOf(m) }
 	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
 	g, err := gateway.New(gateway.Config{
+		Calls: calls.NewQueue(js), Callbacks: x.callbacks,
 		NATS: nc, Manifest: m, MaxBody: int64(limits.maxBody), MaxInFlight: limits.maxInFlight,
 		Verifier: tr.verifier, JWKS: tr.jwks,
 		AckRunners: x.ackRunners, Workers: x.workers, Functions: functionsStatus(nc, entries),
@@ -188,6 +198,8 @@ type runnerEnv struct {
 	// auth configures the auth function; nil when this process has no
 	// signing key and does not serve it.
 	auth *auth.Config
+	// async configures asynchronous calls; nil turns them off.
+	async *runner.AsyncConfig
 }
 
 // startRunner starts a runner that owns nc, serving the functions of m
@@ -206,7 +218,7 @@ func startRunner(nc *nats.Conn, m *manifest.Manifest, worker int, env runnerEnv)
 		deps.Auth = *env.auth
 	}
 	r, err := runner.Start(nc, runner.Config{
-		Manifest: m, Builtins: builtins(deps), Verifier: env.trust.verifier, Metadata: meta, Logger: log,
+		Manifest: m, Builtins: builtins(deps), Verifier: env.trust.verifier, Metadata: meta, Logger: log, Async: env.async,
 	})
 	if err != nil {
 		nc.Close()
@@ -268,6 +280,7 @@ func newGatewayCmd() *cobra.Command {
 		addr   string
 		limits gatewayLimits
 		drain  time.Duration
+		cf     callbackFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "gateway",
@@ -287,10 +300,13 @@ GET /healthz answers 200 while the process serves HTTP; GET /readyz answers
 			if err := errors.Join(limits.check(), tf.check()); err != nil {
 				return err
 			}
+			policy, err := cf.policy()
+			if err != nil {
+				return err
+			}
 			nf.defaultInbox(broker.InboxPrefix(broker.RoleGateway))
 			var m *manifest.Manifest
 			if file != "" {
-				var err error
 				if m, err = loadManifest(file); err != nil {
 					return err
 				}
@@ -312,7 +328,7 @@ GET /healthz answers 200 while the process serves HTTP; GET /readyz answers
 				return err
 			}
 			defer tr.stop()
-			sg, err := startGateway(cmd.Context(), nc, m, addr, limits, tr, gatewayExtras{})
+			sg, err := startGateway(cmd.Context(), nc, m, addr, limits, tr, gatewayExtras{callbacks: policy})
 			if err != nil {
 				return err
 			}
@@ -328,6 +344,7 @@ GET /healthz answers 200 while the process serves HTTP; GET /readyz answers
 	noEnv(cmd.Flags(), "file")
 	cmd.Flags().StringVar(&addr, "http", defaultHTTPAddr, "HTTP listen address")
 	limits.register(cmd.Flags())
+	cf.register(cmd.Flags(), false)
 	cmd.Flags().DurationVar(&drain, "drain-timeout", defaultDrainTimeout, "how long shutdown waits for in-flight requests")
 	return cmd
 }
@@ -353,6 +370,7 @@ func newRunnerCmd() *cobra.Command {
 		healthAddr string
 		drain      time.Duration
 		worker     int
+		ra         runnerAsyncFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "runner",
@@ -372,12 +390,15 @@ With --health, GET /healthz answers 200 while the process runs and GET
 /readyz 200 while it serves (connected to NATS, functions loaded).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := errors.Join(tf.check(), af.check()); err != nil {
+			if err := errors.Join(tf.check(), af.check(), ra.check()); err != nil {
+				return err
+			}
+			asyncCfg, err := ra.config()
+			if err != nil {
 				return err
 			}
 			var health *healthServer
 			if healthAddr != "" {
-				var err error
 				if health, err = startHealth(healthAddr); err != nil {
 					return err
 				}
@@ -392,7 +413,6 @@ With --health, GET /healthz answers 200 while the process runs and GET
 			}
 			var m *manifest.Manifest
 			if file != "" {
-				var err error
 				if m, err = loadManifest(file); err != nil {
 					return err
 				}
@@ -431,7 +451,10 @@ With --health, GET /healthz answers 200 while the process runs and GET
 				return err
 			}
 			defer tr.stop()
-			env := runnerEnv{trust: tr}
+			if asyncCfg != nil {
+				asyncCfg.NATS = snc
+			}
+			env := runnerEnv{trust: tr, async: asyncCfg}
 			if signer != nil {
 				if env.auth, err = authConfig(cmd.Context(), snc, signer, af); err != nil {
 					return err
@@ -496,6 +519,7 @@ With --health, GET /healthz answers 200 while the process runs and GET
 	noEnv(cmd.Flags(), "file", "key")
 	cmd.Flags().StringVar(&healthAddr, "health", "", "serve GET /healthz and /readyz on this address (e.g. 0.0.0.0:8081); off by default")
 	cmd.Flags().DurationVar(&drain, "drain-timeout", defaultDrainTimeout, "how long shutdown waits for in-flight invocations")
+	ra.register(cmd.Flags())
 	cmd.Flags().IntVar(&worker, "worker", 0, "worker slot, when run by shoal up's supervisor (shown in the service metadata)")
 	_ = cmd.Flags().MarkHidden("worker")
 	return cmd

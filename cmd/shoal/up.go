@@ -20,6 +20,7 @@ import (
 	"github.com/shoal-dev/shoal/functions/auth"
 	"github.com/shoal-dev/shoal/manifest"
 	"github.com/shoal-dev/shoal/platform/broker"
+	"github.com/shoal-dev/shoal/platform/calls"
 	"github.com/shoal-dev/shoal/platform/catalog"
 	"github.com/shoal-dev/shoal/platform/keyring"
 	"github.com/shoal-dev/shoal/platform/supervisor"
@@ -43,6 +44,8 @@ type upOptions struct {
 	crashLoop   supervisor.CrashLoop
 	acks        bool
 	natsSync    syncPolicy
+	async       runnerAsyncFlags
+	asyncLimits asyncLimitFlags
 }
 
 func newUpCmd() *cobra.Command {
@@ -81,6 +84,8 @@ the nats CLI, with the client role's credentials.`,
 	f.DurationVar(&o.crashLoop.Window, "crash-loop-window", time.Minute, "window of the crash-loop guard")
 	o.trust.register(f)
 	o.auth.register(f, false)
+	o.async.register(f)
+	o.asyncLimits.register(f)
 	return cmd
 }
 
@@ -97,7 +102,15 @@ func up(ctx context.Context, o upOptions) error {
 	if o.crashLoop.Exits < 1 || o.crashLoop.Window < time.Second {
 		return fmt.Errorf("--crash-loop-exits %d --crash-loop-window %s: want at least 1 exit and 1s", o.crashLoop.Exits, o.crashLoop.Window)
 	}
-	if err := errors.Join(o.limits.check(), o.trust.check(), o.auth.check()); err != nil {
+	if err := errors.Join(o.limits.check(), o.trust.check(), o.auth.check(), o.async.check()); err != nil {
+		return err
+	}
+	asyncLimits, err := o.asyncLimits.limits(0)
+	if err != nil {
+		return err
+	}
+	callbacks, err := o.async.callbacks.policy()
+	if err != nil {
 		return err
 	}
 	m, err := loadManifest(o.file)
@@ -138,7 +151,7 @@ func up(ctx context.Context, o upOptions) error {
 		return err
 	}
 	defer anc.Close()
-	if err := prepareStores(ctx, anc, keys, o.auth.limits, m); err != nil {
+	if err := prepareStores(ctx, anc, keys, o.auth.limits, asyncLimits, m); err != nil {
 		return err
 	}
 	tr, err := buildTrust(ctx, anc, &o.trust, keys, needsTokens(m))
@@ -186,7 +199,7 @@ func up(ctx context.Context, o upOptions) error {
 		return abort(err)
 	}
 	sys := &systemInfo{sup: sup, nc: anc}
-	sg, err := startGateway(ctx, nc, nil, o.httpAddr, o.limits, tr, gatewayExtras{ackRunners: o.acks, workers: sys.workers})
+	sg, err := startGateway(ctx, nc, nil, o.httpAddr, o.limits, tr, gatewayExtras{ackRunners: o.acks, workers: sys.workers, callbacks: callbacks})
 	if err != nil {
 		return abort(err)
 	}
@@ -231,7 +244,7 @@ func up(ctx context.Context, o upOptions) error {
 // publishes the public signing keys. The manifest is this machine's source
 // of truth: it is deployed with prune, removing what it does not declare;
 // shoal deploy and shoal rm change the catalog live afterwards.
-func prepareStores(ctx context.Context, nc *nats.Conn, keys []jwkset.JWK, limits auth.Limits, m *manifest.Manifest) error {
+func prepareStores(ctx context.Context, nc *nats.Conn, keys []jwkset.JWK, limits auth.Limits, asyncLimits calls.Limits, m *manifest.Manifest) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	js, err := jetstream.New(nc)
@@ -243,7 +256,7 @@ func prepareStores(ctx context.Context, nc *nats.Conn, keys []jwkset.JWK, limits
 	if _, err := auth.CreateLimiter(ctx, js, limits, 1); err != nil {
 		return err
 	}
-	changes, err := deployManifest(ctx, js, m, true, 0)
+	changes, err := deployManifest(ctx, js, m, true, asyncLimits)
 	if err != nil {
 		return fmt.Errorf("deploy %s: %w", m.File, err)
 	}

@@ -27,18 +27,21 @@ const (
 	// RoleAdmin may do anything: `shoal up` itself, `shoal user`, `shoal
 	// key`.
 	RoleAdmin Role = "admin"
-	// RoleGateway may send invocations, discover runners, and read the
-	// function catalog and the public signing keys.
+	// RoleGateway may send invocations, submit asynchronous calls and
+	// read their records, discover runners, and read the function
+	// catalog and the public signing keys.
 	RoleGateway Role = "gateway"
 	// RoleRunner may take invocations from the queue groups, answer them,
-	// and read the function catalog and the public signing keys. It cannot read users: runners run
-	// function code.
+	// pull and settle asynchronous calls (records, dead letters, results,
+	// callbacks), and read the function catalog and the public signing
+	// keys. It cannot read users: runners run function code.
 	RoleRunner Role = "runner"
 	// RoleAuth is a runner that also serves the auth function: it may
 	// read users and count failed logins too.
 	RoleAuth Role = "auth"
-	// RoleClient may send invocations and read the replies on its inbox
-	// prefix, and nothing else: it cannot subscribe to function subjects,
+	// RoleClient may send invocations, submit asynchronous calls, read
+	// call records and results (results.>), and read the replies on its
+	// inbox prefix, and nothing else: it cannot subscribe to function subjects,
 	// so it can neither take other callers' invocations (and their
 	// tokens) nor pose as a runner, and it cannot read the replies the
 	// gateway receives. Every program holding the client credentials is
@@ -70,7 +73,35 @@ const (
 	keysBucket      = "shoal_keys"
 	usersBucket     = "shoal_users"
 	failuresBucket  = "shoal_login_failures"
+	callsBucket     = "shoal_calls"
+	callsStream     = "SHOAL_CALLS"
+	callbackStream  = "SHOAL_CALLBACKS"
 )
+
+// submitCalls is what submitting asynchronous calls takes: publishing on
+// calls.NAME (two tokens: not calls.NAME.retry, where re-driven calls
+// are trusted with their submission time) and recording them as queued.
+var submitCalls = concat([]string{"calls.*", "$KV." + callsBucket + ".>"}, kvRead(callsBucket))
+
+// runCalls is what a runner needs for asynchronous calls: pulling from
+// its functions' consumers, settling calls (records, dead letters,
+// results, callbacks) and delivering callbacks.
+var runCalls = concat(
+	pullFrom(callsStream), pullFrom(callbackStream),
+	[]string{"dlq.>", "callbacks.>", "results.>", "$KV." + callsBucket + ".>"},
+	kvRead(callsBucket),
+)
+
+// pullFrom is what sharing the durable pull consumers of a stream takes.
+func pullFrom(stream string) []string {
+	return []string{
+		"$JS.API.CONSUMER.CREATE." + stream,
+		"$JS.API.CONSUMER.CREATE." + stream + ".>",
+		"$JS.API.CONSUMER.INFO." + stream + ".>",
+		"$JS.API.CONSUMER.MSG.NEXT." + stream + ".>",
+		"$JS.ACK." + stream + ".>",
+	}
+}
 
 // callerInboxes are where runners may publish: the reply inboxes of the
 // roles that send invocations and discovery requests.
@@ -87,12 +118,12 @@ func Permissions(role Role) *server.Permissions {
 	switch role {
 	case RoleGateway:
 		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>"}, kvRead(keysBucket), kvRead(functionsBucket))},
+			Publish:   &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>"}, kvRead(keysBucket), kvRead(functionsBucket), submitCalls)},
 			Subscribe: &server.SubjectPermission{Allow: inbox},
 		}
 	case RoleRunner:
 		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: concat(callerInboxes, kvRead(keysBucket), kvRead(functionsBucket))},
+			Publish:   &server.SubjectPermission{Allow: concat(callerInboxes, kvRead(keysBucket), kvRead(functionsBucket), runCalls)},
 			Subscribe: &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>"}, inbox)},
 		}
 	case RoleAuth:
@@ -103,6 +134,7 @@ func Permissions(role Role) *server.Permissions {
 				kvRead(functionsBucket),
 				kvRead(usersBucket),
 				kvRead(failuresBucket),
+				runCalls,
 				[]string{
 					"$KV." + failuresBucket + ".>",
 					// A runner that serves the auth function creates its
@@ -115,8 +147,9 @@ func Permissions(role Role) *server.Permissions {
 		}
 	case RoleClient:
 		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: []string{"fn.>", "$SRV.>"}},
-			Subscribe: &server.SubjectPermission{Allow: inbox},
+			// Submitting on calls.NAME, reading records; never writing them.
+			Publish:   &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>", "calls.*"}, kvRead(callsBucket))},
+			Subscribe: &server.SubjectPermission{Allow: concat(inbox, []string{"results.>"})},
 		}
 	default:
 		return nil

@@ -37,6 +37,8 @@ import (
 
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/manifest"
+	"github.com/shoal-dev/shoal/platform/callback"
+	"github.com/shoal-dev/shoal/platform/calls"
 	"github.com/shoal-dev/shoal/platform/health"
 	"github.com/shoal-dev/shoal/token"
 )
@@ -103,6 +105,13 @@ type Config struct {
 	// SystemPermission is the permission /system/ routes require;
 	// default "system:read".
 	SystemPermission string
+	// Calls, when set, takes asynchronous calls at
+	// /async-function/NAME and answers GET /calls/ID; nil answers them
+	// 501.
+	Calls *calls.Queue
+	// Callbacks decides which X-Callback-Url a submission may give; nil
+	// allows public addresses only (callback.ParsePolicy).
+	Callbacks *callback.Policy
 	// Logger receives the gateway's log; nil discards it.
 	Logger *slog.Logger
 }
@@ -126,6 +135,9 @@ type Gateway struct {
 	verifier    *token.Verifier
 	jwks        func() ([]byte, error)
 	ready       func() error
+	calls       *calls.Queue
+	callbacks   *callback.Policy
+	systemPerms []string
 	mux         http.Handler
 	srv         *http.Server
 
@@ -150,12 +162,17 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, errors.New("gateway: a NATS connection is required")
 	}
 	g := &Gateway{
-		nc:       cfg.NATS,
-		maxBody:  cfg.MaxBody,
-		log:      cfg.Logger,
-		verifier: cfg.Verifier,
-		jwks:     cfg.JWKS,
-		ready:    cfg.Ready,
+		nc:        cfg.NATS,
+		maxBody:   cfg.MaxBody,
+		log:       cfg.Logger,
+		verifier:  cfg.Verifier,
+		jwks:      cfg.JWKS,
+		ready:     cfg.Ready,
+		calls:     cfg.Calls,
+		callbacks: cfg.Callbacks,
+	}
+	if g.callbacks == nil {
+		g.callbacks, _ = callback.ParsePolicy(nil) // no entries: the default policy
 	}
 	if g.maxBody <= 0 {
 		g.maxBody = DefaultMaxBody
@@ -198,6 +215,7 @@ func New(cfg Config) (*Gateway, error) {
 	if perm == "" {
 		perm = "system:read"
 	}
+	g.systemPerms = []string{perm}
 	if cfg.Workers != nil {
 		r.Get("/system/workers", g.serveSystem([]string{perm}, cfg.Workers))
 	}
@@ -250,15 +268,21 @@ func (g *Gateway) readiness() error {
 	return nil
 }
 
-// ServeHTTP serves the gateway's routes. Invocations under /function/ are
-// dispatched before the router: a function takes any method, including
-// ones chi's method table does not know (it answers 405 to those).
+// ServeHTTP serves the gateway's routes. Invocations under /function/
+// and /async-function/, and calls under /calls/, are dispatched before
+// the router: a function takes any method, including ones chi's method
+// table does not know (it answers 405 to those).
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if strings.HasPrefix(r.URL.Path, functionPrefix) {
+	switch p := r.URL.Path; {
+	case strings.HasPrefix(p, functionPrefix):
 		g.invoke(w, r)
-		return
+	case strings.HasPrefix(p, asyncPrefix):
+		g.submit(w, r)
+	case strings.HasPrefix(p, callsPrefix):
+		g.serveCall(w, r)
+	default:
+		g.mux.ServeHTTP(w, r)
 	}
-	g.mux.ServeHTTP(w, r)
 }
 
 // Serve accepts HTTP connections on ln until Shutdown.

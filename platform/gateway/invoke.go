@@ -26,7 +26,7 @@ const preallocLimit = 256 << 10
 // request to the function's subject, the runner's reply out as the HTTP
 // response.
 func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
-	name, subpath, ok := splitFunctionPath(r.URL.EscapedPath())
+	name, subpath, ok := splitPath(r.URL.EscapedPath(), functionPrefix)
 	if !ok {
 		invocation.Errorf(http.StatusNotFound, invocation.CodeNotFound, "no route for %s; functions are at /function/NAME", r.URL.Path).WriteHTTP(w)
 		return
@@ -121,10 +121,10 @@ func authError(aerr *token.AuthError) *invocation.Error {
 	return &invocation.Error{Status: aerr.Status, Code: invocation.Code(aerr.Code), Message: aerr.Description, Challenge: aerr.Challenge()}
 }
 
-// splitFunctionPath splits /function/NAME/rest into NAME and "/rest" ("" when
-// there is no rest).
-func splitFunctionPath(p string) (name, subpath string, ok bool) {
-	rest, ok := strings.CutPrefix(p, functionPrefix)
+// splitPath splits PREFIXNAME/rest, e.g. /function/NAME/rest, into NAME
+// and "/rest" ("" when there is no rest).
+func splitPath(p, prefix string) (name, subpath string, ok bool) {
+	rest, ok := strings.CutPrefix(p, prefix)
 	if !ok {
 		return "", "", false
 	}

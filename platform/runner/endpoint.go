@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/manifest"
+	"github.com/shoal-dev/shoal/platform/calls"
 	"github.com/shoal-dev/shoal/token"
 )
 
@@ -26,7 +28,10 @@ type endpoint struct {
 	name string
 	def  atomic.Pointer[definition]
 
-	inFlight  atomic.Int64
+	inFlight atomic.Int64
+	// wake tells the function's pull loop of asynchronous calls that a
+	// concurrency slot is free.
+	wake      chan struct{}
 	received  atomic.Uint64
 	rejected  atomic.Uint64
 	completed atomic.Uint64
@@ -120,7 +125,7 @@ func (e *endpoint) invoke(d *definition, reply string, header nats.Header, data 
 	// The function has returned: its concurrency slot is free before its
 	// caller hears back, so that a caller's next invocation never finds
 	// it taken (429) by the one just answered.
-	e.inFlight.Add(-1)
+	e.release()
 	stopTimer()
 	defer putWriter(w)
 	if !answered.CompareAndSwap(false, true) {
@@ -151,6 +156,90 @@ func (e *endpoint) expired(ctx context.Context, d *definition) *invocation.Error
 	}
 	return invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable,
 		"the runner shut down before function %q answered", e.name)
+}
+
+// release frees a concurrency slot, and tells the pull loop of
+// asynchronous calls, if it waits for one.
+func (e *endpoint) release() {
+	e.inFlight.Add(-1)
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+// free is how many more invocations the function may start here now.
+func (e *endpoint) free() int {
+	return int(int64(e.def.Load().fn.Concurrency) - e.inFlight.Load())
+}
+
+// takeCall starts an asynchronous call the pull loop received; the loop
+// asked for no more than free slots.
+func (e *endpoint) takeCall(c *calls.Call) {
+	e.received.Add(1)
+	e.inFlight.Add(1)
+	e.r.unanswered.Add(1)
+	go e.runCall(c)
+}
+
+// runCall runs an asynchronous call and settles it (calls.Worker.Run).
+func (e *endpoint) runCall(c *calls.Call) {
+	defer e.r.unanswered.Add(-1)
+	d := e.def.Load()
+	ran := false
+	e.r.worker.Run(c, d.fn.Async, func() calls.Result {
+		ran = true
+		return e.execCall(d, c)
+	})
+	if !ran {
+		e.release()
+	}
+}
+
+// execCall runs the function for an asynchronous call, within its
+// timeout; the token is checked as of the call's submission. A function
+// still running at its timeout keeps its concurrency slot until it
+// returns, as for a synchronous invocation, but the call fails at once.
+func (e *endpoint) execCall(d *definition, c *calls.Call) calls.Result {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(e.r.ctx, d.fn.Timeout)
+	defer cancel()
+	type outcome struct {
+		w    *responseWriter
+		ierr *invocation.Error
+	}
+	done := make(chan outcome, 1)
+	header := nats.Header(http.Header(c.Header).Clone()) // the call's own headers stay whole, for a dead letter
+	go func() {
+		w, ierr := e.run(token.AsOf(ctx, c.Submitted), d, header, c.Data)
+		e.release()
+		done <- outcome{w, ierr}
+	}()
+	var res calls.Result
+	select {
+	case o := <-done:
+		ierr := o.ierr
+		if ierr == nil && ctx.Err() != nil {
+			ierr = e.expired(ctx, d)
+		}
+		if ierr != nil {
+			res.Err = ierr
+		} else {
+			res.Status, res.Header, res.Body = o.w.statusCode(), o.w.header.Clone(), bytes.Clone(o.w.body.Bytes())
+		}
+		putWriter(o.w)
+	case <-ctx.Done():
+		// The function goes on; its answer, if it comes, is dropped
+		// with its writer.
+		res.Err = e.expired(ctx, d)
+	}
+	e.completed.Add(1)
+	e.busy.Add(int64(time.Since(start)))
+	if res.Err != nil {
+		e.errors.Add(1)
+		e.setLastError(res.Err)
+	}
+	return res
 }
 
 // run calls the function, turning a panic or a malformed invocation into

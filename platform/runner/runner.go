@@ -32,12 +32,14 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/nats-io/nuid"
 
 	"github.com/shoal-dev/shoal"
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/manifest"
+	"github.com/shoal-dev/shoal/platform/calls"
 	"github.com/shoal-dev/shoal/token"
 )
 
@@ -56,8 +58,27 @@ type Config struct {
 	Verifier *token.Verifier
 	// Metadata is added to the runner's service metadata (e.g. a worker id).
 	Metadata map[string]string
+	// Async, when set, makes the runner take asynchronous calls of the
+	// functions it serves that allow them (platform/calls), and deliver
+	// callbacks.
+	Async *AsyncConfig
 	// Logger receives the runner's log; nil discards it.
 	Logger *slog.Logger
+}
+
+// AsyncConfig configures a runner's asynchronous calls.
+type AsyncConfig struct {
+	// NATS is the connection the calls are pulled, recorded and
+	// acknowledged on; required. It must not be the runner's own (whose
+	// drain on Stop waits for every subscription to end, and JetStream
+	// requests keep one). The runner uses it until Stop returns and does
+	// not close it.
+	NATS *nats.Conn
+	// AckWait is how long a call of a runner that died waits before
+	// another runner takes it; 0 means calls.DefaultAckWait.
+	AckWait time.Duration
+	// Callbacks configures the delivery of callbacks.
+	Callbacks calls.CallbackConfig
 }
 
 // Runner serves functions on one NATS connection.
@@ -82,6 +103,15 @@ type Runner struct {
 	// SetFunctions and Stop tries again.
 	stale   []micro.Service
 	stopped bool
+
+	// worker takes asynchronous calls; nil when they are off. pulls
+	// holds the cancel of each function's pull loop, by name (under mu);
+	// async tracks the loops and the callback deliveries.
+	worker      *calls.Worker
+	pulls       map[string]context.CancelFunc
+	asyncCtx    context.Context
+	asyncCancel context.CancelFunc
+	async       sync.WaitGroup
 
 	// id is the runner's stable id; ackHeader, the header of every ack,
 	// carries it. Messages are encoded, never modified, once built, so
@@ -160,7 +190,60 @@ func Start(nc *nats.Conn, cfg Config) (*Runner, error) {
 		return nil, err
 	}
 	r.svc = svc
+	if cfg.Async != nil {
+		if err := r.startAsync(cfg.Async); err != nil {
+			cancel()
+			_ = svc.Stop()
+			return nil, err
+		}
+	}
 	return r, nil
+}
+
+// startAsync starts taking asynchronous calls and delivering callbacks.
+func (r *Runner) startAsync(cfg *AsyncConfig) error {
+	if cfg.NATS == nil || cfg.NATS == r.nc {
+		return errors.New("runner: asynchronous calls need a NATS connection of their own (AsyncConfig.NATS)")
+	}
+	js, err := jetstream.New(cfg.NATS)
+	if err != nil {
+		return fmt.Errorf("runner: jetstream: %w", err)
+	}
+	r.worker = calls.NewWorker(js, calls.WorkerConfig{Runner: r.id, AckWait: cfg.AckWait, Logger: r.log})
+	r.pulls = map[string]context.CancelFunc{}
+	r.asyncCtx, r.asyncCancel = context.WithCancel(context.Background())
+	cb := cfg.Callbacks
+	if cb.Logger == nil {
+		cb.Logger = r.log
+	}
+	r.async.Go(func() { calls.DeliverCallbacks(r.asyncCtx, js, cb) })
+	r.mu.Lock()
+	r.pullFunctions(*r.eps.Load())
+	r.mu.Unlock()
+	return nil
+}
+
+// pullFunctions starts pulling the calls of the functions of eps that
+// take asynchronous calls, and stops pulling those of the others. It
+// runs with r.mu held.
+func (r *Runner) pullFunctions(eps map[string]*endpoint) {
+	if r.worker == nil {
+		return
+	}
+	for name, cancel := range r.pulls {
+		if ep, ok := eps[name]; !ok || ep.def.Load().fn.Async.Disabled {
+			cancel()
+			delete(r.pulls, name)
+		}
+	}
+	for name, ep := range eps {
+		if _, ok := r.pulls[name]; ok || ep.def.Load().fn.Async.Disabled {
+			continue
+		}
+		ctx, cancel := context.WithCancel(r.asyncCtx)
+		r.pulls[name] = cancel
+		r.async.Go(func() { r.worker.Pull(ctx, name, ep.free, ep.wake, ep.takeCall) })
+	}
 }
 
 // endpoints builds the endpoints of the functions this runner can serve,
@@ -181,7 +264,7 @@ func (r *Runner) endpoints(fns []manifest.Function, old map[string]*endpoint) (m
 		d := &definition{fn: fn, handler: h}
 		ep := old[fn.Name]
 		if ep == nil {
-			ep = &endpoint{r: r, name: fn.Name}
+			ep = &endpoint{r: r, name: fn.Name, wake: make(chan struct{}, 1)}
 			ep.def.Store(d)
 		}
 		eps[fn.Name] = ep
@@ -266,6 +349,7 @@ func (r *Runner) SetFunctions(ctx context.Context, fns []manifest.Function) erro
 		ep.def.Store(defs[name])
 	}
 	r.eps.Store(&eps)
+	r.pullFunctions(eps)
 	prev := r.svc
 	r.svc = svc
 	// The server may be delivering invocations it matched against the
@@ -412,6 +496,16 @@ func (r *Runner) stop(ctx context.Context) error {
 	r.mu.Unlock()
 	var errs []error
 	drained := false
+	// 0. Stop taking asynchronous calls: those taken run to the end
+	//    (counted in unanswered, below); the others wait in the stream
+	//    for another runner.
+	asyncDone := make(chan struct{})
+	if r.asyncCancel != nil {
+		r.asyncCancel()
+		go func() { r.async.Wait(); close(asyncDone) }()
+	} else {
+		close(asyncDone)
+	}
 	// 1. Leaving the queue groups needs the server: nats.go sends no
 	//    unsubscription while disconnected and re-subscribes draining
 	//    subscriptions when it reconnects, after which the server would
@@ -445,6 +539,11 @@ func (r *Runner) stop(ctx context.Context) error {
 		default:
 			// 4. Wait until every admitted invocation has been answered.
 			drained = waitUntil(ctx, func() bool { return r.unanswered.Load() == 0 })
+			select {
+			case <-asyncDone:
+			case <-ctx.Done():
+				errs = append(errs, errors.New("callback deliveries did not finish in time"))
+			}
 		}
 	}
 	// 5. Cancel what still runs. An invocation not answered yet answers

@@ -1,0 +1,218 @@
+package calls
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/shoal-dev/shoal/platform/callback"
+)
+
+// CallbackConfig configures the delivery of callbacks.
+type CallbackConfig struct {
+	// Policy says which URLs may be called; nil is the default policy
+	// (public addresses only).
+	Policy *callback.Policy
+	// Timeout bounds one delivery; 0 means 10 s.
+	Timeout time.Duration
+	// Attempts is the most deliveries tried; 0 means 5.
+	Attempts int
+	// Backoff are the delays between attempts (the last repeats); nil
+	// means 1s, 10s, 1m, 5m.
+	Backoff []time.Duration
+	// Concurrency bounds the deliveries in progress at once; 0 means 16.
+	Concurrency int
+	// Logger receives the log; nil discards it.
+	Logger *slog.Logger
+}
+
+func (c CallbackConfig) withDefaults() CallbackConfig {
+	if c.Policy == nil {
+		c.Policy, _ = callback.ParsePolicy(nil) // the default policy parses
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 10 * time.Second
+	}
+	if c.Attempts <= 0 {
+		c.Attempts = 5
+	}
+	if c.Backoff == nil {
+		c.Backoff = []time.Duration{time.Second, 10 * time.Second, time.Minute, 5 * time.Minute}
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 16
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// DeliverCallbacks POSTs queued results to their callback URLs until ctx
+// ends, and records each delivery's outcome in the call's record. A
+// delivery that fails with a retryable error is tried again after the
+// back-off, up to the configured attempts; every runner shares the work.
+// It returns when ctx ends and the deliveries under way have finished.
+func DeliverCallbacks(ctx context.Context, js jetstream.JetStream, cfg CallbackConfig) {
+	cfg = cfg.withDefaults()
+	d := &deliverer{js: js, q: NewQueue(js), cfg: cfg, client: cfg.Policy.Client(cfg.Timeout), slots: make(chan struct{}, cfg.Concurrency)}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	var cons jetstream.Consumer
+	failures := 0
+	for ctx.Err() == nil {
+		if cons == nil {
+			c, err := js.CreateOrUpdateConsumer(ctx, CallbackStream, jetstream.ConsumerConfig{
+				Durable:       CallbackConsumer,
+				Description:   "Shoal: callback deliveries",
+				AckPolicy:     jetstream.AckExplicitPolicy,
+				AckWait:       cfg.Timeout + 20*time.Second,
+				MaxDeliver:    -1,
+				MaxAckPending: -1,
+			})
+			if err != nil {
+				failures++
+				if failures == 1 || failures%30 == 0 {
+					cfg.Logger.Warn("cannot consume callbacks; trying again", "error", err, "failures", failures)
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+				continue
+			}
+			cons, failures = c, 0
+		}
+		// One slot is needed to ask at all; ask for as many as are free.
+		select {
+		case d.slots <- struct{}{}:
+		case <-ctx.Done():
+			continue
+		}
+		free := 1
+		for free < cfg.Concurrency && len(d.slots) < cfg.Concurrency {
+			d.slots <- struct{}{}
+			free++
+		}
+		fctx, cancel := context.WithTimeout(ctx, pollWait)
+		batch, err := cons.Fetch(free, jetstream.FetchContext(fctx))
+		if err != nil {
+			cancel()
+			d.release(free)
+			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+				cons = nil
+			}
+			if ctx.Err() == nil {
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+			continue
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			wg.Go(func() {
+				defer d.release(1)
+				d.deliver(msg)
+			})
+		}
+		cancel()
+		d.release(free - n)
+	}
+}
+
+type deliverer struct {
+	js     jetstream.JetStream
+	q      *Queue
+	cfg    CallbackConfig
+	client *http.Client
+	slots  chan struct{}
+}
+
+func (d *deliverer) release(n int) {
+	for range n {
+		<-d.slots
+	}
+}
+
+// deliver makes one delivery attempt of a queued callback and settles it.
+func (d *deliverer) deliver(msg jetstream.Msg) {
+	h := msg.Headers()
+	id, url := h.Get(HeaderCallID), h.Get(HeaderCallback)
+	attempt := 1
+	if meta, err := msg.Metadata(); err == nil {
+		attempt = int(meta.NumDelivered)
+	}
+	log := d.cfg.Logger.With("call", id, "function", h.Get(HeaderFunction), "callback", callback.Redact(url), "attempt", attempt)
+	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.Timeout+saveTimeout)
+	defer cancel()
+	header := http.Header{}
+	header.Set("X-Call-Id", id)
+	header.Set("X-Call-Status", h.Get(HeaderCallStatus))
+	header.Set("X-Shoal-Function", h.Get(HeaderFunction))
+	err := callback.Deliver(ctx, d.client, url, header, msg.Data())
+	state := &Callback{URL: callback.Redact(url), State: CallbackDelivered, Attempts: attempt}
+	switch {
+	case err == nil:
+		state.Delivered = time.Now().UTC()
+		log.Info("callback delivered")
+	case callback.Retryable(err) && attempt < d.cfg.Attempts:
+		state.State, state.LastError = CallbackPending, err.Error()
+		d.update(ctx, id, state, log)
+		delay := d.cfg.Backoff[min(attempt, len(d.cfg.Backoff))-1]
+		log.Warn("callback failed; retrying", "error", err, "in", delay)
+		if err := msg.NakWithDelay(delay); err != nil {
+			log.Warn("cannot schedule the callback's retry; the ack wait will", "error", err)
+		}
+		return
+	default:
+		state.State, state.LastError = CallbackFailed, err.Error()
+		log.Warn("callback failed for good", "error", err)
+	}
+	d.update(ctx, id, state, log)
+	if err := msg.DoubleAck(ctx); err != nil {
+		log.Warn("cannot acknowledge a callback; it may be delivered again", "error", err)
+	}
+}
+
+// update writes the callback's state into the call's record, unless the
+// record is gone (expired).
+func (d *deliverer) update(ctx context.Context, id string, state *Callback, log *slog.Logger) {
+	kv, err := d.q.bucket(ctx)
+	if err != nil {
+		log.Warn("cannot record the callback's state", "error", err)
+		return
+	}
+	for range 5 {
+		e, err := kv.Get(ctx, id)
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			return
+		}
+		if err == nil {
+			var rec Record
+			if err = json.Unmarshal(e.Value(), &rec); err == nil {
+				rec.Callback = state
+				var data []byte
+				if data, err = json.Marshal(&rec); err == nil {
+					if _, err = kv.Update(ctx, id, data, e.Revision()); err == nil {
+						return
+					}
+				}
+			}
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, nats.ErrTimeout) {
+			log.Warn("cannot record the callback's state", "error", fmt.Errorf("update call %s: %w", id, err))
+			return
+		}
+	}
+}

@@ -1,0 +1,148 @@
+package calls
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/shoal-dev/shoal/invocation"
+	"github.com/shoal-dev/shoal/platform/callback"
+)
+
+// DeadLetter is a call in the dead-letter stream.
+type DeadLetter struct {
+	// Seq is its sequence in the dead-letter stream.
+	Seq         uint64            `json:"seq"`
+	ID          string            `json:"id"`
+	Function    string            `json:"function"`
+	Attempts    int               `json:"attempts"`
+	Error       *invocation.Error `json:"error"`
+	SubmittedAt time.Time         `json:"submitted_at,omitzero"`
+	FailedAt    time.Time         `json:"failed_at"`
+	// Size is the request body's size in bytes.
+	Size int `json:"size"`
+}
+
+// ErrNotDeadLettered means the dead-letter stream holds no call of that id.
+var ErrNotDeadLettered = errors.New("no dead-lettered call of that id")
+
+func deadLetterOf(m *jetstream.RawStreamMsg) DeadLetter {
+	h := m.Header
+	d := DeadLetter{Seq: m.Sequence, ID: h.Get(HeaderCallID), Function: h.Get(HeaderFunction), FailedAt: m.Time.UTC(), Size: len(m.Data)}
+	d.Attempts, _ = strconv.Atoi(h.Get(HeaderAttempts))
+	d.SubmittedAt, _ = time.Parse(time.RFC3339Nano, h.Get(HeaderSubmitted))
+	status, _ := strconv.Atoi(h.Get(invocation.HeaderStatus))
+	d.Error = &invocation.Error{Status: status, Code: invocation.Code(h.Get(invocation.HeaderError)), Message: h.Get(HeaderErrorMessage)}
+	return d
+}
+
+// DeadLetters lists the dead-lettered calls, oldest first, at most limit
+// of them (0: all).
+func DeadLetters(ctx context.Context, js jetstream.JetStream, limit int) ([]DeadLetter, error) {
+	s, err := js.Stream(ctx, DLQStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, ErrNotSetUp
+	}
+	if err != nil {
+		return nil, fmt.Errorf("calls: open stream %s: %w", DLQStream, err)
+	}
+	info := s.CachedInfo()
+	var out []DeadLetter
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && seq > 0; seq++ {
+		if limit > 0 && len(out) == limit {
+			break
+		}
+		m, err := s.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // removed (retried, discarded) or aged out
+		}
+		if err != nil {
+			return nil, fmt.Errorf("calls: read dead letter %d: %w", seq, err)
+		}
+		out = append(out, deadLetterOf(m))
+	}
+	return out, nil
+}
+
+// deadLetter finds the dead letter of call id.
+func findDeadLetter(ctx context.Context, js jetstream.JetStream, id string) (jetstream.Stream, *jetstream.RawStreamMsg, error) {
+	if !ValidID(id) {
+		return nil, nil, ErrNotDeadLettered
+	}
+	s, err := js.Stream(ctx, DLQStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil, ErrNotSetUp
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("calls: open stream %s: %w", DLQStream, err)
+	}
+	m, err := s.GetLastMsgForSubject(ctx, DLQSubject(id))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil, ErrNotDeadLettered
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("calls: read dead letter %s: %w", id, err)
+	}
+	return s, m, nil
+}
+
+// Retry re-drives a dead-lettered call: it is queued again under the
+// same id, with its attempts counted afresh, and leaves the dead-letter
+// stream. Its token is checked as of its first submission.
+func Retry(ctx context.Context, js jetstream.JetStream, id string) (*DeadLetter, error) {
+	s, m, err := findDeadLetter(ctx, js, id)
+	if err != nil {
+		return nil, err
+	}
+	d := deadLetterOf(m)
+	h := make(nats.Header, len(m.Header))
+	for k, v := range m.Header {
+		switch k {
+		case HeaderFunction, HeaderAttempts, invocation.HeaderError, HeaderErrorMessage, invocation.HeaderStatus, HeaderMsgID:
+		default:
+			h[k] = v
+		}
+	}
+	if d.SubmittedAt.IsZero() {
+		h.Set(HeaderSubmitted, m.Time.UTC().Format(time.RFC3339Nano))
+	}
+	h.Set(HeaderMsgID, "retry-"+id+"-"+strconv.FormatUint(m.Sequence, 10))
+	if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: RetrySubject(d.Function), Header: h, Data: m.Data}); err != nil {
+		return nil, publishError(err)
+	}
+	var errs []error
+	if err := s.DeleteMsg(ctx, m.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		errs = append(errs, fmt.Errorf("its dead letter %d could not be removed: %w", m.Sequence, err))
+	}
+	// Queued again: a runner quick enough to have started it has written
+	// a newer record, which this one must not replace.
+	rec := &Record{ID: id, Function: d.Function, Status: Queued, SubmittedAt: d.SubmittedAt}
+	if cb := h.Get(HeaderCallback); cb != "" {
+		rec.Callback = &Callback{URL: callback.Redact(cb), State: CallbackPending}
+	}
+	if err := NewQueue(js).requeued(ctx, rec); err != nil {
+		errs = append(errs, fmt.Errorf("its record still says failed: %w", err))
+	}
+	if len(errs) > 0 {
+		return &d, fmt.Errorf("calls: call %s is queued again, but %w", id, errors.Join(errs...))
+	}
+	return &d, nil
+}
+
+// Discard removes a dead-lettered call for good.
+func Discard(ctx context.Context, js jetstream.JetStream, id string) (*DeadLetter, error) {
+	s, m, err := findDeadLetter(ctx, js, id)
+	if err != nil {
+		return nil, err
+	}
+	d := deadLetterOf(m)
+	if err := s.DeleteMsg(ctx, m.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, fmt.Errorf("calls: remove dead letter %d: %w", m.Sequence, err)
+	}
+	return &d, nil
+}

@@ -1,0 +1,479 @@
+package calls
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/shoal-dev/shoal/invocation"
+	"github.com/shoal-dev/shoal/manifest"
+	"github.com/shoal-dev/shoal/platform/broker"
+	"github.com/shoal-dev/shoal/platform/callback"
+)
+
+// DefaultAckWait is how long a call may go without word from its runner
+// before JetStream gives it to another: a runner extends it every third of
+// it while the call runs, so it bounds how late the call of a runner that
+// died is taken up again, not how long a call may run.
+const DefaultAckWait = 30 * time.Second
+
+// maxBatch bounds one pull, whatever the free concurrency.
+const maxBatch = 64
+
+// pollWait is how long one pull waits for calls before asking again.
+const pollWait = 5 * time.Second
+
+// saveTimeout bounds the writes that end an attempt (record, dead
+// letter, callback, ack), retried while NATS is reconnecting.
+const saveTimeout = 20 * time.Second
+
+// WorkerConfig configures a Worker.
+type WorkerConfig struct {
+	// Runner is the runner's id, written into the records of the calls
+	// it runs.
+	Runner string
+	// AckWait is the consumers' ack wait; 0 means DefaultAckWait.
+	AckWait time.Duration
+	// Logger receives the worker's log; nil discards it.
+	Logger *slog.Logger
+}
+
+// Worker is a runner's side of asynchronous calls: it pulls calls from
+// the functions' consumers and settles each attempt. It is safe for
+// concurrent use.
+type Worker struct {
+	js      jetstream.JetStream
+	q       *Queue
+	runner  string
+	ackWait time.Duration
+	log     *slog.Logger
+}
+
+// NewWorker returns a Worker on js.
+func NewWorker(js jetstream.JetStream, cfg WorkerConfig) *Worker {
+	w := &Worker{js: js, q: NewQueue(js), runner: cfg.Runner, ackWait: cfg.AckWait, log: cfg.Logger}
+	if w.ackWait <= 0 {
+		w.ackWait = DefaultAckWait
+	}
+	if w.log == nil {
+		w.log = slog.New(slog.DiscardHandler)
+	}
+	return w
+}
+
+// Call is one delivery of a call to a runner.
+type Call struct {
+	ID       string
+	Function string
+	// Header and Data are the invocation, as a synchronous one carries
+	// them (its Shoal-* headers are the protocol's, as there).
+	Header nats.Header
+	Data   []byte
+	// Submitted is when the call was first submitted: a token it
+	// carries is checked as of then, so that a call is not refused for
+	// the time it waited.
+	Submitted time.Time
+	// Attempt numbers this delivery, from 1.
+	Attempt  int
+	Callback string
+
+	msg jetstream.Msg
+	seq uint64
+	// started is when this attempt started running.
+	started time.Time
+}
+
+// Consumer ensures the durable consumer of function name exists, as this
+// worker's configuration says.
+func (w *Worker) Consumer(ctx context.Context, name string) (jetstream.Consumer, error) {
+	c, err := w.js.CreateOrUpdateConsumer(ctx, Stream, jetstream.ConsumerConfig{
+		Durable:        name,
+		Description:    "Shoal: asynchronous calls of function " + name,
+		FilterSubjects: []string{Subject(name), RetrySubject(name)},
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        w.ackWait,
+		// Attempts are counted by the runners against the function's
+		// max_deliver, which may change while calls wait; JetStream
+		// itself never gives up on a call (see Run).
+		MaxDeliver:    -1,
+		MaxAckPending: -1,
+	})
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, ErrNotSetUp
+	}
+	if err != nil {
+		return nil, fmt.Errorf("calls: consumer for function %q: %w", name, err)
+	}
+	return c, nil
+}
+
+// Pull takes calls of function name and hands each to handle, until ctx
+// ends. It asks for no more calls than free reports (the function's free
+// concurrency on this runner), so a busy runner leaves calls to others;
+// when free is 0 it waits for wake (or polls). handle must not block:
+// it starts the call and returns. A failure to reach the stream is
+// logged and tried again.
+func (w *Worker) Pull(ctx context.Context, name string, free func() int, wake <-chan struct{}, handle func(*Call)) {
+	var cons jetstream.Consumer
+	failures := 0
+	pause := func(err error) {
+		failures++
+		if failures == 1 || failures%30 == 0 {
+			w.log.Warn("cannot pull asynchronous calls; trying again", "function", name, "error", err, "failures", failures)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+	for ctx.Err() == nil {
+		if cons == nil {
+			c, err := w.Consumer(ctx, name)
+			if err != nil {
+				pause(err)
+				continue
+			}
+			cons = c
+		}
+		n := free()
+		if n <= 0 {
+			select {
+			case <-ctx.Done():
+			case <-wake:
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		fctx, cancel := context.WithTimeout(ctx, pollWait)
+		batch, err := cons.Fetch(min(n, maxBatch), jetstream.FetchContext(fctx))
+		if err != nil {
+			cancel()
+			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+				cons = nil
+			}
+			if ctx.Err() == nil {
+				pause(err)
+			}
+			continue
+		}
+		for msg := range batch.Messages() {
+			handle(w.call(name, msg))
+		}
+		cancel()
+		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) &&
+			!errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
+			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+				cons = nil
+			}
+			pause(err)
+			continue
+		}
+		failures = 0
+	}
+}
+
+// call reads a delivered message.
+func (w *Worker) call(name string, msg jetstream.Msg) *Call {
+	c := &Call{Function: name, Header: msg.Headers(), Data: msg.Data(), msg: msg, Attempt: 1}
+	if c.Header == nil {
+		c.Header = nats.Header{}
+	}
+	if meta, err := msg.Metadata(); err == nil {
+		c.Attempt = int(meta.NumDelivered)
+		c.Submitted = meta.Timestamp
+		c.seq = meta.Sequence.Stream
+	}
+	if msg.Subject() == RetrySubject(name) {
+		if t, err := time.Parse(time.RFC3339Nano, c.Header.Get(HeaderSubmitted)); err == nil {
+			c.Submitted = t
+		}
+	}
+	c.ID = c.Header.Get(HeaderCallID)
+	if c.ID == "" {
+		c.ID = c.Header.Get(HeaderMsgID)
+	}
+	if c.ID == "" {
+		c.ID = "seq-" + strconv.FormatUint(c.seq, 10)
+	}
+	c.Callback = c.Header.Get(HeaderCallback)
+	return c
+}
+
+// Result is how an attempt ended: the function's answer, or an error
+// answered in its place (timeout, panic, refused token ...).
+type Result struct {
+	Status int
+	Header http.Header
+	Body   []byte
+	Err    *invocation.Error
+}
+
+func (r Result) status() int {
+	if r.Err != nil {
+		return r.Err.Status
+	}
+	return r.Status
+}
+
+// retryable reports whether another attempt may do better: the function
+// failed (5xx, a timeout, a panic), was overloaded, or the runner
+// stopped; a 4xx answer is the call's own fault.
+func (r Result) retryable() bool {
+	s := r.status()
+	return s >= 500 || s == http.StatusRequestTimeout || s == http.StatusTooManyRequests
+}
+
+// Run runs one delivered call: it marks it running, keeps its ack
+// deadline moving while exec runs, and settles the attempt with exec's
+// result: succeeded; failed with attempts left (retried after the
+// function's back-off); or failed for good (dead-lettered). A call
+// delivered once more than async allows, because the runner of its last
+// attempt died, is dead-lettered without running. The call's token is
+// checked by exec as of c.Submitted.
+func (w *Worker) Run(c *Call, async manifest.Async, exec func() Result) {
+	if !ValidID(c.ID) {
+		w.settle(c, async, Result{Err: invocation.Errorf(http.StatusBadRequest, invocation.CodeBadRequest,
+			"call id %q is not valid: use 1 to 128 letters, digits, - and _", c.ID)}, false)
+		return
+	}
+	if c.Attempt > async.Attempts() {
+		w.settle(c, async, Result{Err: invocation.Errorf(http.StatusBadGateway, invocation.CodeRunnerLost,
+			"the runner of attempt %d of %d stopped before it finished; no attempts are left", c.Attempt-1, async.Attempts())}, false)
+		return
+	}
+	c.started = time.Now().UTC()
+	rec := w.record(c, async, Running)
+	ctx, cancel := context.WithTimeout(context.Background(), saveTimeout)
+	if err := w.save(ctx, rec); err != nil {
+		// The call runs all the same: its record catches up at the end.
+		w.log.Warn("cannot record an asynchronous call as running", "function", c.Function, "call", c.ID, "error", err)
+	}
+	cancel()
+	stop := w.heartbeat(c)
+	res := exec()
+	stop()
+	w.settle(c, async, res, true)
+}
+
+// heartbeat tells JetStream every third of the ack wait that the call is
+// still running, until stop is called.
+func (w *Worker) heartbeat(c *Call) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(w.ackWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if err := c.msg.InProgress(); err != nil {
+					w.log.Warn("cannot extend an asynchronous call's ack deadline", "function", c.Function, "call", c.ID, "error", err)
+				}
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
+}
+
+// record is the call's record as of this attempt.
+func (w *Worker) record(c *Call, async manifest.Async, st Status) *Record {
+	rec := &Record{
+		ID: c.ID, Function: c.Function, Status: st, Attempts: c.Attempt, MaxAttempts: async.Attempts(),
+		SubmittedAt: c.Submitted.UTC(), StartedAt: c.started, Runner: w.runner,
+	}
+	if c.Callback != "" {
+		rec.Callback = &Callback{URL: callback.Redact(c.Callback), State: CallbackPending}
+	}
+	return rec
+}
+
+// settle ends an attempt. ran says whether the function ran (a record
+// with a start time is kept then).
+func (w *Worker) settle(c *Call, async manifest.Async, res Result, ran bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), saveTimeout)
+	defer cancel()
+	now := time.Now().UTC()
+	ok := res.Err == nil && res.Status < 400
+	if !ok && res.retryable() && ran && c.Attempt < async.Attempts() {
+		delay := async.Delay(c.Attempt)
+		rec := w.record(c, async, Queued)
+		rec.Error = res.error()
+		rec.NextAttemptAt = now.Add(delay)
+		if err := w.save(ctx, rec); err != nil {
+			w.log.Warn("cannot record a failed attempt", "function", c.Function, "call", c.ID, "error", err)
+		}
+		if err := c.msg.NakWithDelay(delay); err != nil {
+			// The ack wait brings the call back all the same.
+			w.log.Warn("cannot schedule the retry of an asynchronous call", "function", c.Function, "call", c.ID, "error", err)
+		}
+		w.log.Info("asynchronous call failed; retrying", "function", c.Function, "call", c.ID, "attempt", c.Attempt, "of", async.Attempts(), "in", delay, "error", res.error().Error())
+		return
+	}
+	rec := w.record(c, async, Succeeded)
+	rec.FinishedAt = now
+	if ran {
+		rec.Response = &Response{Status: res.status(), Header: res.Header, Body: res.Body}
+	}
+	if !ok {
+		rec.Status = Failed
+		rec.Error = res.error()
+		if res.Err != nil {
+			rec.Response = nil
+		}
+		if err := broker.Retry(ctx, 5*time.Second, func(ctx context.Context) error { return w.deadLetter(ctx, c, rec) }); err != nil {
+			w.nak(c, fmt.Errorf("dead-letter: %w", err))
+			return
+		}
+	}
+	if err := w.save(ctx, rec); err != nil {
+		w.nak(c, fmt.Errorf("record the result: %w", err))
+		return
+	}
+	w.publishResult(c, rec, res)
+	if c.Callback != "" {
+		if err := broker.Retry(ctx, 5*time.Second, func(ctx context.Context) error { return w.queueCallback(ctx, c, rec) }); err != nil {
+			w.nak(c, fmt.Errorf("queue the callback: %w", err))
+			return
+		}
+	}
+	if err := broker.Retry(ctx, 5*time.Second, c.msg.DoubleAck); err != nil {
+		// Unacknowledged, the call comes back after the ack wait and
+		// runs again: at least once.
+		w.log.Warn("cannot acknowledge a finished asynchronous call; it will run again", "function", c.Function, "call", c.ID, "error", err)
+	}
+}
+
+// nak hands a call back when its attempt could not be settled; it runs
+// again (or, if that was its last attempt, is dead-lettered) later.
+func (w *Worker) nak(c *Call, err error) {
+	w.log.Error("cannot settle an asynchronous call; it will be delivered again", "function", c.Function, "call", c.ID, "error", err)
+	if err := c.msg.NakWithDelay(time.Second); err != nil {
+		w.log.Warn("cannot hand an asynchronous call back; the ack wait will", "function", c.Function, "call", c.ID, "error", err)
+	}
+}
+
+// error is the invocation error of a failed result.
+func (r Result) error() *invocation.Error {
+	if r.Err != nil {
+		return r.Err
+	}
+	if e, ok := invocation.ParseError(r.Status, r.Body); ok {
+		return e
+	}
+	return invocation.Errorf(r.Status, invocation.Code("function_error"), "the function answered %d %s", r.Status, http.StatusText(r.Status))
+}
+
+// save writes rec into the bucket, without the response body if the
+// record is then too large for a NATS message.
+func (w *Worker) save(ctx context.Context, rec *Record) error {
+	kv, err := w.q.bucket(ctx)
+	if err != nil {
+		return err
+	}
+	return broker.Retry(ctx, 5*time.Second, func(ctx context.Context) error {
+		data, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		_, err = kv.Put(ctx, rec.ID, data)
+		if errors.Is(err, nats.ErrMaxPayload) && rec.Response != nil && len(rec.Response.Body) > 0 {
+			small := *rec.Response
+			small.Body, small.BodyDropped = nil, true
+			rec.Response = &small
+			data, err = json.Marshal(rec)
+			if err == nil {
+				_, err = kv.Put(ctx, rec.ID, data)
+			}
+		}
+		return err
+	})
+}
+
+// deadLetter stores a failed call in the dead-letter stream: its request
+// as it came, and why it failed.
+func (w *Worker) deadLetter(ctx context.Context, c *Call, rec *Record) error {
+	h := make(nats.Header, len(c.Header)+8)
+	for k, v := range c.Header {
+		h[k] = v
+	}
+	h.Set(HeaderCallID, c.ID)
+	h.Set(HeaderFunction, c.Function)
+	h.Set(HeaderAttempts, strconv.Itoa(c.Attempt))
+	h.Set(HeaderSubmitted, c.Submitted.UTC().Format(time.RFC3339Nano))
+	h.Set(invocation.HeaderError, string(rec.Error.Code))
+	h.Set(HeaderErrorMessage, rec.Error.Message)
+	h.Set(invocation.HeaderStatus, strconv.Itoa(rec.Error.Status))
+	h.Set(HeaderMsgID, "dlq-"+c.ID+"-"+strconv.FormatUint(c.seq, 10))
+	_, err := w.js.PublishMsg(ctx, &nats.Msg{Subject: DLQSubject(c.ID), Header: h, Data: c.Data})
+	return err
+}
+
+// HeaderErrorMessage carries, on a dead letter, why the call failed.
+const HeaderErrorMessage = "Shoal-Error-Message"
+
+// publishResult publishes the call's final answer on the function's
+// result subject, as a synchronous reply would carry it. Only live
+// subscribers see it; the record is the durable copy.
+func (w *Worker) publishResult(c *Call, rec *Record, res Result) {
+	var msg *nats.Msg
+	if res.Err != nil {
+		msg = res.Err.Msg(ResultSubject(c.Function))
+	} else {
+		header := make(http.Header, len(res.Header))
+		for k, v := range res.Header {
+			header[k] = v
+		}
+		msg = invocation.NewResponseMsg(ResultSubject(c.Function), res.Status, header, res.Body)
+	}
+	msg.Header.Set(HeaderCallID, c.ID)
+	msg.Header.Set(HeaderCallStatus, string(rec.Status))
+	msg.Header.Set(HeaderAttempts, strconv.Itoa(c.Attempt))
+	if err := w.js.Conn().PublishMsg(msg); err != nil {
+		w.log.Warn("cannot publish an asynchronous call's result", "function", c.Function, "call", c.ID, "error", err)
+	}
+}
+
+// queueCallback stores the result for delivery to the callback URL.
+func (w *Worker) queueCallback(ctx context.Context, c *Call, rec *Record) error {
+	body, err := callbackBody(rec)
+	if err != nil {
+		return err
+	}
+	h := nats.Header{}
+	h.Set(HeaderCallID, c.ID)
+	h.Set(HeaderFunction, c.Function)
+	h.Set(HeaderCallback, c.Callback)
+	h.Set(HeaderCallStatus, string(rec.Status))
+	h.Set(HeaderMsgID, "cb-"+c.ID+"-"+strconv.FormatUint(c.seq, 10))
+	_, err = w.js.PublishMsg(ctx, &nats.Msg{Subject: CallbackSubject(c.Function), Header: h, Data: body})
+	if errors.Is(err, nats.ErrMaxPayload) && rec.Response != nil && len(rec.Response.Body) > 0 {
+		small := *rec
+		resp := *rec.Response
+		resp.Body, resp.BodyDropped = nil, true
+		small.Response = &resp
+		if body, err = callbackBody(&small); err != nil {
+			return err
+		}
+		_, err = w.js.PublishMsg(ctx, &nats.Msg{Subject: CallbackSubject(c.Function), Header: h, Data: body})
+	}
+	return err
+}
+
+// callbackBody is what a callback receives: the record, without the
+// callback's own state.
+func callbackBody(rec *Record) ([]byte, error) {
+	r := *rec
+	r.Callback = nil
+	return json.Marshal(&r)
+}
