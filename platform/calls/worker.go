@@ -241,8 +241,11 @@ func (r Result) retryable() bool {
 // checked by exec as of c.Submitted.
 func (w *Worker) Run(c *Call, async manifest.Async, exec func() Result) {
 	if !ValidID(c.ID) {
+		// Kept under an id that can name it, for the dead letters.
+		bad := c.ID
+		c.ID = "seq-" + strconv.FormatUint(c.seq, 10)
 		w.settle(c, async, Result{Err: invocation.Errorf(http.StatusBadRequest, invocation.CodeBadRequest,
-			"call id %q is not valid: use 1 to 128 letters, digits, - and _", c.ID)}, false)
+			"call id %.200q is not valid: use 1 to 128 letters, digits, - and _", bad)}, false)
 		return
 	}
 	if c.Attempt > async.Attempts() {
