@@ -28,6 +28,8 @@ func TestEnvFlags(t *testing.T) {
 		{"deploy's --file", []string{"deploy"}, map[string]string{"SHOAL_FILE": "site.yaml"}, "file", "site.yaml", ""},
 		{"not for up, whose --nats listens", []string{"up"}, map[string]string{"SHOAL_NATS": "nats://elsewhere:4222"}, "nats", "127.0.0.1:4222", ""},
 		{"not for invoke, whose --data is a body", []string{"invoke", "echo"}, map[string]string{"SHOAL_DATA": "./site"}, "data", "", ""},
+		{"not invoke's --async, meant for runners", []string{"invoke", "echo"}, map[string]string{"SHOAL_ASYNC": "true"}, "async", "false", ""},
+		{"calls' --data, as rm's", []string{"calls", "dlq"}, map[string]string{"SHOAL_DATA": "/srv/shoal"}, "data", "/srv/shoal", ""},
 		{"a bad value names the variable and the flag", []string{"gateway"}, map[string]string{"SHOAL_DRAIN_TIMEOUT": "soon"}, "drain-timeout", "", "SHOAL_DRAIN_TIMEOUT=\"soon\" (--drain-timeout)"},
 	}
 	for _, tt := range tests {

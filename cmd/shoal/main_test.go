@@ -35,8 +35,8 @@ import (
 // itself as the shoal command when this variable is set.
 const beShoal = "SHOAL_TEST_BE_SHOAL"
 
-// testFunctions, set to 1 with beShoal, adds the test functions crash and
-// sleep to the built-ins.
+// testFunctions, set to 1 with beShoal, adds the test functions crash,
+// sleep and fail to the built-ins.
 const testFunctions = "SHOAL_TEST_FUNCTIONS"
 
 func TestMain(m *testing.M) {
@@ -46,6 +46,10 @@ func TestMain(m *testing.M) {
 				// crash ends its worker process, as a fatal bug would.
 				"crash": http.HandlerFunc(func(http.ResponseWriter, *http.Request) { os.Exit(3) }),
 				"sleep": functionstest.Builtins(nil)["sleep"],
+				// fail always fails, for asynchronous retries and dead letters.
+				"fail": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+					http.Error(w, "fails on purpose", http.StatusInternalServerError)
+				}),
 			}
 		}
 		main()

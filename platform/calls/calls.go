@@ -502,37 +502,60 @@ func (q *Queue) Submit(ctx context.Context, s Submission) (*Submitted, error) {
 	return out, nil
 }
 
-// requeued records a re-driven call as queued, unless a runner has
-// started it already (its record is no longer the failed one).
-func (q *Queue) requeued(ctx context.Context, rec *Record) error {
+// requeued records a dead-lettered call as queued, before it is
+// re-driven, unless its record no longer says failed (an earlier retry
+// queued it already). restore puts back the record it replaced, unless
+// something changed it since, for when the call could not be re-driven.
+func (q *Queue) requeued(ctx context.Context, rec *Record) (restore func(), err error) {
 	kv, err := q.bucket(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	data, err := json.Marshal(rec)
 	if err != nil {
-		return fmt.Errorf("calls: encode record: %w", err)
+		return nil, fmt.Errorf("calls: encode record: %w", err)
 	}
-	e, err := kv.Get(ctx, rec.ID)
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted):
-		_, err = kv.Create(ctx, rec.ID, data)
-	case err != nil:
-		return fmt.Errorf("calls: read call %s: %w", rec.ID, err)
-	default:
-		var old Record
-		if json.Unmarshal(e.Value(), &old) == nil && old.Status != Failed {
-			return nil
+	// Another writer (a callback's delivery state) may come between the
+	// read and the write: read again.
+	for range 5 {
+		e, err := kv.Get(ctx, rec.ID)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted):
+			rev, err := kv.Create(ctx, rec.ID, data)
+			if err == nil {
+				return func() {
+					ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+					defer cancel()
+					_ = kv.Delete(ctx, rec.ID, jetstream.LastRevision(rev))
+				}, nil
+			}
+			if !errors.Is(err, jetstream.ErrKeyExists) {
+				return nil, fmt.Errorf("calls: record call %s as queued: %w", rec.ID, err)
+			}
+		case err != nil:
+			return nil, fmt.Errorf("calls: read call %s: %w", rec.ID, err)
+		default:
+			var old Record
+			if json.Unmarshal(e.Value(), &old) == nil && old.Status != Failed {
+				return func() {}, nil
+			}
+			rev, err := kv.Update(ctx, rec.ID, data, e.Revision())
+			if err == nil {
+				prev := e.Value()
+				return func() {
+					ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+					defer cancel()
+					_, _ = kv.Update(ctx, rec.ID, prev, rev)
+				}, nil
+			}
+			// A replicated bucket reports the conflict as a revision
+			// mismatch only.
+			if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+				return nil, fmt.Errorf("calls: record call %s as queued: %w", rec.ID, err)
+			}
 		}
-		_, err = kv.Update(ctx, rec.ID, data, e.Revision())
 	}
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		return nil // a runner wrote first
-	}
-	if err != nil {
-		return fmt.Errorf("calls: record call %s as queued: %w", rec.ID, err)
-	}
-	return nil
+	return nil, fmt.Errorf("calls: record call %s as queued: its record keeps changing; try again", rec.ID)
 }
 
 // publishError maps a failed publish to the calls stream.

@@ -112,24 +112,25 @@ func Retry(ctx context.Context, js jetstream.JetStream, id string) (*DeadLetter,
 		h.Set(HeaderSubmitted, m.Time.UTC().Format(time.RFC3339Nano))
 	}
 	h.Set(HeaderMsgID, "retry-"+id+"-"+strconv.FormatUint(m.Sequence, 10))
-	if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: RetrySubject(d.Function), Header: h, Data: m.Data}); err != nil {
-		return nil, publishError(err)
-	}
-	var errs []error
-	if err := s.DeleteMsg(ctx, m.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-		errs = append(errs, fmt.Errorf("its dead letter %d could not be removed: %w", m.Sequence, err))
-	}
-	// Queued again: a runner quick enough to have started it has written
-	// a newer record, which this one must not replace.
+	// The record says queued before the call is published: a runner may
+	// take it at once, run it and record its end before this function
+	// would have written anything after the publish, and what it records
+	// must not be replaced by "queued" (nor can a failed record of the new
+	// run be told from the old one's).
 	rec := &Record{ID: id, Function: d.Function, Status: Queued, SubmittedAt: d.SubmittedAt}
 	if cb := h.Get(HeaderCallback); cb != "" {
 		rec.Callback = &Callback{URL: callback.Redact(cb), State: CallbackPending}
 	}
-	if err := NewQueue(js).requeued(ctx, rec); err != nil {
-		errs = append(errs, fmt.Errorf("its record still says failed: %w", err))
+	restore, err := NewQueue(js).requeued(ctx, rec)
+	if err != nil {
+		return nil, err // nothing changed but perhaps the record: safe to try again
 	}
-	if len(errs) > 0 {
-		return &d, fmt.Errorf("calls: call %s is queued again, but %w", id, errors.Join(errs...))
+	if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: RetrySubject(d.Function), Header: h, Data: m.Data}); err != nil {
+		restore()
+		return nil, publishError(err)
+	}
+	if err := s.DeleteMsg(ctx, m.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return &d, fmt.Errorf("calls: call %s is queued again, but its dead letter %d could not be removed: %w", id, m.Sequence, err)
 	}
 	return &d, nil
 }
