@@ -210,7 +210,7 @@ func (d *deliverer) update(ctx context.Context, id string, state *Callback, log 
 				}
 			}
 		}
-		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, nats.ErrTimeout) {
+		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, nats.ErrTimeout) {
 			log.Warn("cannot record the callback's state", "error", fmt.Errorf("update call %s: %w", id, err))
 			return
 		}
