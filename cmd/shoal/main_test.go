@@ -35,8 +35,8 @@ import (
 // itself as the shoal command when this variable is set.
 const beShoal = "SHOAL_TEST_BE_SHOAL"
 
-// testFunctions, set to 1 with beShoal, adds the test functions crash and
-// sleep to the built-ins.
+// testFunctions, set to 1 with beShoal, adds the test functions crash,
+// sleep and record to the built-ins.
 const testFunctions = "SHOAL_TEST_FUNCTIONS"
 
 func TestMain(m *testing.M) {
@@ -46,6 +46,8 @@ func TestMain(m *testing.M) {
 				// crash ends its worker process, as a fatal bug would.
 				"crash": http.HandlerFunc(func(http.ResponseWriter, *http.Request) { os.Exit(3) }),
 				"sleep": functionstest.Builtins(nil)["sleep"],
+				// record notes each execution in a file (async_test.go).
+				"record": http.HandlerFunc(recordCall),
 			}
 		}
 		main()
