@@ -36,7 +36,7 @@ import (
 const beShoal = "SHOAL_TEST_BE_SHOAL"
 
 // testFunctions, set to 1 with beShoal, adds the test functions crash,
-// sleep and fail to the built-ins.
+// sleep, fail and record to the built-ins.
 const testFunctions = "SHOAL_TEST_FUNCTIONS"
 
 func TestMain(m *testing.M) {
@@ -50,6 +50,8 @@ func TestMain(m *testing.M) {
 				"fail": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 					http.Error(w, "fails on purpose", http.StatusInternalServerError)
 				}),
+				// record notes each execution in a file (async_test.go).
+				"record": http.HandlerFunc(recordCall),
 			}
 		}
 		main()

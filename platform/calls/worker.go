@@ -22,8 +22,9 @@ import (
 
 // DefaultAckWait is how long a call may go without word from its runner
 // before JetStream gives it to another: a runner extends it every third of
-// it while the call runs, so it bounds how late the call of a runner that
-// died is taken up again, not how long a call may run.
+// it from when it takes the call until it has settled it, so it bounds how
+// late the call of a runner that died is taken up again, not how long a
+// call may run.
 const DefaultAckWait = 30 * time.Second
 
 // maxBatch bounds one pull, whatever the free concurrency.
@@ -233,24 +234,31 @@ func (r Result) retryable() bool {
 }
 
 // Run runs one delivered call: it marks it running, keeps its ack
-// deadline moving while exec runs, and settles the attempt with exec's
-// result: succeeded; failed with attempts left (retried after the
-// function's back-off); or failed for good (dead-lettered). A call
+// deadline moving until the attempt is settled, and settles the attempt
+// with exec's result: succeeded; failed with attempts left (retried after
+// the function's back-off); or failed for good (dead-lettered). A call
 // delivered once more than async allows, because the runner of its last
 // attempt died, is dead-lettered without running. The call's token is
 // checked by exec as of c.Submitted.
 func (w *Worker) Run(c *Call, async manifest.Async, exec func() Result) {
+	// The deadline moves for as long as this runner holds the call, not
+	// only while exec runs: recording and settling the call are NATS
+	// writes, each retried for up to saveTimeout, which can outlast the
+	// ack wait (a reconnect, a leader election). A call whose deadline
+	// passed meanwhile would be delivered again and run a second time,
+	// each spare delivery using up one of its attempts.
+	hb := w.heartbeat(c)
 	if !ValidID(c.ID) {
 		// Kept under an id that can name it, for the dead letters.
 		bad := c.ID
 		c.ID = "seq-" + strconv.FormatUint(c.seq, 10)
 		w.settle(c, async, Result{Err: invocation.Errorf(http.StatusBadRequest, invocation.CodeBadRequest,
-			"call id %.200q is not valid: use 1 to 128 letters, digits, - and _", bad)}, false)
+			"call id %.200q is not valid: use 1 to 128 letters, digits, - and _", bad)}, false, hb)
 		return
 	}
 	if c.Attempt > async.Attempts() {
 		w.settle(c, async, Result{Err: invocation.Errorf(http.StatusBadGateway, invocation.CodeRunnerLost,
-			"the runner of attempt %d of %d stopped before it finished; no attempts are left", c.Attempt-1, async.Attempts())}, false)
+			"the runner of attempt %d of %d stopped before it finished; no attempts are left", c.Attempt-1, async.Attempts())}, false, hb)
 		return
 	}
 	c.started = time.Now().UTC()
@@ -261,14 +269,13 @@ func (w *Worker) Run(c *Call, async manifest.Async, exec func() Result) {
 		w.log.Warn("cannot record an asynchronous call as running", "function", c.Function, "call", c.ID, "error", err)
 	}
 	cancel()
-	stop := w.heartbeat(c)
 	res := exec()
-	stop()
-	w.settle(c, async, res, true)
+	w.settle(c, async, res, true, hb)
 }
 
 // heartbeat tells JetStream every third of the ack wait that the call is
-// still running, until stop is called.
+// still being handled, until stop is called; stop may be called more
+// than once.
 func (w *Worker) heartbeat(c *Call) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -286,7 +293,7 @@ func (w *Worker) heartbeat(c *Call) (stop func()) {
 			}
 		}
 	})
-	return func() { close(done); wg.Wait() }
+	return sync.OnceFunc(func() { close(done); wg.Wait() })
 }
 
 // record is the call's record as of this attempt.
@@ -302,8 +309,10 @@ func (w *Worker) record(c *Call, async manifest.Async, st Status) *Record {
 }
 
 // settle ends an attempt. ran says whether the function ran (a record
-// with a start time is kept then).
-func (w *Worker) settle(c *Call, async manifest.Async, res Result, ran bool) {
+// with a start time is kept then). stopHeartbeat stops extending the ack
+// deadline; settle calls it just before it acknowledges the call or hands
+// it back (a heartbeat after a delayed nak would cut the delay short).
+func (w *Worker) settle(c *Call, async manifest.Async, res Result, ran bool, stopHeartbeat func()) {
 	ctx, cancel := context.WithTimeout(context.Background(), saveTimeout)
 	defer cancel()
 	now := time.Now().UTC()
@@ -316,6 +325,7 @@ func (w *Worker) settle(c *Call, async manifest.Async, res Result, ran bool) {
 		if err := w.save(ctx, rec); err != nil {
 			w.log.Warn("cannot record a failed attempt", "function", c.Function, "call", c.ID, "error", err)
 		}
+		stopHeartbeat()
 		if err := c.msg.NakWithDelay(delay); err != nil {
 			// The ack wait brings the call back all the same.
 			w.log.Warn("cannot schedule the retry of an asynchronous call", "function", c.Function, "call", c.ID, "error", err)
@@ -335,21 +345,25 @@ func (w *Worker) settle(c *Call, async manifest.Async, res Result, ran bool) {
 			rec.Response = nil
 		}
 		if err := broker.Retry(ctx, 5*time.Second, func(ctx context.Context) error { return w.deadLetter(ctx, c, rec) }); err != nil {
+			stopHeartbeat()
 			w.nak(c, fmt.Errorf("dead-letter: %w", err))
 			return
 		}
 	}
 	if err := w.save(ctx, rec); err != nil {
+		stopHeartbeat()
 		w.nak(c, fmt.Errorf("record the result: %w", err))
 		return
 	}
 	w.publishResult(c, rec, res)
 	if c.Callback != "" {
 		if err := broker.Retry(ctx, 5*time.Second, func(ctx context.Context) error { return w.queueCallback(ctx, c, rec) }); err != nil {
+			stopHeartbeat()
 			w.nak(c, fmt.Errorf("queue the callback: %w", err))
 			return
 		}
 	}
+	stopHeartbeat()
 	if err := broker.Retry(ctx, 5*time.Second, c.msg.DoubleAck); err != nil {
 		// Unacknowledged, the call comes back after the ack wait and
 		// runs again: at least once.
