@@ -90,6 +90,8 @@ type Call struct {
 	seq uint64
 	// started is when this attempt started running.
 	started time.Time
+	// endHeartbeat stops extending the ack deadline (see Run).
+	endHeartbeat func()
 }
 
 // Consumer ensures the durable consumer of function name exists, as this
@@ -240,14 +242,22 @@ func (r Result) retryable() bool {
 // attempt died, is dead-lettered without running. The call's token is
 // checked by exec as of c.Submitted.
 func (w *Worker) Run(c *Call, async manifest.Async, exec func() Result) {
+	// The heartbeat runs until the attempt is settled: recording and
+	// settling may wait for NATS longer than the ack wait (saveTimeout),
+	// and the call must not be delivered again meanwhile.
+	c.endHeartbeat = w.heartbeat(c)
+	defer c.endHeartbeat()
 	if !ValidID(c.ID) {
 		w.settle(c, async, Result{Err: invocation.Errorf(http.StatusBadRequest, invocation.CodeBadRequest,
 			"call id %q is not valid: use 1 to 128 letters, digits, - and _", c.ID)}, false)
 		return
 	}
 	if c.Attempt > async.Attempts() {
+		// This delivery does not run: the call's attempts are the
+		// deliveries before it, and so its record and dead letter say.
+		c.Attempt--
 		w.settle(c, async, Result{Err: invocation.Errorf(http.StatusBadGateway, invocation.CodeRunnerLost,
-			"the runner of attempt %d of %d stopped before it finished; no attempts are left", c.Attempt-1, async.Attempts())}, false)
+			"the runner of attempt %d of %d stopped before it finished; no attempts are left", c.Attempt, async.Attempts())}, false)
 		return
 	}
 	c.started = time.Now().UTC()
@@ -258,14 +268,13 @@ func (w *Worker) Run(c *Call, async manifest.Async, exec func() Result) {
 		w.log.Warn("cannot record an asynchronous call as running", "function", c.Function, "call", c.ID, "error", err)
 	}
 	cancel()
-	stop := w.heartbeat(c)
-	res := exec()
-	stop()
-	w.settle(c, async, res, true)
+	w.settle(c, async, exec(), true)
 }
 
 // heartbeat tells JetStream every third of the ack wait that the call is
-// still running, until stop is called.
+// still being worked on, until stop is called. stop may be called more
+// than once; once it returns, no more word goes out, so that the call's
+// acknowledgement (or its handing back) is the last.
 func (w *Worker) heartbeat(c *Call) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -283,7 +292,7 @@ func (w *Worker) heartbeat(c *Call) (stop func()) {
 			}
 		}
 	})
-	return func() { close(done); wg.Wait() }
+	return sync.OnceFunc(func() { close(done); wg.Wait() })
 }
 
 // record is the call's record as of this attempt.
@@ -313,6 +322,7 @@ func (w *Worker) settle(c *Call, async manifest.Async, res Result, ran bool) {
 		if err := w.save(ctx, rec); err != nil {
 			w.log.Warn("cannot record a failed attempt", "function", c.Function, "call", c.ID, "error", err)
 		}
+		c.endHeartbeat()
 		if err := c.msg.NakWithDelay(delay); err != nil {
 			// The ack wait brings the call back all the same.
 			w.log.Warn("cannot schedule the retry of an asynchronous call", "function", c.Function, "call", c.ID, "error", err)
@@ -347,6 +357,7 @@ func (w *Worker) settle(c *Call, async manifest.Async, res Result, ran bool) {
 			return
 		}
 	}
+	c.endHeartbeat()
 	if err := broker.Retry(ctx, 5*time.Second, c.msg.DoubleAck); err != nil {
 		// Unacknowledged, the call comes back after the ack wait and
 		// runs again: at least once.
@@ -358,6 +369,7 @@ func (w *Worker) settle(c *Call, async manifest.Async, res Result, ran bool) {
 // again (or, if that was its last attempt, is dead-lettered) later.
 func (w *Worker) nak(c *Call, err error) {
 	w.log.Error("cannot settle an asynchronous call; it will be delivered again", "function", c.Function, "call", c.ID, "error", err)
+	c.endHeartbeat()
 	if err := c.msg.NakWithDelay(time.Second); err != nil {
 		w.log.Warn("cannot hand an asynchronous call back; the ack wait will", "function", c.Function, "call", c.ID, "error", err)
 	}
@@ -416,11 +428,24 @@ func (w *Worker) deadLetter(ctx context.Context, c *Call, rec *Record) error {
 	h.Set(invocation.HeaderStatus, strconv.Itoa(rec.Error.Status))
 	h.Set(HeaderMsgID, "dlq-"+c.ID+"-"+strconv.FormatUint(c.seq, 10))
 	_, err := w.js.PublishMsg(ctx, &nats.Msg{Subject: DLQSubject(c.ID), Header: h, Data: c.Data})
+	if errors.Is(err, nats.ErrMaxPayload) && len(c.Data) > 0 {
+		// The request fitted a NATS message, but not with the error's
+		// headers: keep the error without the body, or the call would
+		// come back to be dead-lettered forever.
+		h.Set(HeaderBodyDropped, "true")
+		_, err = w.js.PublishMsg(ctx, &nats.Msg{Subject: DLQSubject(c.ID), Header: h})
+	}
 	return err
 }
 
-// HeaderErrorMessage carries, on a dead letter, why the call failed.
-const HeaderErrorMessage = "Shoal-Error-Message"
+// Headers of a dead letter.
+const (
+	// HeaderErrorMessage carries why the call failed.
+	HeaderErrorMessage = "Shoal-Error-Message"
+	// HeaderBodyDropped is set when the request body was too large to
+	// keep with the error's headers.
+	HeaderBodyDropped = "Shoal-Body-Dropped"
+)
 
 // publishResult publishes the call's final answer on the function's
 // result subject, as a synchronous reply would carry it. Only live
