@@ -269,8 +269,10 @@ func Setup(ctx context.Context, js jetstream.JetStream, l Limits) error {
 		Discard:     jetstream.DiscardOld,
 		MaxAge:      l.DLQMaxAge,
 		MaxBytes:    l.DLQMaxBytes,
-		Duplicates:  2 * time.Minute,
-		Storage:     jetstream.FileStorage,
+		// JetStream refuses a window longer than the max age, which
+		// may be as short as a minute.
+		Duplicates: min(2*time.Minute, l.DLQMaxAge),
+		Storage:    jetstream.FileStorage,
 	}, {
 		Name:        CallbackStream,
 		Description: "Shoal: results waiting to be POSTed to their callback URL (callbacks.FUNCTION)",

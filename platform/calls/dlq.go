@@ -26,6 +26,10 @@ type DeadLetter struct {
 	FailedAt    time.Time         `json:"failed_at"`
 	// Size is the request body's size in bytes.
 	Size int `json:"size"`
+	// BodyDropped is set when the request body was too large to keep
+	// with the error's headers in a NATS message: the call cannot be
+	// re-driven, only submitted again.
+	BodyDropped bool `json:"body_dropped,omitempty"`
 }
 
 // ErrNotDeadLettered means the dead-letter stream holds no call of that id.
@@ -35,6 +39,7 @@ func deadLetterOf(m *jetstream.RawStreamMsg) DeadLetter {
 	h := m.Header
 	d := DeadLetter{Seq: m.Sequence, ID: h.Get(HeaderCallID), Function: h.Get(HeaderFunction), FailedAt: m.Time.UTC(), Size: len(m.Data)}
 	d.Attempts, _ = strconv.Atoi(h.Get(HeaderAttempts))
+	d.BodyDropped = h.Get(HeaderBodyDropped) != ""
 	d.SubmittedAt, _ = time.Parse(time.RFC3339Nano, h.Get(HeaderSubmitted))
 	status, _ := strconv.Atoi(h.Get(invocation.HeaderStatus))
 	d.Error = &invocation.Error{Status: status, Code: invocation.Code(h.Get(invocation.HeaderError)), Message: h.Get(HeaderErrorMessage)}
@@ -100,6 +105,9 @@ func Retry(ctx context.Context, js jetstream.JetStream, id string) (*DeadLetter,
 		return nil, err
 	}
 	d := deadLetterOf(m)
+	if d.BodyDropped {
+		return nil, fmt.Errorf("calls: call %s cannot be re-driven: its request body was too large to keep with its error; submit it again", id)
+	}
 	h := make(nats.Header, len(m.Header))
 	for k, v := range m.Header {
 		switch k {

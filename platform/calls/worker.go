@@ -22,9 +22,8 @@ import (
 
 // DefaultAckWait is how long a call may go without word from its runner
 // before JetStream gives it to another: a runner extends it every third of
-// it from when it takes the call until it has settled it, so it bounds how
-// late the call of a runner that died is taken up again, not how long a
-// call may run.
+// it while the call runs, so it bounds how late the call of a runner that
+// died is taken up again, not how long a call may run.
 const DefaultAckWait = 30 * time.Second
 
 // maxBatch bounds one pull, whatever the free concurrency.
@@ -91,6 +90,8 @@ type Call struct {
 	seq uint64
 	// started is when this attempt started running.
 	started time.Time
+	// endHeartbeat stops extending the ack deadline (see Run).
+	endHeartbeat func()
 }
 
 // Consumer ensures the durable consumer of function name exists, as this
@@ -234,31 +235,32 @@ func (r Result) retryable() bool {
 }
 
 // Run runs one delivered call: it marks it running, keeps its ack
-// deadline moving until the attempt is settled, and settles the attempt
-// with exec's result: succeeded; failed with attempts left (retried after
-// the function's back-off); or failed for good (dead-lettered). A call
+// deadline moving while exec runs, and settles the attempt with exec's
+// result: succeeded; failed with attempts left (retried after the
+// function's back-off); or failed for good (dead-lettered). A call
 // delivered once more than async allows, because the runner of its last
 // attempt died, is dead-lettered without running. The call's token is
 // checked by exec as of c.Submitted.
 func (w *Worker) Run(c *Call, async manifest.Async, exec func() Result) {
-	// The deadline moves for as long as this runner holds the call, not
-	// only while exec runs: recording and settling the call are NATS
-	// writes, each retried for up to saveTimeout, which can outlast the
-	// ack wait (a reconnect, a leader election). A call whose deadline
-	// passed meanwhile would be delivered again and run a second time,
-	// each spare delivery using up one of its attempts.
-	hb := w.heartbeat(c)
+	// The heartbeat runs until the attempt is settled: recording and
+	// settling may wait for NATS longer than the ack wait (saveTimeout),
+	// and the call must not be delivered again meanwhile.
+	c.endHeartbeat = w.heartbeat(c)
+	defer c.endHeartbeat()
 	if !ValidID(c.ID) {
 		// Kept under an id that can name it, for the dead letters.
 		bad := c.ID
 		c.ID = "seq-" + strconv.FormatUint(c.seq, 10)
 		w.settle(c, async, Result{Err: invocation.Errorf(http.StatusBadRequest, invocation.CodeBadRequest,
-			"call id %.200q is not valid: use 1 to 128 letters, digits, - and _", bad)}, false, hb)
+			"call id %.200q is not valid: use 1 to 128 letters, digits, - and _", bad)}, false)
 		return
 	}
 	if c.Attempt > async.Attempts() {
+		// This delivery does not run: the call's attempts are the
+		// deliveries before it, and so its record and dead letter say.
+		c.Attempt--
 		w.settle(c, async, Result{Err: invocation.Errorf(http.StatusBadGateway, invocation.CodeRunnerLost,
-			"the runner of attempt %d of %d stopped before it finished; no attempts are left", c.Attempt-1, async.Attempts())}, false, hb)
+			"the runner of attempt %d of %d stopped before it finished; no attempts are left", c.Attempt, async.Attempts())}, false)
 		return
 	}
 	c.started = time.Now().UTC()
@@ -269,13 +271,13 @@ func (w *Worker) Run(c *Call, async manifest.Async, exec func() Result) {
 		w.log.Warn("cannot record an asynchronous call as running", "function", c.Function, "call", c.ID, "error", err)
 	}
 	cancel()
-	res := exec()
-	w.settle(c, async, res, true, hb)
+	w.settle(c, async, exec(), true)
 }
 
 // heartbeat tells JetStream every third of the ack wait that the call is
-// still being handled, until stop is called; stop may be called more
-// than once.
+// still being worked on, until stop is called. stop may be called more
+// than once; once it returns, no more word goes out, so that the call's
+// acknowledgement (or its handing back) is the last.
 func (w *Worker) heartbeat(c *Call) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -309,10 +311,8 @@ func (w *Worker) record(c *Call, async manifest.Async, st Status) *Record {
 }
 
 // settle ends an attempt. ran says whether the function ran (a record
-// with a start time is kept then). stopHeartbeat stops extending the ack
-// deadline; settle calls it just before it acknowledges the call or hands
-// it back (a heartbeat after a delayed nak would cut the delay short).
-func (w *Worker) settle(c *Call, async manifest.Async, res Result, ran bool, stopHeartbeat func()) {
+// with a start time is kept then).
+func (w *Worker) settle(c *Call, async manifest.Async, res Result, ran bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), saveTimeout)
 	defer cancel()
 	now := time.Now().UTC()
@@ -325,7 +325,7 @@ func (w *Worker) settle(c *Call, async manifest.Async, res Result, ran bool, sto
 		if err := w.save(ctx, rec); err != nil {
 			w.log.Warn("cannot record a failed attempt", "function", c.Function, "call", c.ID, "error", err)
 		}
-		stopHeartbeat()
+		c.endHeartbeat()
 		if err := c.msg.NakWithDelay(delay); err != nil {
 			// The ack wait brings the call back all the same.
 			w.log.Warn("cannot schedule the retry of an asynchronous call", "function", c.Function, "call", c.ID, "error", err)
@@ -345,25 +345,22 @@ func (w *Worker) settle(c *Call, async manifest.Async, res Result, ran bool, sto
 			rec.Response = nil
 		}
 		if err := broker.Retry(ctx, 5*time.Second, func(ctx context.Context) error { return w.deadLetter(ctx, c, rec) }); err != nil {
-			stopHeartbeat()
 			w.nak(c, fmt.Errorf("dead-letter: %w", err))
 			return
 		}
 	}
 	if err := w.save(ctx, rec); err != nil {
-		stopHeartbeat()
 		w.nak(c, fmt.Errorf("record the result: %w", err))
 		return
 	}
 	w.publishResult(c, rec, res)
 	if c.Callback != "" {
 		if err := broker.Retry(ctx, 5*time.Second, func(ctx context.Context) error { return w.queueCallback(ctx, c, rec) }); err != nil {
-			stopHeartbeat()
 			w.nak(c, fmt.Errorf("queue the callback: %w", err))
 			return
 		}
 	}
-	stopHeartbeat()
+	c.endHeartbeat()
 	if err := broker.Retry(ctx, 5*time.Second, c.msg.DoubleAck); err != nil {
 		// Unacknowledged, the call comes back after the ack wait and
 		// runs again: at least once.
@@ -375,6 +372,7 @@ func (w *Worker) settle(c *Call, async manifest.Async, res Result, ran bool, sto
 // again (or, if that was its last attempt, is dead-lettered) later.
 func (w *Worker) nak(c *Call, err error) {
 	w.log.Error("cannot settle an asynchronous call; it will be delivered again", "function", c.Function, "call", c.ID, "error", err)
+	c.endHeartbeat()
 	if err := c.msg.NakWithDelay(time.Second); err != nil {
 		w.log.Warn("cannot hand an asynchronous call back; the ack wait will", "function", c.Function, "call", c.ID, "error", err)
 	}
@@ -433,11 +431,24 @@ func (w *Worker) deadLetter(ctx context.Context, c *Call, rec *Record) error {
 	h.Set(invocation.HeaderStatus, strconv.Itoa(rec.Error.Status))
 	h.Set(HeaderMsgID, "dlq-"+c.ID+"-"+strconv.FormatUint(c.seq, 10))
 	_, err := w.js.PublishMsg(ctx, &nats.Msg{Subject: DLQSubject(c.ID), Header: h, Data: c.Data})
+	if errors.Is(err, nats.ErrMaxPayload) && len(c.Data) > 0 {
+		// The request fitted a NATS message, but not with the error's
+		// headers: keep the error without the body, or the call would
+		// come back to be dead-lettered forever.
+		h.Set(HeaderBodyDropped, "true")
+		_, err = w.js.PublishMsg(ctx, &nats.Msg{Subject: DLQSubject(c.ID), Header: h})
+	}
 	return err
 }
 
-// HeaderErrorMessage carries, on a dead letter, why the call failed.
-const HeaderErrorMessage = "Shoal-Error-Message"
+// Headers of a dead letter.
+const (
+	// HeaderErrorMessage carries why the call failed.
+	HeaderErrorMessage = "Shoal-Error-Message"
+	// HeaderBodyDropped is set when the request body was too large to
+	// keep with the error's headers.
+	HeaderBodyDropped = "Shoal-Body-Dropped"
+)
 
 // publishResult publishes the call's final answer on the function's
 // result subject, as a synchronous reply would carry it. Only live

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/platform/calls"
 )
@@ -150,6 +152,10 @@ func (g *Gateway) submitError(name string, err error) *invocation.Error {
 		g.log.Warn("asynchronous call refused: queue full", "function", name, "error", err)
 		return &invocation.Error{Status: http.StatusTooManyRequests, Code: invocation.CodeQueueFull, RetryAfter: 5 * time.Second,
 			Message: "the queue of asynchronous calls is full; nothing was queued, retry later"}
+	case errors.Is(err, nats.ErrMaxPayload):
+		// As for a synchronous invocation: no retry can store it.
+		return invocation.Errorf(http.StatusRequestEntityTooLarge, invocation.CodePayloadTooLarge,
+			"the request is larger than the NATS server accepts (max_payload %d bytes, headers included)", g.nc.MaxPayload())
 	case errors.Is(err, calls.ErrNotSetUp):
 		g.log.Error("asynchronous call refused", "function", name, "error", err)
 		return invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable,
