@@ -199,17 +199,19 @@ func submitNATS(ctx context.Context, js jetstream.JetStream, name string, r requ
 		id = calls.IdempotentID(name, "", o.idempotencyKey)
 		// Beyond JetStream's de-duplication window the record still
 		// knows the call, as on the gateway.
-		_, err := calls.NewQueue(js).Get(ctx, id)
+		_, err := calls.NewQueue(js).Get(ctx, calls.ClientID(id))
 		switch {
 		case err == nil:
-			return &submission{id: id, duplicate: true, header: http.Header{"Duplicate": {"true"}}}, nil
+			return &submission{id: calls.ClientID(id), duplicate: true, header: http.Header{"Duplicate": {"true"}}}, nil
 		case !errors.Is(err, calls.ErrNotFound):
 			return nil, fmt.Errorf("look for an earlier call with this idempotency key: %w", err)
 		}
 	}
-	msg := requestMsg(calls.Subject(name), r)
+	// The runner files the call under calls.ClientID(id): clients have
+	// an id namespace of their own.
+	msg := requestMsg(calls.ClientSubject(name), r)
 	msg.Header.Set(calls.HeaderCallID, id)
-	msg.Header.Set(calls.HeaderMsgID, id)
+	msg.Header.Set(calls.HeaderMsgID, calls.ClientID(id))
 	if o.callback != "" {
 		msg.Header.Set(calls.HeaderCallback, o.callback)
 	}
@@ -221,7 +223,7 @@ func submitNATS(ctx context.Context, js jetstream.JetStream, name string, r requ
 	if ack.Duplicate {
 		h.Set("Duplicate", "true")
 	}
-	return &submission{id: id, duplicate: ack.Duplicate, header: h}, nil
+	return &submission{id: calls.ClientID(id), duplicate: ack.Duplicate, header: h}, nil
 }
 
 // natsSubmitError says why a JetStream publish of a call failed.
@@ -393,6 +395,15 @@ func unfinished(ctx context.Context, id string, last *calls.Record, lastErr erro
 	return errors.New(msg)
 }
 
+// resultSubject is where the result of call id of function name was
+// published.
+func resultSubject(name, id string) string {
+	if strings.HasPrefix(id, calls.ClientIDPrefix) {
+		return calls.ClientResultSubject(name)
+	}
+	return calls.ResultSubject(name)
+}
+
 // printOutcome prints the answer of a call that has ended, as invoke
 // prints a synchronous one; a failed call is an error naming why.
 func printOutcome(out, errOut io.Writer, name string, rec *calls.Record, include bool) error {
@@ -405,7 +416,7 @@ func printOutcome(out, errOut io.Writer, name string, rec *calls.Record, include
 		}
 		if resp.BodyDropped {
 			fmt.Fprintf(errOut, "call %s: the answer's body was too large to keep in the call's record; subscribers to %s received it\n",
-				rec.ID, calls.ResultSubject(name))
+				rec.ID, resultSubject(name, rec.ID))
 		}
 	}
 	if rec.Status == calls.Succeeded {

@@ -59,7 +59,7 @@ functions:
 		{"--wait reads the record with the call's token", append([]string{"invoke", "--async", "--wait", "echo", "--token", tok, "-d", "hi", "-X", "PUT"}, viaGateway...), 0,
 			`"method": "PUT"(?s:.*)"body": "hi"`, `succeeded`},
 		{"refused without a token", append([]string{"invoke", "--async", "echo", "-d", "hi"}, viaGateway...), 1, `^$`, `echo answered 401 invalid_token`},
-		{"over NATS", append([]string{"invoke", "--async", "ping"}, viaNATS...), 0, `^` + id + `\n$`, `^$`},
+		{"over NATS: an id in the clients' namespace", append([]string{"invoke", "--async", "ping"}, viaNATS...), 0, `^n\.` + id + `\n$`, `^$`},
 		{"over NATS, --wait", append([]string{"invoke", "--async", "--wait", "ping"}, viaNATS...), 0, `^pong!$`, `succeeded \(attempt 1 of 3\)`},
 		{"over NATS, --wait with a token", append([]string{"invoke", "--async", "--wait", "echo", "--token", tok, "-d", "hi"}, viaNATS...), 0, `"body": "hi"`, `succeeded`},
 		{"unfinished within --timeout", append([]string{"invoke", "--async", "--wait", "sleep", "--path", "?d=5s", "--timeout", "700ms"}, viaGateway...), 1,
@@ -88,7 +88,7 @@ functions:
 		if code != 0 || again != first || !strings.Contains(errOut, "submitted earlier with this idempotency key") {
 			t.Errorf("the same idempotency key again %v: %d %q (first %q) %s", via, code, again, first, errOut)
 		}
-		if want := calls.IdempotentID("ping", "", key); via[0] == "--nats-context" && strings.TrimSpace(first) != want {
+		if want := calls.ClientID(calls.IdempotentID("ping", "", key)); via[0] == "--nats-context" && strings.TrimSpace(first) != want {
 			t.Errorf("over NATS, idempotency key %q gave call %s, want %s", key, first, want)
 		}
 	}

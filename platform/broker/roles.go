@@ -39,9 +39,10 @@ const (
 	// RoleAuth is a runner that also serves the auth function: it may
 	// read users and count failed logins too.
 	RoleAuth Role = "auth"
-	// RoleClient may send invocations, submit asynchronous calls, read
-	// call records and results (results.>), and read the replies on its
-	// inbox prefix, and nothing else: it cannot subscribe to function subjects,
+	// RoleClient may send invocations, submit asynchronous calls in its
+	// own namespace (calls.NAME.nats) and read their records and results,
+	// and read the replies on its inbox prefix, and nothing else: it
+	// cannot subscribe to function subjects,
 	// so it can neither take other callers' invocations (and their
 	// tokens) nor pose as a runner, and it cannot read the replies the
 	// gateway receives. Every program holding the client credentials is
@@ -78,9 +79,10 @@ const (
 	callbackStream  = "SHOAL_CALLBACKS"
 )
 
-// submitCalls is what submitting asynchronous calls takes: publishing on
-// calls.NAME (two tokens: not calls.NAME.retry, where re-driven calls
-// are trusted with their submission time) and recording them as queued.
+// submitCalls is what the gateway's asynchronous calls take: publishing
+// on calls.NAME (two tokens: not calls.NAME.retry, where re-driven calls
+// are trusted with their submission time, nor the clients'
+// calls.NAME.nats) and recording them as queued.
 var submitCalls = concat([]string{"calls.*", "$KV." + callsBucket + ".>"}, kvRead(callsBucket))
 
 // runCalls is what a runner needs for asynchronous calls: pulling from
@@ -147,9 +149,16 @@ func Permissions(role Role) *server.Permissions {
 		}
 	case RoleClient:
 		return &server.Permissions{
-			// Submitting on calls.NAME, reading records; never writing them.
-			Publish:   &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>", "calls.*"}, kvRead(callsBucket))},
-			Subscribe: &server.SubjectPermission{Allow: concat(inbox, []string{"results.>"})},
+			// Asynchronous calls in the clients' own namespace: submitted
+			// on calls.NAME.nats, ids n.ID, records read by key, results
+			// on results.NAME.nats; not those submitted through the
+			// gateway, and never writing records.
+			Publish: &server.SubjectPermission{Allow: []string{
+				"fn.>", "$SRV.>", "calls.*.nats",
+				"$JS.API.STREAM.INFO.KV_" + callsBucket,
+				"$JS.API.DIRECT.GET.KV_" + callsBucket + ".$KV." + callsBucket + ".n.>",
+			}},
+			Subscribe: &server.SubjectPermission{Allow: concat(inbox, []string{"results.*.nats"})},
 		}
 	default:
 		return nil

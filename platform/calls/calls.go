@@ -85,8 +85,26 @@ const (
 	HeaderMsgID = jetstream.MsgIDHeader
 )
 
-// Subject is where calls of function name are submitted.
+// Subject is where the gateway submits calls of function name.
 func Subject(name string) string { return "calls." + name }
+
+// ClientSubject is where NATS clients (the client role) submit calls of
+// function name. Their ids live in a namespace of their own, under
+// ClientIDPrefix, so a client can neither choose nor overwrite the id of
+// a call submitted through the gateway; their results are published on
+// ClientResultSubject.
+func ClientSubject(name string) string { return "calls." + name + ".nats" }
+
+// ClientIDPrefix starts the id of every call submitted on ClientSubject:
+// the runner puts it before the id the client gave.
+const ClientIDPrefix = "n."
+
+// ClientID is the id of a call a NATS client submitted with id raw.
+func ClientID(raw string) string { return ClientIDPrefix + raw }
+
+// ClientResultSubject is where the results of calls submitted on
+// ClientSubject(name) are published.
+func ClientResultSubject(name string) string { return "results." + name + ".nats" }
 
 // RetrySubject is where calls of function name re-driven from the
 // dead-letter stream are put.
@@ -346,8 +364,9 @@ var (
 	ErrNotFound = errors.New("no such call")
 )
 
-// idRE is the syntax of call ids: safe as a KV key and a subject token.
-var idRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
+// idRE is the syntax of call ids: safe as a KV key and in a subject;
+// the ids of calls NATS clients submitted start with ClientIDPrefix.
+var idRE = regexp.MustCompile(`^(n\.)?[A-Za-z0-9_-]{1,128}$`)
 
 // ValidID reports whether id can name a call.
 func ValidID(id string) bool { return idRE.MatchString(id) }

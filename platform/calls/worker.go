@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,8 +30,13 @@ const DefaultAckWait = 30 * time.Second
 // maxBatch bounds one pull, whatever the free concurrency.
 const maxBatch = 64
 
-// pollWait is how long one pull waits for calls before asking again.
-const pollWait = 5 * time.Second
+// pollWait is how long one pull waits for calls before asking again. A
+// pull asks for the function's free slots as they are when it is sent;
+// a synchronous invocation that takes a slot while the pull waits does
+// not shrink it, so a call arriving then runs one over the limit. The
+// wait bounds that window; it costs one small request per function and
+// runner per pollWait while idle.
+const pollWait = time.Second
 
 // saveTimeout bounds the writes that end an attempt (record, dead
 // letter, callback, ack), retried while NATS is reconnecting.
@@ -100,7 +106,7 @@ func (w *Worker) Consumer(ctx context.Context, name string) (jetstream.Consumer,
 	c, err := w.js.CreateOrUpdateConsumer(ctx, Stream, jetstream.ConsumerConfig{
 		Durable:        name,
 		Description:    "Shoal: asynchronous calls of function " + name,
-		FilterSubjects: []string{Subject(name), RetrySubject(name)},
+		FilterSubjects: []string{Subject(name), ClientSubject(name), RetrySubject(name)},
 		AckPolicy:      jetstream.AckExplicitPolicy,
 		AckWait:        w.ackWait,
 		// Attempts are counted by the runners against the function's
@@ -206,6 +212,10 @@ func (w *Worker) call(name string, msg jetstream.Msg) *Call {
 	if c.ID == "" {
 		c.ID = "seq-" + strconv.FormatUint(c.seq, 10)
 	}
+	if msg.Subject() == ClientSubject(name) {
+		// A client names its calls within its own namespace only.
+		c.ID = ClientID(c.ID)
+	}
 	c.Callback = c.Header.Get(HeaderCallback)
 	return c
 }
@@ -251,6 +261,9 @@ func (w *Worker) Run(c *Call, async manifest.Async, exec func() Result) {
 		// Kept under an id that can name it, for the dead letters.
 		bad := c.ID
 		c.ID = "seq-" + strconv.FormatUint(c.seq, 10)
+		if strings.HasPrefix(bad, ClientIDPrefix) {
+			c.ID = ClientID(c.ID)
+		}
 		w.settle(c, async, Result{Err: invocation.Errorf(http.StatusBadRequest, invocation.CodeBadRequest,
 			"call id %.200q is not valid: use 1 to 128 letters, digits, - and _", bad)}, false)
 		return
@@ -454,15 +467,19 @@ const (
 // result subject, as a synchronous reply would carry it. Only live
 // subscribers see it; the record is the durable copy.
 func (w *Worker) publishResult(c *Call, rec *Record, res Result) {
+	subject := ResultSubject(c.Function)
+	if strings.HasPrefix(c.ID, ClientIDPrefix) {
+		subject = ClientResultSubject(c.Function)
+	}
 	var msg *nats.Msg
 	if res.Err != nil {
-		msg = res.Err.Msg(ResultSubject(c.Function))
+		msg = res.Err.Msg(subject)
 	} else {
 		header := make(http.Header, len(res.Header))
 		for k, v := range res.Header {
 			header[k] = v
 		}
-		msg = invocation.NewResponseMsg(ResultSubject(c.Function), res.Status, header, res.Body)
+		msg = invocation.NewResponseMsg(subject, res.Status, header, res.Body)
 	}
 	msg.Header.Set(HeaderCallID, c.ID)
 	msg.Header.Set(HeaderCallStatus, string(rec.Status))

@@ -586,6 +586,13 @@ functions:
 			t.Errorf("runner stop: %v", err)
 		}
 	})
+	// short is a deadline for what a role forbids: a refused request
+	// goes unanswered, each waits out its own.
+	short := func(ctx context.Context) context.Context {
+		ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		t.Cleanup(cancel)
+		return ctx
+	}
 	quiet := nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}) // refused publishes below are reported, not logged
 	gnc := brokertest.ConnectAs(t, s, creds, broker.RoleGateway, nats.ReconnectBufSize(-1), quiet)
 	gjs, err := jetstream.New(gnc)
@@ -605,7 +612,9 @@ functions:
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := client.SubscribeSync(calls.ResultSubject("echo"))
+	// The client's own calls: submitted on calls.NAME.nats, filed under
+	// n.ID, results on results.NAME.nats.
+	res, err := client.SubscribeSync(calls.ClientResultSubject("echo"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -618,9 +627,6 @@ functions:
 
 	a := accepted(t, p.post(t, "/async-function/echo", strings.NewReader("hi"), map[string]string{gateway.HeaderCallbackURL: hook.URL}), "echo")
 	p.waitCall(t, a.ID, "", calls.Succeeded)
-	if m, err := res.NextMsg(5 * time.Second); err != nil || m.Header.Get(calls.HeaderCallID) != a.ID {
-		t.Errorf("the client's result: %v, %v", m, err)
-	}
 	select {
 	case id := <-hooks:
 		if id != a.ID {
@@ -629,8 +635,35 @@ functions:
 	case <-time.After(10 * time.Second):
 		t.Error("no callback")
 	}
-	if rec, err := calls.NewQueue(cjs).Get(ctx, a.ID); err != nil || rec.Status != calls.Succeeded {
-		t.Errorf("the client reads the record: %+v, %v", rec, err)
+	// A client names its calls in its own namespace: the id of a gateway
+	// call it gives is filed as n.ID, and the gateway's record is untouched.
+	mine := nats.NewMsg(calls.ClientSubject("echo"))
+	mine.Header.Set(calls.HeaderCallID, a.ID)
+	mine.Header.Set(calls.HeaderMsgID, calls.ClientID(a.ID))
+	mine.Data = []byte("mine")
+	if _, err := cjs.PublishMsg(ctx, mine); err != nil {
+		t.Fatalf("the client submits a call: %v", err)
+	}
+	if m, err := res.NextMsg(5 * time.Second); err != nil || m.Header.Get(calls.HeaderCallID) != calls.ClientID(a.ID) {
+		t.Errorf("the client's result: %v, %v", m, err)
+	}
+	if rec, err := calls.NewQueue(cjs).Get(ctx, calls.ClientID(a.ID)); err != nil || rec.Status != calls.Succeeded {
+		t.Errorf("the client reads its call's record: %+v, %v", rec, err)
+	}
+	if rec, err := calls.NewQueue(admin).Get(ctx, a.ID); err != nil || rec.Response == nil || !strings.Contains(string(rec.Response.Body), `"hi"`) {
+		t.Errorf("the gateway call's record after a client call named after it: %+v, %v", rec, err)
+	}
+	// The gateway's callers' records and results are not the client's.
+	if _, err := calls.NewQueue(cjs).Get(short(ctx), a.ID); err == nil {
+		t.Error("a client read the record of a call submitted through the gateway")
+	}
+	if sub, err := client.SubscribeSync(calls.ResultSubject("echo")); err == nil {
+		if err := client.Flush(); err == nil && client.LastError() == nil {
+			if m, err := sub.NextMsg(200 * time.Millisecond); err == nil {
+				t.Errorf("a client received a result of the gateway's callers: %v", m.Header)
+			}
+		}
+		_ = sub.Unsubscribe()
 	}
 
 	// Dead-lettered by the runner, re-driven by an admin, run again.
@@ -654,19 +687,17 @@ functions:
 
 	// What the roles forbid (a refused publish goes unanswered: each
 	// attempt waits out its own short deadline).
-	short := func() context.Context {
-		ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		t.Cleanup(cancel)
-		return ctx
-	}
 	for role, js := range map[string]jetstream.JetStream{"client": cjs, "gateway": gjs} {
-		if _, err := js.Publish(short(), calls.RetrySubject("echo"), nil); err == nil {
+		if _, err := js.Publish(short(ctx), calls.RetrySubject("echo"), nil); err == nil {
 			t.Errorf("the %s role queued a call on a retry subject, which runners trust with its submission time", role)
 		}
 	}
+	if _, err := cjs.Publish(short(ctx), calls.Subject("echo"), nil); err == nil {
+		t.Error("the client role queued a call on the gateway's subject, outside its namespace")
+	}
 	if kv, err := cjs.KeyValue(ctx, calls.Bucket); err != nil {
 		t.Errorf("the client opens the records' bucket: %v", err)
-	} else if _, err := kv.Put(short(), a.ID, []byte(`{"status":"failed"}`)); err == nil {
+	} else if _, err := kv.Put(short(ctx), calls.ClientID(a.ID), []byte(`{"status":"failed"}`)); err == nil {
 		t.Error("a client wrote a call's record")
 	}
 	if rec, err := calls.NewQueue(admin).Get(ctx, a.ID); err != nil || rec.Status != calls.Succeeded {
