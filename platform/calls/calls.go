@@ -358,7 +358,7 @@ var (
 	// not accepted; try again later.
 	ErrQueueFull = errors.New("the queue of asynchronous calls is full")
 	// ErrNotSetUp means the streams and bucket do not exist on this NATS.
-	ErrNotSetUp = errors.New("asynchronous calls are not set up on this NATS; `shoal deploy` or `shoal up` sets them up")
+	ErrNotSetUp = errors.New("asynchronous calls are not set up on this NATS (`shoal deploy` or `shoal up` sets them up), or JetStream does not answer")
 	// ErrNotFound means no record of the call exists (never submitted,
 	// or expired).
 	ErrNotFound = errors.New("no such call")
@@ -493,9 +493,9 @@ func (q *Queue) Submit(ctx context.Context, s Submission) (*Submitted, error) {
 	if s.Callback != "" {
 		msg.Header.Set(HeaderCallback, s.Callback)
 	}
-	ack, err := q.js.PublishMsg(ctx, msg)
+	ack, err := q.publish(ctx, msg)
 	if err != nil {
-		return nil, publishError(err)
+		return nil, err
 	}
 	out := &Submitted{ID: id, Duplicate: ack.Duplicate}
 	kv, err := q.bucket(ctx)
@@ -577,6 +577,49 @@ func (q *Queue) requeued(ctx context.Context, rec *Record) (restore func(), err 
 		}
 	}
 	return nil, fmt.Errorf("calls: record call %s as queued: its record keeps changing; try again", rec.ID)
+}
+
+// publishAttempt bounds one attempt to store a call, and publishRetry
+// the time spent trying again while NATS or JetStream does not answer.
+const (
+	publishAttempt = 2 * time.Second
+	publishRetry   = 10 * time.Second
+	// noStreamRetry is shorter: a stream missing for that long is
+	// missing, not restarting.
+	noStreamRetry = 3 * time.Second
+)
+
+// publish stores a call, trying again in short attempts while NATS or
+// JetStream is unreachable (reconnecting, restarting, electing a
+// leader) for up to publishRetry, or until ctx ends: the call's
+// Nats-Msg-Id makes a second store of the same call a duplicate, never a
+// second call. A full queue is answered at once.
+func (q *Queue) publish(ctx context.Context, msg *nats.Msg) (*jetstream.PubAck, error) {
+	ctx, cancel := context.WithTimeout(ctx, publishRetry)
+	defer cancel()
+	start := time.Now()
+	for {
+		actx, cancel := context.WithTimeout(ctx, publishAttempt)
+		ack, err := q.js.PublishMsg(actx, msg)
+		cancel()
+		if err == nil {
+			return ack, nil
+		}
+		perr := publishError(err)
+		if errors.Is(perr, ErrNotSetUp) && time.Since(start) > noStreamRetry {
+			return nil, perr
+		}
+		transient := errors.Is(perr, ErrNotSetUp) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+			errors.Is(err, nats.ErrDisconnected) || errors.Is(err, nats.ErrConnectionReconnecting)
+		if !transient {
+			return nil, perr
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("calls: store the call: %w (gave up: %w)", err, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // publishError maps a failed publish to the calls stream.

@@ -56,20 +56,43 @@ func DeadLetters(ctx context.Context, js jetstream.JetStream, limit int) ([]Dead
 	if err != nil {
 		return nil, fmt.Errorf("calls: open stream %s: %w", DLQStream, err)
 	}
-	info := s.CachedInfo()
-	var out []DeadLetter
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && seq > 0; seq++ {
-		if limit > 0 && len(out) == limit {
-			break
-		}
-		m, err := s.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue // removed (retried, discarded) or aged out
-		}
+	want := int(s.CachedInfo().State.Msgs)
+	if limit > 0 {
+		want = min(want, limit)
+	}
+	if want == 0 {
+		return nil, nil
+	}
+	// One ordered consumer reads the stream in batches, stepping over
+	// the sequences retried, discarded or aged out, which reading message
+	// by message would ask for one request each.
+	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		return nil, fmt.Errorf("calls: read stream %s: %w", DLQStream, err)
+	}
+	out := make([]DeadLetter, 0, want)
+	for len(out) < want {
+		batch, err := c.Fetch(min(want-len(out), 256), jetstream.FetchMaxWait(time.Second))
 		if err != nil {
-			return nil, fmt.Errorf("calls: read dead letter %d: %w", seq, err)
+			return nil, fmt.Errorf("calls: read stream %s: %w", DLQStream, err)
 		}
-		out = append(out, deadLetterOf(m))
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			meta, err := msg.Metadata()
+			if err != nil {
+				return nil, fmt.Errorf("calls: read stream %s: %w", DLQStream, err)
+			}
+			out = append(out, deadLetterOf(&jetstream.RawStreamMsg{
+				Subject: msg.Subject(), Sequence: meta.Sequence.Stream, Header: msg.Headers(), Data: msg.Data(), Time: meta.Timestamp,
+			}))
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			return nil, fmt.Errorf("calls: read stream %s: %w", DLQStream, err)
+		}
+		if n == 0 {
+			break // fewer than counted: some were removed meanwhile
+		}
 	}
 	return out, nil
 }

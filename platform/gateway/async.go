@@ -159,7 +159,7 @@ func (g *Gateway) submitError(name string, err error) *invocation.Error {
 	case errors.Is(err, calls.ErrNotSetUp):
 		g.log.Error("asynchronous call refused", "function", name, "error", err)
 		return invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable,
-			"asynchronous calls are not set up on this deployment (run shoal deploy); nothing was queued")
+			"asynchronous calls are not set up on this deployment (run shoal deploy), or JetStream does not answer; nothing was queued")
 	case errors.Is(err, context.DeadlineExceeded):
 		g.log.Warn("asynchronous call not confirmed in time", "function", name, "error", err)
 		return invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable,
