@@ -30,6 +30,7 @@ const (
 	CodeTooManyAttempts  Code = "too_many_attempts"   // 429: too many failed logins; wait for Retry-After
 	CodeQueueFull        Code = "queue_full"          // 429: the queue of asynchronous calls is at its limit; nothing was queued
 	CodeFunctionPanic    Code = "function_panic"      // 500: the function panicked
+	CodeFunctionError    Code = "function_error"      // 4xx/5xx: in an asynchronous call's record, the function answered that error status
 	CodeResponseTooLarge Code = "response_too_large"  // 500: the answer does not fit in a NATS message
 	CodeInternal         Code = "internal"            // 500: a fault in Shoal itself
 	CodeNotImplemented   Code = "not_implemented"     // 501: the function does not offer this yet

@@ -202,7 +202,7 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 		// Canonical base64 only: one token, one spelling.
 		jwt.WithStrictDecoding(),
 	}
-	v.parser = jwt.NewParser(append(v.opts, jwt.WithTimeFunc(v.now))...)
+	v.parser = jwt.NewParser(slices.Concat(v.opts, []jwt.ParserOption{jwt.WithTimeFunc(v.now)})...)
 	return v, nil
 }
 
@@ -221,7 +221,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Claims, error) {
 	}
 	if at, ok := ctx.Value(asOfKey{}).(time.Time); ok {
 		// Not cached: the cache answers for the present.
-		return v.verify(ctx, raw, jwt.NewParser(append(v.opts, jwt.WithTimeFunc(func() time.Time { return at }))...))
+		return v.verify(ctx, raw, jwt.NewParser(slices.Concat(v.opts, []jwt.ParserOption{jwt.WithTimeFunc(func() time.Time { return at })})...))
 	}
 	if v.cache == nil {
 		return v.verify(ctx, raw, v.parser)

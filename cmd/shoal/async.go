@@ -43,6 +43,36 @@ func (a *asyncLimitFlags) limits(replicas int) (calls.Limits, error) {
 	return l, nil
 }
 
+// over returns cur with the limits whose flags were given on the command
+// line in place: what `shoal deploy` applies to limits set up earlier, so
+// that a routine deploy does not reset an operator's limits to the
+// defaults.
+func (a *asyncLimitFlags) over(cur calls.Limits, fs *pflag.FlagSet, replicas int) (calls.Limits, error) {
+	given, err := a.limits(replicas)
+	if err != nil {
+		return given, err
+	}
+	l := cur
+	l.Replicas = replicas
+	for flag, set := range map[string]func(){
+		"async-max-queued":    func() { l.MaxQueued = given.MaxQueued },
+		"async-max-bytes":     func() { l.MaxBytes = given.MaxBytes },
+		"async-max-age":       func() { l.MaxAge = given.MaxAge },
+		"async-dedupe-window": func() { l.Dedupe = given.Dedupe },
+		"async-results-ttl":   func() { l.ResultsTTL = given.ResultsTTL },
+		"async-dlq-max-age":   func() { l.DLQMaxAge = given.DLQMaxAge },
+		"async-dlq-max-bytes": func() { l.DLQMaxBytes = given.DLQMaxBytes },
+	} {
+		if fs.Changed(flag) {
+			set()
+		}
+	}
+	if err := l.Check(); err != nil {
+		return l, fmt.Errorf("asynchronous call limits: %w", err)
+	}
+	return l, nil
+}
+
 // callbackFlags configure the callbacks of asynchronous calls: which URLs
 // a submission may give (gateway) and how they are delivered (runner).
 type callbackFlags struct {

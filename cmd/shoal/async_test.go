@@ -1076,3 +1076,35 @@ functions:
 		t.Error("the call refused while NATS was down ran")
 	}
 }
+
+// TestDeployKeepsAsyncLimits: `shoal deploy` applies the asynchronous
+// limits given on its command line and keeps the others as they were set
+// up, instead of resetting them to the defaults at every deploy.
+func TestDeployKeepsAsyncLimits(t *testing.T) {
+	u := startAsyncUp(t, 1, "--async-max-queued", "777", "--async-results-ttl", "2h")
+	js := adminJS(t, u.nats, u.data)
+	fn := filepath.Join(u.dir, "fn.yaml")
+	deploy := func(args ...string) {
+		t.Helper()
+		args = append([]string{"deploy", "-f", fn, "--data", u.data, "--nats", u.nats}, args...)
+		if out, errOut, code := runShoalEnv(t, u.dir, []string{testFunctions + "=1"}, args...); code != 0 {
+			t.Fatalf("shoal %s = %d\n%s%s", strings.Join(args, " "), code, out, errOut)
+		}
+	}
+	current := func() calls.Limits {
+		t.Helper()
+		l, ok, err := calls.CurrentLimits(t.Context(), js)
+		if err != nil || !ok {
+			t.Fatalf("CurrentLimits = %v, %v", ok, err)
+		}
+		return l
+	}
+	deploy()
+	if l := current(); l.MaxQueued != 777 || l.ResultsTTL != 2*time.Hour {
+		t.Errorf("after a plain deploy: max queued %d, results TTL %s; want up's 777 and 2h kept", l.MaxQueued, l.ResultsTTL)
+	}
+	deploy("--async-max-queued", "888")
+	if l := current(); l.MaxQueued != 888 || l.ResultsTTL != 2*time.Hour {
+		t.Errorf("after deploy --async-max-queued 888: max queued %d, results TTL %s; want 888 and 2h", l.MaxQueued, l.ResultsTTL)
+	}
+}

@@ -217,27 +217,13 @@ func submitNATS(ctx context.Context, js jetstream.JetStream, name string, r requ
 	}
 	ack, err := js.PublishMsg(ctx, msg)
 	if err != nil {
-		return nil, natsSubmitError(err)
+		return nil, calls.PublishError(err)
 	}
 	h := http.Header{"Stream": {ack.Stream}, "Sequence": {fmt.Sprint(ack.Sequence)}}
 	if ack.Duplicate {
 		h.Set("Duplicate", "true")
 	}
 	return &submission{id: calls.ClientID(id), duplicate: ack.Duplicate, header: h}, nil
-}
-
-// natsSubmitError says why a JetStream publish of a call failed.
-func natsSubmitError(err error) error {
-	if errors.Is(err, jetstream.ErrNoStreamResponse) {
-		return calls.ErrNotSetUp
-	}
-	// 10077: the stream's store refused the message; "maximum ..." says a
-	// limit did (as calls.Queue.Submit reads it).
-	if apiErr, ok := errors.AsType[*jetstream.APIError](err); ok && apiErr.ErrorCode == jetstream.ErrorCode(10077) &&
-		strings.Contains(apiErr.Description, "maximum") {
-		return fmt.Errorf("%w: nothing was queued, retry later (%s)", calls.ErrQueueFull, apiErr.Description)
-	}
-	return fmt.Errorf("store the call on %s: %w", calls.Stream, err)
 }
 
 // httpRecords reads a call's record at the gateway's GET /calls/ID, with

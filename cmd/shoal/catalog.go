@@ -202,7 +202,17 @@ are removed.`,
 				// a request unanswered; deploying again is harmless.
 				var changes []catalog.Change
 				err := broker.Retry(ctx, jsAttempt, func(ctx context.Context) error {
-					var err error
+					// Limits set up earlier stay, but for the flags given.
+					limits := limits
+					cur, ok, err := calls.CurrentLimits(ctx, js)
+					if err != nil {
+						return err
+					}
+					if ok {
+						if limits, err = al.over(cur, cmd.Flags(), replicas); err != nil {
+							return err
+						}
+					}
 					changes, err = deployManifest(ctx, js, m, prune, limits)
 					return err
 				})

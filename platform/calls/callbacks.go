@@ -167,7 +167,7 @@ func (d *deliverer) deliver(msg jetstream.Msg) {
 		state.Delivered = time.Now().UTC()
 		log.Info("callback delivered")
 	case callback.Retryable(err) && attempt < d.cfg.Attempts:
-		state.State, state.LastError = CallbackPending, err.Error()
+		state.State, state.LastError = CallbackPending, publicError(err)
 		d.update(ctx, id, state, log)
 		delay := d.cfg.Backoff[min(attempt, len(d.cfg.Backoff))-1]
 		log.Warn("callback failed; retrying", "error", err, "in", delay)
@@ -176,13 +176,24 @@ func (d *deliverer) deliver(msg jetstream.Msg) {
 		}
 		return
 	default:
-		state.State, state.LastError = CallbackFailed, err.Error()
+		state.State, state.LastError = CallbackFailed, publicError(err)
 		log.Warn("callback failed for good", "error", err)
 	}
 	d.update(ctx, id, state, log)
 	if err := msg.DoubleAck(ctx); err != nil {
 		log.Warn("cannot acknowledge a callback; it may be delivered again", "error", err)
 	}
+}
+
+// publicError is what a call's record says of a failed delivery. A
+// refusal by the policy says no more than that: its details (what a name
+// resolved to) would map the internal network for whoever reads the
+// record; the runner's log has them.
+func publicError(err error) string {
+	if errors.Is(err, callback.ErrRefused) {
+		return "the callback URL's address is not allowed by the callback policy (--callback-allow)"
+	}
+	return err.Error()
 }
 
 // update writes the callback's state into the call's record, unless the

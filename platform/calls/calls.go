@@ -153,6 +153,12 @@ type Record struct {
 	NextAttemptAt time.Time `json:"next_attempt_at,omitzero"`
 	// Runner is the id of the runner of the last attempt.
 	Runner string `json:"runner,omitempty"`
+	// Seq is the calls stream's sequence of the message the record was
+	// last written for (a call re-driven from the dead letters is a new
+	// message); Interruptions counts the attempts of that message cut
+	// short by a runner's shutdown, which do not count as attempts.
+	Seq           uint64 `json:"seq,omitempty"`
+	Interruptions int    `json:"interruptions,omitempty"`
 	// Response is the function's answer, once it has answered.
 	Response *Response `json:"response,omitempty"`
 	// Error is why the call failed, or why the last attempt did.
@@ -333,6 +339,35 @@ func Setup(ctx context.Context, js jetstream.JetStream, l Limits) error {
 	return nil
 }
 
+// CurrentLimits reads the limits the streams and bucket have now; ok is
+// false when they are not set up. Replicas is left 0 (keep).
+func CurrentLimits(ctx context.Context, js jetstream.JetStream) (l Limits, ok bool, err error) {
+	calls, err := js.Stream(ctx, Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return Limits{}, false, nil
+	}
+	if err != nil {
+		return Limits{}, false, fmt.Errorf("calls: read stream %s: %w", Stream, err)
+	}
+	c := calls.CachedInfo().Config
+	l = Limits{MaxQueued: c.MaxMsgs, MaxBytes: c.MaxBytes, MaxAge: c.MaxAge, Dedupe: c.Duplicates}
+	dlq, err := js.Stream(ctx, DLQStream)
+	if err != nil {
+		return Limits{}, false, fmt.Errorf("calls: read stream %s: %w", DLQStream, err)
+	}
+	l.DLQMaxAge, l.DLQMaxBytes = dlq.CachedInfo().Config.MaxAge, dlq.CachedInfo().Config.MaxBytes
+	kv, err := js.KeyValue(ctx, Bucket)
+	if err != nil {
+		return Limits{}, false, fmt.Errorf("calls: open bucket %s: %w", Bucket, err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return Limits{}, false, fmt.Errorf("calls: read bucket %s: %w", Bucket, err)
+	}
+	l.ResultsTTL = st.TTL()
+	return l, true, nil
+}
+
 // setupStream creates or updates a stream; replicas 0 keeps an existing
 // stream's.
 func setupStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) error {
@@ -493,11 +528,13 @@ func (q *Queue) Submit(ctx context.Context, s Submission) (*Submitted, error) {
 	if s.Callback != "" {
 		msg.Header.Set(HeaderCallback, s.Callback)
 	}
-	ack, err := q.publish(ctx, msg)
+	ack, retried, err := q.publish(ctx, msg)
 	if err != nil {
 		return nil, err
 	}
-	out := &Submitted{ID: id, Duplicate: ack.Duplicate}
+	// A duplicate after a retried publish is most likely this call's own
+	// first attempt, stored but unacknowledged: a new call, to record.
+	out := &Submitted{ID: id, Duplicate: ack.Duplicate && !retried}
 	kv, err := q.bucket(ctx)
 	if err != nil {
 		return out, err
@@ -594,36 +631,38 @@ const (
 // leader) for up to publishRetry, or until ctx ends: the call's
 // Nats-Msg-Id makes a second store of the same call a duplicate, never a
 // second call. A full queue is answered at once.
-func (q *Queue) publish(ctx context.Context, msg *nats.Msg) (*jetstream.PubAck, error) {
+func (q *Queue) publish(ctx context.Context, msg *nats.Msg) (ack *jetstream.PubAck, retried bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, publishRetry)
 	defer cancel()
 	start := time.Now()
-	for {
+	for attempt := 0; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, publishAttempt)
 		ack, err := q.js.PublishMsg(actx, msg)
 		cancel()
 		if err == nil {
-			return ack, nil
+			return ack, attempt > 0, nil
 		}
-		perr := publishError(err)
+		perr := PublishError(err)
 		if errors.Is(perr, ErrNotSetUp) && time.Since(start) > noStreamRetry {
-			return nil, perr
+			return nil, false, perr
 		}
 		transient := errors.Is(perr, ErrNotSetUp) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
 			errors.Is(err, nats.ErrDisconnected) || errors.Is(err, nats.ErrConnectionReconnecting)
 		if !transient {
-			return nil, perr
+			return nil, false, perr
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("calls: store the call: %w (gave up: %w)", err, ctx.Err())
+			return nil, false, fmt.Errorf("calls: store the call: %w (gave up: %w)", err, ctx.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
 
-// publishError maps a failed publish to the calls stream.
-func publishError(err error) error {
+// PublishError maps the error of a publish to the calls stream (by
+// Queue.Submit, or by a NATS client on ClientSubject) to ErrNotSetUp or
+// ErrQueueFull where it is one of those.
+func PublishError(err error) error {
 	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
 		return ErrNotSetUp
 	}

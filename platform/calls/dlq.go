@@ -97,7 +97,7 @@ func DeadLetters(ctx context.Context, js jetstream.JetStream, limit int) ([]Dead
 	return out, nil
 }
 
-// deadLetter finds the dead letter of call id.
+// findDeadLetter finds the dead letter of call id.
 func findDeadLetter(ctx context.Context, js jetstream.JetStream, id string) (jetstream.Stream, *jetstream.RawStreamMsg, error) {
 	if !ValidID(id) {
 		return nil, nil, ErrNotDeadLettered
@@ -158,7 +158,7 @@ func Retry(ctx context.Context, js jetstream.JetStream, id string) (*DeadLetter,
 	}
 	if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: RetrySubject(d.Function), Header: h, Data: m.Data}); err != nil {
 		restore()
-		return nil, publishError(err)
+		return nil, PublishError(err)
 	}
 	if err := s.DeleteMsg(ctx, m.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return &d, fmt.Errorf("calls: call %s is queued again, but its dead letter %d could not be removed: %w", id, m.Sequence, err)

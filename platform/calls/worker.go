@@ -96,6 +96,9 @@ type Call struct {
 	seq uint64
 	// started is when this attempt started running.
 	started time.Time
+	// interruptions counts the earlier deliveries of this message cut
+	// short by a runner's shutdown (Result.Interrupted).
+	interruptions int
 	// endHeartbeat stops extending the ack deadline (see Run).
 	endHeartbeat func()
 }
@@ -212,7 +215,7 @@ func (w *Worker) call(name string, msg jetstream.Msg) *Call {
 	if c.ID == "" {
 		c.ID = "seq-" + strconv.FormatUint(c.seq, 10)
 	}
-	if msg.Subject() == ClientSubject(name) {
+	if msg.Subject() == ClientSubject(name) && !strings.HasPrefix(c.ID, ClientIDPrefix) {
 		// A client names its calls within its own namespace only.
 		c.ID = ClientID(c.ID)
 	}
@@ -227,6 +230,10 @@ type Result struct {
 	Header http.Header
 	Body   []byte
 	Err    *invocation.Error
+	// Interrupted is set when the runner cut the call short as it shut
+	// down: not the function's failure, so the call is handed back at
+	// once and the attempt does not count.
+	Interrupted bool
 }
 
 func (r Result) status() int {
@@ -268,6 +275,9 @@ func (w *Worker) Run(c *Call, async manifest.Async, exec func() Result) {
 			"call id %.200q is not valid: use 1 to 128 letters, digits, - and _", bad)}, false)
 		return
 	}
+	if c.Attempt > 1 && w.settled(c) {
+		return
+	}
 	if c.Attempt > async.Attempts() {
 		// This delivery does not run: the call's attempts are the
 		// deliveries before it, and so its record and dead letter say.
@@ -285,6 +295,30 @@ func (w *Worker) Run(c *Call, async manifest.Async, exec func() Result) {
 	}
 	cancel()
 	w.settle(c, async, exec(), true)
+}
+
+// settled reports whether a call delivered again has been settled
+// already (its runner recorded the outcome, then died or lost NATS before
+// the acknowledgement reached the server), and acknowledges it then. It
+// also takes the interruptions of earlier attempts off c.Attempt.
+func (w *Worker) settled(c *Call) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), saveTimeout)
+	defer cancel()
+	rec, err := w.q.Get(ctx, c.ID)
+	if err != nil || rec.Seq != c.seq {
+		return false // no word of this message: run it
+	}
+	if rec.Status == Succeeded || rec.Status == Failed {
+		w.log.Info("asynchronous call delivered again after it was settled; acknowledged", "function", c.Function, "call", c.ID, "status", rec.Status)
+		c.endHeartbeat()
+		if err := broker.Retry(ctx, 5*time.Second, c.msg.DoubleAck); err != nil {
+			w.log.Warn("cannot acknowledge a settled asynchronous call", "function", c.Function, "call", c.ID, "error", err)
+		}
+		return true
+	}
+	c.interruptions = rec.Interruptions
+	c.Attempt = max(c.Attempt-c.interruptions, 1)
+	return false
 }
 
 // heartbeat tells JetStream every third of the ack wait that the call is
@@ -316,6 +350,7 @@ func (w *Worker) record(c *Call, async manifest.Async, st Status) *Record {
 	rec := &Record{
 		ID: c.ID, Function: c.Function, Status: st, Attempts: c.Attempt, MaxAttempts: async.Attempts(),
 		SubmittedAt: c.Submitted.UTC(), StartedAt: c.started, Runner: w.runner,
+		Seq: c.seq, Interruptions: c.interruptions,
 	}
 	if c.Callback != "" {
 		rec.Callback = &Callback{URL: callback.Redact(c.Callback), State: CallbackPending}
@@ -330,6 +365,21 @@ func (w *Worker) settle(c *Call, async manifest.Async, res Result, ran bool) {
 	defer cancel()
 	now := time.Now().UTC()
 	ok := res.Err == nil && res.Status < 400
+	if res.Interrupted {
+		c.interruptions++
+		rec := w.record(c, async, Queued)
+		rec.Attempts--
+		rec.Error = res.error()
+		if err := w.save(ctx, rec); err != nil {
+			w.log.Warn("cannot record an interrupted attempt", "function", c.Function, "call", c.ID, "error", err)
+		}
+		c.endHeartbeat()
+		if err := c.msg.Nak(); err != nil {
+			w.log.Warn("cannot hand an interrupted asynchronous call back; the ack wait will", "function", c.Function, "call", c.ID, "error", err)
+		}
+		w.log.Info("asynchronous call cut short by the runner's shutdown; handed back", "function", c.Function, "call", c.ID)
+		return
+	}
 	if !ok && res.retryable() && ran && c.Attempt < async.Attempts() {
 		delay := async.Delay(c.Attempt)
 		rec := w.record(c, async, Queued)
@@ -399,7 +449,7 @@ func (r Result) error() *invocation.Error {
 	if e, ok := invocation.ParseError(r.Status, r.Body); ok {
 		return e
 	}
-	return invocation.Errorf(r.Status, invocation.Code("function_error"), "the function answered %d %s", r.Status, http.StatusText(r.Status))
+	return invocation.Errorf(r.Status, invocation.CodeFunctionError, "the function answered %d %s", r.Status, http.StatusText(r.Status))
 }
 
 // save writes rec into the bucket, without the response body if the

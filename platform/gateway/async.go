@@ -114,6 +114,15 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer putBuffer(buf)
+	// A submission holds its body until the call is stored: it counts
+	// against the same limit as an invocation.
+	if g.inFlight.Add(1) > g.maxInFlight {
+		g.inFlight.Add(-1)
+		invocation.Errorf(http.StatusTooManyRequests, invocation.CodeOverloaded,
+			"the gateway is serving %d invocations, its limit; retry shortly or add gateways", g.maxInFlight).WriteHTTP(w)
+		return
+	}
+	defer g.inFlight.Add(-1)
 	// The gateway's headers are not the function's: Idempotency-Key and
 	// X-Callback-Url travel as the protocol's own (Shoal-Call-Id,
 	// Shoal-Callback-Url), not to the function.

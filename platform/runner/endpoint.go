@@ -233,6 +233,9 @@ func (e *endpoint) execCall(d *definition, c *calls.Call) calls.Result {
 		// with its writer.
 		res.Err = e.expired(ctx, d)
 	}
+	// Cut short by the runner's stop (not by the function's timeout):
+	// handed back at once, and not counted as an attempt.
+	res.Interrupted = res.Err != nil && errors.Is(ctx.Err(), context.Canceled)
 	e.completed.Add(1)
 	e.busy.Add(int64(time.Since(start)))
 	if res.Err != nil {

@@ -111,7 +111,9 @@ type Runner struct {
 	pulls       map[string]context.CancelFunc
 	asyncCtx    context.Context
 	asyncCancel context.CancelFunc
-	async       sync.WaitGroup
+	// pulling tracks the pull loops, delivering the callback deliveries.
+	pulling    sync.WaitGroup
+	delivering sync.WaitGroup
 
 	// id is the runner's stable id; ackHeader, the header of every ack,
 	// carries it. Messages are encoded, never modified, once built, so
@@ -216,7 +218,7 @@ func (r *Runner) startAsync(cfg *AsyncConfig) error {
 	if cb.Logger == nil {
 		cb.Logger = r.log
 	}
-	r.async.Go(func() { calls.DeliverCallbacks(r.asyncCtx, js, cb) })
+	r.delivering.Go(func() { calls.DeliverCallbacks(r.asyncCtx, js, cb) })
 	r.mu.Lock()
 	r.pullFunctions(*r.eps.Load())
 	r.mu.Unlock()
@@ -242,7 +244,7 @@ func (r *Runner) pullFunctions(eps map[string]*endpoint) {
 		}
 		ctx, cancel := context.WithCancel(r.asyncCtx)
 		r.pulls[name] = cancel
-		r.async.Go(func() { r.worker.Pull(ctx, name, ep.free, ep.wake, ep.takeCall) })
+		r.pulling.Go(func() { r.worker.Pull(ctx, name, ep.free, ep.wake, ep.takeCall) })
 	}
 }
 
@@ -499,12 +501,14 @@ func (r *Runner) stop(ctx context.Context) error {
 	// 0. Stop taking asynchronous calls: those taken run to the end
 	//    (counted in unanswered, below); the others wait in the stream
 	//    for another runner.
-	asyncDone := make(chan struct{})
+	pulled, delivered := make(chan struct{}), make(chan struct{})
 	if r.asyncCancel != nil {
 		r.asyncCancel()
-		go func() { r.async.Wait(); close(asyncDone) }()
+		go func() { r.pulling.Wait(); close(pulled) }()
+		go func() { r.delivering.Wait(); close(delivered) }()
 	} else {
-		close(asyncDone)
+		close(pulled)
+		close(delivered)
 	}
 	// 1. Leaving the queue groups needs the server: nats.go sends no
 	//    unsubscription while disconnected and re-subscribes draining
@@ -537,10 +541,16 @@ func (r *Runner) stop(ctx context.Context) error {
 		case !subsDrained:
 			errs = append(errs, errors.New("subscriptions did not drain in time"))
 		default:
-			// 4. Wait until every admitted invocation has been answered.
+			// 4. Wait until the pull loops have handed over the last
+			//    calls they took, then until every admitted invocation
+			//    and call has been answered or settled.
+			select {
+			case <-pulled:
+			case <-ctx.Done():
+			}
 			drained = waitUntil(ctx, func() bool { return r.unanswered.Load() == 0 })
 			select {
-			case <-asyncDone:
+			case <-delivered:
 			case <-ctx.Done():
 				errs = append(errs, errors.New("callback deliveries did not finish in time"))
 			}

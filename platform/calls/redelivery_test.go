@@ -1,0 +1,124 @@
+package calls_test
+
+import (
+	"context"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/shoal-dev/shoal/manifest"
+	"github.com/shoal-dev/shoal/platform/calls"
+)
+
+// lostAckJS stores the first publish but reports it timed out, as a
+// publish whose acknowledgement is lost (a leader change, a slow fsync)
+// does.
+type lostAckJS struct {
+	jetstream.JetStream
+	n atomic.Int32
+}
+
+func (j *lostAckJS) PublishMsg(ctx context.Context, m *nats.Msg, o ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	ack, err := j.JetStream.PublishMsg(ctx, m, o...)
+	if j.n.Add(1) == 1 && err == nil {
+		return nil, context.DeadlineExceeded
+	}
+	return ack, err
+}
+
+// TestSubmitAfterLostAck: a submission whose first attempt was stored but
+// not acknowledged is tried again, and the duplicate that answers is its
+// own first attempt: a new call, recorded as queued, stored once.
+func TestSubmitAfterLostAck(t *testing.T) {
+	e := setup(t, calls.DefaultLimits())
+	q := calls.NewQueue(&lostAckJS{JetStream: e.js})
+	sub, err := q.Submit(e.ctx, calls.Submission{Function: "f", Msg: nats0()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sub.Duplicate {
+		t.Errorf("a new call was answered as a duplicate: %+v", sub)
+	}
+	if rec, err := q.Get(e.ctx, sub.ID); err != nil || rec.Status != calls.Queued {
+		t.Errorf("record of the new call: %+v, %v; want queued", rec, err)
+	}
+	if n := e.streamMsgs(t, calls.Stream); n != 1 {
+		t.Errorf("%d messages in the stream, want 1", n)
+	}
+}
+
+// TestRedeliveryOfSettledCall: a runner that recorded a call's outcome
+// and died before its acknowledgement reached the server leaves the call
+// to be delivered again, past max_deliver here; the next runner finds it
+// settled and acknowledges it, instead of dead-lettering a call that
+// succeeded.
+func TestRedeliveryOfSettledCall(t *testing.T) {
+	e := setup(t, calls.DefaultLimits())
+	async := manifest.Async{MaxDeliver: 1}
+	dead := calls.NewWorker(newJS(t, e.s), calls.WorkerConfig{Runner: "dead", AckWait: time.Second})
+	cons, err := dead.Consumer(e.ctx, "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := e.submit(t, "f", "x")
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seq uint64
+	for m := range batch.Messages() {
+		meta, err := m.Metadata()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seq = meta.Sequence.Stream // taken, run and recorded below; never acknowledged
+	}
+	if seq == 0 {
+		t.Fatal("the dead runner received no call")
+	}
+	kv, err := e.js.KeyValue(e.ctx, calls.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	settled := `{"id":"` + sub.ID + `","function":"f","status":"succeeded","attempts":1,"max_attempts":1,"seq":` + itoa(seq) + `,"response":{"status":200}}`
+	if _, err := kv.Put(e.ctx, sub.ID, []byte(settled)); err != nil {
+		t.Fatal(err)
+	}
+	w := startWorker(t, e.s, "f", async, time.Second, ok)
+	// Redelivered after the dead runner's ack wait, then acknowledged.
+	for deadline := time.Now().Add(10 * time.Second); e.streamMsgs(t, calls.Stream) > 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the settled call was never acknowledged")
+		}
+	}
+	rec, err := e.q.Get(e.ctx, sub.ID)
+	if err != nil || rec.Status != calls.Succeeded || rec.Runner != "" {
+		t.Errorf("record = %+v, %v; want the dead runner's succeeded record, untouched", rec, err)
+	}
+	if _, dl := e.deadLetter(t, sub.ID); dl {
+		t.Error("a succeeded call was dead-lettered")
+	}
+	if n := w.runs.Load(); n != 0 {
+		t.Errorf("the settled call ran %d more times", n)
+	}
+}
+
+// TestClientIDFromMsgID: a NATS client that names its call only with
+// Nats-Msg-Id, set to the filed id (n.c1) as docs/nats-api.md says, has it
+// filed as n.c1, not n.n.c1.
+func TestClientIDFromMsgID(t *testing.T) {
+	e := setup(t, calls.DefaultLimits())
+	m := nats.NewMsg(calls.ClientSubject("f"))
+	m.Header.Set(calls.HeaderMsgID, "n.c1")
+	if _, err := e.js.PublishMsg(e.ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	startWorker(t, e.s, "f", manifest.Async{}, time.Second, ok)
+	e.waitStatus(t, "n.c1", calls.Succeeded)
+}
+
+func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
