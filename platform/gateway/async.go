@@ -54,27 +54,13 @@ type accepted struct {
 // synchronous one is, then stored durably in the calls stream, and
 // answered 202 with the call's id once it is on disk.
 func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
-	name, subpath, ok := splitPath(r.URL.EscapedPath(), asyncPrefix)
+	rt, subpath, claims, ok := g.route(w, r, asyncPrefix)
 	if !ok {
-		invocation.Errorf(http.StatusNotFound, invocation.CodeNotFound, "no route for %s; asynchronous calls go to /async-function/NAME", r.URL.Path).WriteHTTP(w)
 		return
 	}
-	rt, ok := (*g.routes.Load())[name]
-	if !ok {
-		invocation.Errorf(http.StatusNotFound, invocation.CodeFunctionNotFound, "function %q is not deployed", name).WriteHTTP(w)
-		return
-	}
-	if rt.unusable != nil {
-		rt.unusable.WriteHTTP(w)
-		return
-	}
+	name := rt.fn.Name
 	principal := ""
-	if !rt.fn.Public {
-		claims, aerr := g.verifier.AuthorizeHeader(r.Context(), r.Header["Authorization"], rt.fn.Permissions)
-		if aerr != nil {
-			authError(aerr).WriteHTTP(w)
-			return
-		}
+	if claims != nil {
 		principal = claims.Subject
 	}
 	if g.calls == nil {
@@ -98,31 +84,13 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if r.ContentLength > g.maxBody {
-		invocation.Errorf(http.StatusRequestEntityTooLarge, invocation.CodePayloadTooLarge,
-			"the request body of %d bytes is larger than the limit of %d bytes", r.ContentLength, g.maxBody).WriteHTTP(w)
+	// A submission holds its body until the call is stored: it is
+	// admitted as an invocation is.
+	buf, ok := g.admit(w, r)
+	if !ok {
 		return
 	}
-	if !g.nc.IsConnected() {
-		invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable,
-			"the gateway cannot reach NATS right now; retry shortly").WriteHTTP(w)
-		return
-	}
-	buf, ierr := g.readBody(w, r)
-	if ierr != nil {
-		ierr.WriteHTTP(w)
-		return
-	}
-	defer putBuffer(buf)
-	// A submission holds its body until the call is stored: it counts
-	// against the same limit as an invocation.
-	if g.inFlight.Add(1) > g.maxInFlight {
-		g.inFlight.Add(-1)
-		invocation.Errorf(http.StatusTooManyRequests, invocation.CodeOverloaded,
-			"the gateway is serving %d invocations, its limit; retry shortly or add gateways", g.maxInFlight).WriteHTTP(w)
-		return
-	}
-	defer g.inFlight.Add(-1)
+	defer g.release(buf)
 	// The gateway's headers are not the function's: Idempotency-Key and
 	// X-Callback-Url travel as the protocol's own (Shoal-Call-Id,
 	// Shoal-Callback-Url), not to the function.

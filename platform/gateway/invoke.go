@@ -26,54 +26,15 @@ const preallocLimit = 256 << 10
 // request to the function's subject, the runner's reply out as the HTTP
 // response.
 func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
-	name, subpath, ok := splitPath(r.URL.EscapedPath(), functionPrefix)
+	rt, subpath, _, ok := g.route(w, r, functionPrefix)
 	if !ok {
-		invocation.Errorf(http.StatusNotFound, invocation.CodeNotFound, "no route for %s; functions are at /function/NAME", r.URL.Path).WriteHTTP(w)
 		return
 	}
-	rt, ok := (*g.routes.Load())[name]
+	buf, ok := g.admit(w, r)
 	if !ok {
-		invocation.Errorf(http.StatusNotFound, invocation.CodeFunctionNotFound, "function %q is not deployed", name).WriteHTTP(w)
 		return
 	}
-	if rt.unusable != nil {
-		rt.unusable.WriteHTTP(w)
-		return
-	}
-	if !rt.fn.Public {
-		if ierr := g.authorize(r, rt); ierr != nil {
-			ierr.WriteHTTP(w)
-			return
-		}
-	}
-	if r.ContentLength > g.maxBody {
-		invocation.Errorf(http.StatusRequestEntityTooLarge, invocation.CodePayloadTooLarge,
-			"the request body of %d bytes is larger than the limit of %d bytes", r.ContentLength, g.maxBody).WriteHTTP(w)
-		return
-	}
-	if !g.nc.IsConnected() {
-		// Reconnecting: answer now rather than let the invocation wait
-		// in a reconnect buffer until its deadline.
-		invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable,
-			"the gateway cannot reach NATS right now; retry shortly").WriteHTTP(w)
-		return
-	}
-	buf, ierr := g.readBody(w, r)
-	if ierr != nil {
-		ierr.WriteHTTP(w)
-		return
-	}
-	defer putBuffer(buf)
-	// Count the invocation once its body is in: a client that is slow to
-	// send its body holds a connection, not a place among those waiting
-	// on runners.
-	if g.inFlight.Add(1) > g.maxInFlight {
-		g.inFlight.Add(-1)
-		invocation.Errorf(http.StatusTooManyRequests, invocation.CodeOverloaded,
-			"the gateway is serving %d invocations, its limit; retry shortly or add gateways", g.maxInFlight).WriteHTTP(w)
-		return
-	}
-	defer g.inFlight.Add(-1)
+	defer g.release(buf)
 
 	msg := invocation.NewRequestMsg(rt.subject, r, subpath, buf.Bytes())
 	ctx, cancel := context.WithTimeout(r.Context(), rt.wait)
@@ -90,7 +51,7 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	status, err := invocation.ReadReply(h, reply.Header)
 	if err != nil {
-		g.log.Warn("malformed reply from a runner", "function", name, "error", err)
+		g.log.Warn("malformed reply from a runner", "function", rt.fn.Name, "error", err)
 		var ierr *invocation.Error
 		errors.As(err, &ierr)
 		ierr.WriteHTTP(w)
@@ -105,15 +66,74 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// authorize checks the caller's bearer token against the function's
-// permissions. The header then travels on to the runner, which checks it
-// again: a caller that goes straight to NATS meets the same check.
-func (g *Gateway) authorize(r *http.Request, rt *route) *invocation.Error {
-	_, aerr := g.verifier.AuthorizeHeader(r.Context(), r.Header["Authorization"], rt.fn.Permissions)
-	if aerr != nil {
-		return authError(aerr)
+// route finds the function of a request to PREFIX/NAME[/sub/path] and
+// checks the caller's bearer token against its permissions (the claims
+// are nil for a public function). The header then travels on to the
+// runner, which checks it again: a caller that goes straight to NATS
+// meets the same check. When ok is false, the answer has been written.
+func (g *Gateway) route(w http.ResponseWriter, r *http.Request, prefix string) (rt *route, subpath string, claims *token.Claims, ok bool) {
+	name, subpath, ok := splitPath(r.URL.EscapedPath(), prefix)
+	if !ok {
+		invocation.Errorf(http.StatusNotFound, invocation.CodeNotFound, "no route for %s; functions are at %sNAME", r.URL.Path, prefix).WriteHTTP(w)
+		return nil, "", nil, false
 	}
-	return nil
+	rt, ok = (*g.routes.Load())[name]
+	if !ok {
+		invocation.Errorf(http.StatusNotFound, invocation.CodeFunctionNotFound, "function %q is not deployed", name).WriteHTTP(w)
+		return nil, "", nil, false
+	}
+	if rt.unusable != nil {
+		rt.unusable.WriteHTTP(w)
+		return nil, "", nil, false
+	}
+	if !rt.fn.Public {
+		c, aerr := g.verifier.AuthorizeHeader(r.Context(), r.Header["Authorization"], rt.fn.Permissions)
+		if aerr != nil {
+			authError(aerr).WriteHTTP(w)
+			return nil, "", nil, false
+		}
+		claims = c
+	}
+	return rt, subpath, claims, true
+}
+
+// admit reads the body of a request to forward, refusing one over the
+// limit before any of it is forwarded, and answering at once while NATS
+// is unreachable (rather than let it wait in a reconnect buffer). It
+// counts the request against the in-flight limit once its body is in: a
+// client slow to send its body holds a connection, not a place among
+// those waiting on runners. When ok is false, the answer has been
+// written; else the caller releases buf when done.
+func (g *Gateway) admit(w http.ResponseWriter, r *http.Request) (buf *bytes.Buffer, ok bool) {
+	if r.ContentLength > g.maxBody {
+		invocation.Errorf(http.StatusRequestEntityTooLarge, invocation.CodePayloadTooLarge,
+			"the request body of %d bytes is larger than the limit of %d bytes", r.ContentLength, g.maxBody).WriteHTTP(w)
+		return nil, false
+	}
+	if !g.nc.IsConnected() {
+		invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable,
+			"the gateway cannot reach NATS right now; retry shortly").WriteHTTP(w)
+		return nil, false
+	}
+	buf, ierr := g.readBody(w, r)
+	if ierr != nil {
+		ierr.WriteHTTP(w)
+		return nil, false
+	}
+	if g.inFlight.Add(1) > g.maxInFlight {
+		g.inFlight.Add(-1)
+		putBuffer(buf)
+		invocation.Errorf(http.StatusTooManyRequests, invocation.CodeOverloaded,
+			"the gateway is serving %d invocations, its limit; retry shortly or add gateways", g.maxInFlight).WriteHTTP(w)
+		return nil, false
+	}
+	return buf, true
+}
+
+// release ends what admit began.
+func (g *Gateway) release(buf *bytes.Buffer) {
+	g.inFlight.Add(-1)
+	putBuffer(buf)
 }
 
 // authError is the answer to a request refused for its token.
