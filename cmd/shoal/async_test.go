@@ -502,7 +502,9 @@ func TestAsyncSurvivesWorkerKill(t *testing.T) {
 		wg.Go(func() {
 			for i := range jobs {
 				body := fmt.Sprintf("c%04d", i)
-				s, err := submitCall(u.gw, "record?d=20ms", body, nil)
+				// 100 ms each: between seeing a call running and the kill landing,
+				// it (and those started after it) are still running.
+				s, err := submitCall(u.gw, "record?d=100ms", body, nil)
 				mu.Lock()
 				if err != nil || s.status != http.StatusAccepted {
 					rejected = append(rejected, fmt.Sprintf("%s: %d %s %v", body, s.status, s.code, err))
