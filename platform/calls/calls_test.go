@@ -255,6 +255,34 @@ func TestIdempotency(t *testing.T) {
 
 // TestQueueFull: a full stream refuses at once, and loses nothing it had
 // accepted.
+// TestQueueFullBytes: the byte limit refuses like the count limit does
+// (JetStream's "maximum bytes exceeded"), and keeps what it accepted.
+func TestQueueFullBytes(t *testing.T) {
+	l := calls.DefaultLimits()
+	l.MaxBytes = 1 << 20
+	e := setup(t, l)
+	body := strings.Repeat("x", 300<<10)
+	accepted := 0
+	var err error
+	for range 10 { // 1 MiB holds three such calls, not four
+		msg := nats0()
+		msg.Data = []byte(body)
+		if _, err = e.q.Submit(e.ctx, calls.Submission{Function: "f", Msg: msg}); err != nil {
+			break
+		}
+		accepted++
+	}
+	if !errors.Is(err, calls.ErrQueueFull) || !strings.Contains(err.Error(), "bytes") {
+		t.Fatalf("after %d accepted calls: %v, want ErrQueueFull naming the bytes", accepted, err)
+	}
+	if accepted != 3 {
+		t.Errorf("%d calls of 300 KiB accepted under 1 MiB, want 3", accepted)
+	}
+	if n := e.streamMsgs(t, calls.Stream); n != uint64(accepted) {
+		t.Errorf("%d messages queued, want the %d accepted", n, accepted)
+	}
+}
+
 func TestQueueFull(t *testing.T) {
 	l := calls.DefaultLimits()
 	l.MaxQueued = 5
