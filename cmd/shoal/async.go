@@ -67,6 +67,11 @@ func (a *asyncLimitFlags) over(cur calls.Limits, fs *pflag.FlagSet, replicas int
 			set()
 		}
 	}
+	// The window read back is clamped to the max age it was set up with;
+	// a new max age without a new window takes the window given.
+	if fs.Changed("async-max-age") && !fs.Changed("async-dedupe-window") && cur.Dedupe == cur.MaxAge {
+		l.Dedupe = given.Dedupe
+	}
 	if err := l.Check(); err != nil {
 		return l, fmt.Errorf("asynchronous call limits: %w", err)
 	}

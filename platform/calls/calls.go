@@ -351,20 +351,28 @@ func CurrentLimits(ctx context.Context, js jetstream.JetStream) (l Limits, ok bo
 	}
 	c := calls.CachedInfo().Config
 	l = Limits{MaxQueued: c.MaxMsgs, MaxBytes: c.MaxBytes, MaxAge: c.MaxAge, Dedupe: c.Duplicates}
+	// A setup cut short left the rest missing: the defaults, for Setup
+	// to create them with.
+	def := DefaultLimits()
+	l.DLQMaxAge, l.DLQMaxBytes, l.ResultsTTL = def.DLQMaxAge, def.DLQMaxBytes, def.ResultsTTL
 	dlq, err := js.Stream(ctx, DLQStream)
-	if err != nil {
+	switch {
+	case err == nil:
+		l.DLQMaxAge, l.DLQMaxBytes = dlq.CachedInfo().Config.MaxAge, dlq.CachedInfo().Config.MaxBytes
+	case !errors.Is(err, jetstream.ErrStreamNotFound):
 		return Limits{}, false, fmt.Errorf("calls: read stream %s: %w", DLQStream, err)
 	}
-	l.DLQMaxAge, l.DLQMaxBytes = dlq.CachedInfo().Config.MaxAge, dlq.CachedInfo().Config.MaxBytes
 	kv, err := js.KeyValue(ctx, Bucket)
-	if err != nil {
+	switch {
+	case err == nil:
+		st, err := kv.Status(ctx)
+		if err != nil {
+			return Limits{}, false, fmt.Errorf("calls: read bucket %s: %w", Bucket, err)
+		}
+		l.ResultsTTL = st.TTL()
+	case !errors.Is(err, jetstream.ErrBucketNotFound):
 		return Limits{}, false, fmt.Errorf("calls: open bucket %s: %w", Bucket, err)
 	}
-	st, err := kv.Status(ctx)
-	if err != nil {
-		return Limits{}, false, fmt.Errorf("calls: read bucket %s: %w", Bucket, err)
-	}
-	l.ResultsTTL = st.TTL()
 	return l, true, nil
 }
 
@@ -553,8 +561,16 @@ func (q *Queue) Submit(ctx context.Context, s Submission) (*Submitted, error) {
 		return out, fmt.Errorf("calls: encode record: %w", err)
 	}
 	// Create, not Put: a runner quick enough to have started the call
-	// has written a newer record already.
-	if _, err := kv.Create(ctx, id, data); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+	// has written a newer record already (or, after a retried publish,
+	// the call was an earlier one's duplicate after all): that one is
+	// the call's record.
+	_, err = kv.Create(ctx, id, data)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyExists):
+		if found, gerr := q.Get(ctx, id); gerr == nil {
+			out.Record = found
+		}
+	case err != nil:
 		return out, fmt.Errorf("calls: record call %s as queued (the call is queued): %w", id, err)
 	}
 	return out, nil
@@ -635,22 +651,26 @@ func (q *Queue) publish(ctx context.Context, msg *nats.Msg) (ack *jetstream.PubA
 	ctx, cancel := context.WithTimeout(ctx, publishRetry)
 	defer cancel()
 	start := time.Now()
-	for attempt := 0; ; attempt++ {
+	// maybeStored: an earlier attempt failed after the call may have
+	// reached the stream (no answer in time, the connection dropped).
+	maybeStored := false
+	for {
 		actx, cancel := context.WithTimeout(ctx, publishAttempt)
 		ack, err := q.js.PublishMsg(actx, msg)
 		cancel()
 		if err == nil {
-			return ack, attempt > 0, nil
+			return ack, maybeStored, nil
 		}
 		perr := PublishError(err)
 		if errors.Is(perr, ErrNotSetUp) && time.Since(start) > noStreamRetry {
 			return nil, false, perr
 		}
-		transient := errors.Is(perr, ErrNotSetUp) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		unanswered := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
 			errors.Is(err, nats.ErrDisconnected) || errors.Is(err, nats.ErrConnectionReconnecting)
-		if !transient {
+		if !unanswered && !errors.Is(perr, ErrNotSetUp) {
 			return nil, false, perr
 		}
+		maybeStored = maybeStored || unanswered
 		select {
 		case <-ctx.Done():
 			return nil, false, fmt.Errorf("calls: store the call: %w (gave up: %w)", err, ctx.Err())

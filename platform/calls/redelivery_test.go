@@ -122,3 +122,78 @@ func TestClientIDFromMsgID(t *testing.T) {
 }
 
 func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// TestRedeliveryQueuesPendingCallback: a runner that recorded a call's
+// outcome and died before queueing its callback leaves the call to be
+// delivered again; the next runner queues the callback before it
+// acknowledges the call, so the callback is not lost.
+func TestRedeliveryQueuesPendingCallback(t *testing.T) {
+	e := setup(t, calls.DefaultLimits())
+	dead := calls.NewWorker(newJS(t, e.s), calls.WorkerConfig{Runner: "dead", AckWait: time.Second})
+	cons, err := dead.Consumer(e.ctx, "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := e.submit(t, "f", "x", func(s *calls.Submission) { s.Callback = "https://hooks.example.com/done" })
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seq uint64
+	for m := range batch.Messages() {
+		meta, err := m.Metadata()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seq = meta.Sequence.Stream
+	}
+	if seq == 0 {
+		t.Fatal("the dead runner received no call")
+	}
+	kv, err := e.js.KeyValue(e.ctx, calls.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	settled := `{"id":"` + sub.ID + `","function":"f","status":"succeeded","attempts":1,"seq":` + itoa(seq) +
+		`,"response":{"status":200},"callback":{"url":"https://hooks.example.com/done","state":"pending"}}`
+	if _, err := kv.Put(e.ctx, sub.ID, []byte(settled)); err != nil {
+		t.Fatal(err)
+	}
+	w := startWorker(t, e.s, "f", manifest.Async{}, time.Second, ok)
+	for deadline := time.Now().Add(10 * time.Second); e.streamMsgs(t, calls.Stream) > 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the settled call was never acknowledged")
+		}
+	}
+	if n := e.streamMsgs(t, calls.CallbackStream); n != 1 {
+		t.Errorf("%d callbacks queued, want 1", n)
+	}
+	if n := w.runs.Load(); n != 0 {
+		t.Errorf("the settled call ran %d more times", n)
+	}
+}
+
+// TestCurrentLimitsPartialSetup: limits are read from what a setup cut
+// short (or a deleted stream) left, so that deploy's Setup can recreate
+// the rest with the defaults.
+func TestCurrentLimitsPartialSetup(t *testing.T) {
+	l := calls.DefaultLimits()
+	l.MaxQueued = 42
+	e := setup(t, l)
+	if err := e.js.DeleteStream(e.ctx, calls.DLQStream); err != nil {
+		t.Fatal(err)
+	}
+	cur, ok, err := calls.CurrentLimits(e.ctx, e.js)
+	if err != nil || !ok {
+		t.Fatalf("CurrentLimits = %v, %v", ok, err)
+	}
+	if cur.MaxQueued != 42 || cur.DLQMaxAge != calls.DefaultLimits().DLQMaxAge {
+		t.Errorf("limits = %+v, want max queued 42 and the default dead-letter age", cur)
+	}
+	if err := calls.Setup(e.ctx, e.js, cur); err != nil {
+		t.Fatalf("Setup with the limits read: %v", err)
+	}
+	if _, err := e.js.Stream(e.ctx, calls.DLQStream); err != nil {
+		t.Errorf("the dead-letter stream was not recreated: %v", err)
+	}
+}

@@ -299,17 +299,39 @@ func (w *Worker) Run(c *Call, async manifest.Async, exec func() Result) {
 
 // settled reports whether a call delivered again has been settled
 // already (its runner recorded the outcome, then died or lost NATS before
-// the acknowledgement reached the server), and acknowledges it then. It
-// also takes the interruptions of earlier attempts off c.Attempt.
+// the acknowledgement reached the server), and then finishes what that
+// runner may not have (queueing the callback) and acknowledges it. It
+// also takes the interruptions of earlier attempts off c.Attempt. When
+// the record cannot be read, the call is handed back (handled true):
+// without it, the attempts cannot be counted.
 func (w *Worker) settled(c *Call) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), saveTimeout)
 	defer cancel()
-	rec, err := w.q.Get(ctx, c.ID)
-	if err != nil || rec.Seq != c.seq {
+	var rec *Record
+	err := broker.Retry(ctx, 5*time.Second, func(ctx context.Context) error {
+		var err error
+		rec, err = w.q.Get(ctx, c.ID)
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		w.nak(c, fmt.Errorf("read the record of a call delivered again: %w", err))
+		return true
+	}
+	if rec == nil || rec.Seq != c.seq {
 		return false // no word of this message: run it
 	}
 	if rec.Status == Succeeded || rec.Status == Failed {
 		w.log.Info("asynchronous call delivered again after it was settled; acknowledged", "function", c.Function, "call", c.ID, "status", rec.Status)
+		if c.Callback != "" && rec.Callback != nil && rec.Callback.State == CallbackPending {
+			// Queued once at most: its Nats-Msg-Id de-duplicates.
+			if err := broker.Retry(ctx, 5*time.Second, func(ctx context.Context) error { return w.queueCallback(ctx, c, rec) }); err != nil {
+				w.nak(c, fmt.Errorf("queue the callback: %w", err))
+				return true
+			}
+		}
 		c.endHeartbeat()
 		if err := broker.Retry(ctx, 5*time.Second, c.msg.DoubleAck); err != nil {
 			w.log.Warn("cannot acknowledge a settled asynchronous call", "function", c.Function, "call", c.ID, "error", err)
@@ -365,7 +387,10 @@ func (w *Worker) settle(c *Call, async manifest.Async, res Result, ran bool) {
 	defer cancel()
 	now := time.Now().UTC()
 	ok := res.Err == nil && res.Status < 400
-	if res.Interrupted {
+	// Interruptions are forgiven up to max_deliver of them: a call that
+	// outlasts every runner's drain (or brings its runner down) would
+	// otherwise bounce between runners until the stream's max age.
+	if res.Interrupted && c.interruptions < async.Attempts() {
 		c.interruptions++
 		rec := w.record(c, async, Queued)
 		rec.Attempts--
