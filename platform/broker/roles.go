@@ -76,6 +76,7 @@ const (
 	failuresBucket  = "shoal_login_failures"
 	callsBucket     = "shoal_calls"
 	callsStream     = "SHOAL_CALLS"
+	clientStream    = "SHOAL_CALLS_NATS"
 	callbackStream  = "SHOAL_CALLBACKS"
 )
 
@@ -89,7 +90,7 @@ var submitCalls = concat([]string{"calls.*", "$KV." + callsBucket + ".>"}, kvRea
 // its functions' consumers, settling calls (records, dead letters,
 // results, callbacks) and delivering callbacks.
 var runCalls = concat(
-	pullFrom(callsStream), pullFrom(callbackStream),
+	pullFrom(callsStream), pullFrom(clientStream), pullFrom(callbackStream),
 	[]string{"dlq.>", "callbacks.>", "results.>", "$KV." + callsBucket + ".>"},
 	kvRead(callsBucket),
 )

@@ -16,14 +16,18 @@
 //     re-driven from the dead-letter stream is on calls.NAME.retry. Each
 //     function has a durable pull consumer named NAME that its runners
 //     share.
+//   - stream SHOAL_CALLS_NATS (work queue): calls NATS clients submitted,
+//     on calls.NAME.nats, filed under ids n.ID, with limits and a
+//     de-duplication window of their own; consumers as on SHOAL_CALLS.
 //   - stream SHOAL_DLQ: a call that failed its last attempt, on dlq.ID,
 //     with its error in headers.
 //   - stream SHOAL_CALLBACKS (work queue): a result to POST to a callback
 //     URL, on callbacks.NAME, consumed by every runner (consumer
 //     "callbacks").
 //   - KV bucket shoal_calls: the call's [Record] as JSON, by call id.
-//   - subject results.NAME: the final answer of every call of NAME, in
-//     the form of a synchronous reply plus Shoal-Call-Id and
+//   - subjects results.NAME and results.NAME.nats: the final answer of
+//     every call of NAME submitted through the gateway, or by a NATS
+//     client, in the form of a synchronous reply plus Shoal-Call-Id and
 //     Shoal-Call-Status headers (core NATS: only live subscribers see it).
 package calls
 
@@ -50,8 +54,14 @@ import (
 
 // Names on NATS.
 const (
-	// Stream holds the calls waiting to run.
+	// Stream holds the calls waiting to run that came through the
+	// gateway (calls.NAME) or were re-driven (calls.NAME.retry).
 	Stream = "SHOAL_CALLS"
+	// ClientStream holds the calls NATS clients submitted
+	// (calls.NAME.nats): a stream of its own, with limits and a
+	// de-duplication window of its own, so that clients can neither fill
+	// the gateway callers' queue nor pass for their resubmissions.
+	ClientStream = "SHOAL_CALLS_NATS"
 	// DLQStream holds the calls that failed their last attempt.
 	DLQStream = "SHOAL_DLQ"
 	// CallbackStream holds the results waiting to be POSTed to a
@@ -274,10 +284,23 @@ func Setup(ctx context.Context, js jetstream.JetStream, l Limits) error {
 	if l.MaxAge == 0 {
 		dedupe = l.Dedupe
 	}
+	// Stream first: a stream created by an earlier build held calls.>,
+	// which ClientStream's subjects would overlap.
 	streams := []jetstream.StreamConfig{{
 		Name:        Stream,
-		Description: "Shoal: asynchronous calls waiting to run (calls.FUNCTION)",
-		Subjects:    []string{"calls.>"},
+		Description: "Shoal: asynchronous calls waiting to run, from the gateway (calls.FUNCTION) or re-driven (calls.FUNCTION.retry)",
+		Subjects:    []string{"calls.*", "calls.*.retry"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Discard:     jetstream.DiscardNew,
+		MaxMsgs:     l.MaxQueued,
+		MaxBytes:    l.MaxBytes,
+		MaxAge:      l.MaxAge,
+		Duplicates:  dedupe,
+		Storage:     jetstream.FileStorage,
+	}, {
+		Name:        ClientStream,
+		Description: "Shoal: asynchronous calls waiting to run, from NATS clients (calls.FUNCTION.nats)",
+		Subjects:    []string{"calls.*.nats"},
 		Retention:   jetstream.WorkQueuePolicy,
 		Discard:     jetstream.DiscardNew,
 		MaxMsgs:     l.MaxQueued,

@@ -2,6 +2,7 @@ package calls_test
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -196,4 +197,37 @@ func TestCurrentLimitsPartialSetup(t *testing.T) {
 	if _, err := e.js.Stream(e.ctx, calls.DLQStream); err != nil {
 		t.Errorf("the dead-letter stream was not recreated: %v", err)
 	}
+}
+
+// TestClientStreamIsolated: NATS clients' calls live in a stream of their
+// own. Clients filling it (with calls of a function nobody serves) leave
+// the gateway's queue its room, and a client that uses a gateway call's
+// id as its Nats-Msg-Id cannot make that call look like a duplicate.
+func TestClientStreamIsolated(t *testing.T) {
+	l := calls.DefaultLimits()
+	l.MaxQueued = 3
+	e := setup(t, l)
+	victim := calls.IdempotentID("f", "alice", "order-42")
+	for i := range 3 {
+		m := nats.NewMsg(calls.ClientSubject("nobody"))
+		m.Header.Set(calls.HeaderMsgID, victim+strconv.Itoa(i))
+		if i == 0 {
+			m.Header.Set(calls.HeaderMsgID, victim)
+		}
+		if _, err := e.js.PublishMsg(e.ctx, m); err != nil {
+			t.Fatalf("client call %d: %v", i, err)
+		}
+	}
+	if _, err := e.js.PublishMsg(e.ctx, nats.NewMsg(calls.ClientSubject("nobody"))); !errors.Is(calls.PublishError(err), calls.ErrQueueFull) {
+		t.Errorf("a 4th client call = %v, want the clients' stream full", err)
+	}
+	sub, err := e.q.Submit(e.ctx, calls.Submission{Function: "f", Msg: nats0(), IdempotencyKey: "order-42", Principal: "alice"})
+	if err != nil || sub.Duplicate || sub.ID != victim {
+		t.Fatalf("the gateway's submission with the clients' stream full = %+v, %v; want a new call %s", sub, err, victim)
+	}
+	if n := e.streamMsgs(t, calls.Stream); n != 1 {
+		t.Errorf("%d calls in the gateway's stream, want 1", n)
+	}
+	startWorker(t, e.s, "f", manifest.Async{}, time.Second, ok)
+	e.waitStatus(t, victim, calls.Succeeded)
 }

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -103,13 +104,23 @@ type Call struct {
 	endHeartbeat func()
 }
 
-// Consumer ensures the durable consumer of function name exists, as this
-// worker's configuration says.
+// Consumer ensures the durable consumer of function name on Stream (the
+// gateway's calls and re-driven ones) exists, as this worker's
+// configuration says.
 func (w *Worker) Consumer(ctx context.Context, name string) (jetstream.Consumer, error) {
-	c, err := w.js.CreateOrUpdateConsumer(ctx, Stream, jetstream.ConsumerConfig{
+	return w.consumer(ctx, Stream, name)
+}
+
+// consumer ensures the durable consumer of function name on stream.
+func (w *Worker) consumer(ctx context.Context, stream, name string) (jetstream.Consumer, error) {
+	filters := []string{Subject(name), RetrySubject(name)}
+	if stream == ClientStream {
+		filters = []string{ClientSubject(name)}
+	}
+	c, err := w.js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
 		Durable:        name,
 		Description:    "Shoal: asynchronous calls of function " + name,
-		FilterSubjects: []string{Subject(name), ClientSubject(name), RetrySubject(name)},
+		FilterSubjects: filters,
 		AckPolicy:      jetstream.AckExplicitPolicy,
 		AckWait:        w.ackWait,
 		// Attempts are counted by the runners against the function's
@@ -122,7 +133,7 @@ func (w *Worker) Consumer(ctx context.Context, name string) (jetstream.Consumer,
 		return nil, ErrNotSetUp
 	}
 	if err != nil {
-		return nil, fmt.Errorf("calls: consumer for function %q: %w", name, err)
+		return nil, fmt.Errorf("calls: consumer for function %q on %s: %w", name, stream, err)
 	}
 	return c, nil
 }
@@ -133,13 +144,29 @@ func (w *Worker) Consumer(ctx context.Context, name string) (jetstream.Consumer,
 // when free is 0 it waits for wake (or polls). handle must not block:
 // it starts the call and returns. A failure to reach the stream is
 // logged and tried again.
+//
+// It pulls from the function's consumers on both Stream and ClientStream,
+// each asking for at most half the free slots, and for none the other
+// asks for already, but for one: with both streams busy, the function
+// may run one call over its concurrency on this runner.
 func (w *Worker) Pull(ctx context.Context, name string, free func() int, wake <-chan struct{}, handle func(*Call)) {
+	var asked atomic.Int64
+	var wg sync.WaitGroup
+	for _, stream := range []string{Stream, ClientStream} {
+		wg.Go(func() { w.pull(ctx, stream, name, free, &asked, wake, handle) })
+	}
+	wg.Wait()
+}
+
+// pull is Pull on one stream; asked counts the slots the pulls on both
+// streams are asking for.
+func (w *Worker) pull(ctx context.Context, stream, name string, free func() int, asked *atomic.Int64, wake <-chan struct{}, handle func(*Call)) {
 	var cons jetstream.Consumer
 	failures := 0
 	pause := func(err error) {
 		failures++
 		if failures == 1 || failures%30 == 0 {
-			w.log.Warn("cannot pull asynchronous calls; trying again", "function", name, "error", err, "failures", failures)
+			w.log.Warn("cannot pull asynchronous calls; trying again", "function", name, "stream", stream, "error", err, "failures", failures)
 		}
 		select {
 		case <-ctx.Done():
@@ -148,14 +175,20 @@ func (w *Worker) Pull(ctx context.Context, name string, free func() int, wake <-
 	}
 	for ctx.Err() == nil {
 		if cons == nil {
-			c, err := w.Consumer(ctx, name)
+			c, err := w.consumer(ctx, stream, name)
 			if err != nil {
 				pause(err)
 				continue
 			}
 			cons = c
 		}
-		n := free()
+		// Half the free slots each, at least one while any is free, so
+		// that neither stream's long pull starves the other's.
+		f := free()
+		n := min(f-int(asked.Load()), (f+1)/2, maxBatch)
+		if f > 0 {
+			n = max(n, 1)
+		}
 		if n <= 0 {
 			select {
 			case <-ctx.Done():
@@ -164,9 +197,11 @@ func (w *Worker) Pull(ctx context.Context, name string, free func() int, wake <-
 			}
 			continue
 		}
+		asked.Add(int64(n))
 		fctx, cancel := context.WithTimeout(ctx, pollWait)
-		batch, err := cons.Fetch(min(n, maxBatch), jetstream.FetchContext(fctx))
+		batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
 		if err != nil {
+			asked.Add(int64(-n))
 			cancel()
 			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
 				cons = nil
@@ -179,6 +214,7 @@ func (w *Worker) Pull(ctx context.Context, name string, free func() int, wake <-
 		for msg := range batch.Messages() {
 			handle(w.call(name, msg))
 		}
+		asked.Add(int64(-n))
 		cancel()
 		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) &&
 			!errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
