@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -63,14 +64,15 @@ func (c CallbackConfig) withDefaults() CallbackConfig {
 // It returns when ctx ends and the deliveries under way have finished.
 func DeliverCallbacks(ctx context.Context, js jetstream.JetStream, cfg CallbackConfig) {
 	cfg = cfg.withDefaults()
-	d := &deliverer{js: js, q: NewQueue(js), cfg: cfg, client: cfg.Policy.Client(cfg.Timeout), slots: make(chan struct{}, cfg.Concurrency)}
+	d := &deliverer{js: js, q: NewQueue(js), cfg: cfg, client: cfg.Policy.Client(cfg.Timeout)}
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	var cons jetstream.Consumer
-	failures := 0
-	for ctx.Err() == nil {
-		if cons == nil {
-			c, err := js.CreateOrUpdateConsumer(ctx, CallbackStream, jetstream.ConsumerConfig{
+	var inFlight atomic.Int64
+	wake := make(chan struct{}, 1)
+	fetchLoop{
+		log: cfg.Logger.With("stream", CallbackStream),
+		open: func(ctx context.Context) (jetstream.Consumer, error) {
+			return js.CreateOrUpdateConsumer(ctx, CallbackStream, jetstream.ConsumerConfig{
 				Durable:       CallbackConsumer,
 				Description:   "Shoal: callback deliveries",
 				AckPolicy:     jetstream.AckExplicitPolicy,
@@ -78,57 +80,24 @@ func DeliverCallbacks(ctx context.Context, js jetstream.JetStream, cfg CallbackC
 				MaxDeliver:    -1,
 				MaxAckPending: -1,
 			})
-			if err != nil {
-				failures++
-				if failures == 1 || failures%30 == 0 {
-					cfg.Logger.Warn("cannot consume callbacks; trying again", "error", err, "failures", failures)
-				}
-				select {
-				case <-ctx.Done():
-				case <-time.After(time.Second):
-				}
-				continue
-			}
-			cons, failures = c, 0
-		}
-		// One slot is needed to ask at all; ask for as many as are free.
-		select {
-		case d.slots <- struct{}{}:
-		case <-ctx.Done():
-			continue
-		}
-		free := 1
-		for free < cfg.Concurrency && len(d.slots) < cfg.Concurrency {
-			d.slots <- struct{}{}
-			free++
-		}
-		fctx, cancel := context.WithTimeout(ctx, pollWait)
-		batch, err := cons.Fetch(free, jetstream.FetchContext(fctx))
-		if err != nil {
-			cancel()
-			d.release(free)
-			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
-				cons = nil
-			}
-			if ctx.Err() == nil {
-				select {
-				case <-ctx.Done():
-				case <-time.After(time.Second):
-				}
-			}
-			continue
-		}
-		n := 0
-		for msg := range batch.Messages() {
-			n++
+		},
+		take: func() int { return cfg.Concurrency - int(inFlight.Load()) },
+		done: func(int) {},
+		wake: wake,
+		handle: func(msg jetstream.Msg) {
+			inFlight.Add(1)
 			wg.Go(func() {
-				defer d.release(1)
+				defer func() {
+					inFlight.Add(-1)
+					select {
+					case wake <- struct{}{}:
+					default:
+					}
+				}()
 				d.deliver(msg)
 			})
-		}
-		cancel()
-		d.release(free - n)
-	}
+		},
+	}.run(ctx)
 }
 
 type deliverer struct {
@@ -136,13 +105,6 @@ type deliverer struct {
 	q      *Queue
 	cfg    CallbackConfig
 	client *http.Client
-	slots  chan struct{}
-}
-
-func (d *deliverer) release(n int) {
-	for range n {
-		<-d.slots
-	}
 }
 
 // deliver makes one delivery attempt of a queued callback and settles it.

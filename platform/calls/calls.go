@@ -284,9 +284,7 @@ func Setup(ctx context.Context, js jetstream.JetStream, l Limits) error {
 	if l.MaxAge == 0 {
 		dedupe = l.Dedupe
 	}
-	// Stream first: a stream created by an earlier build held calls.>,
-	// which ClientStream's subjects would overlap.
-	streams := []jetstream.StreamConfig{{
+	queue := jetstream.StreamConfig{
 		Name:        Stream,
 		Description: "Shoal: asynchronous calls waiting to run, from the gateway (calls.FUNCTION) or re-driven (calls.FUNCTION.retry)",
 		Subjects:    []string{"calls.*", "calls.*.retry"},
@@ -297,18 +295,13 @@ func Setup(ctx context.Context, js jetstream.JetStream, l Limits) error {
 		MaxAge:      l.MaxAge,
 		Duplicates:  dedupe,
 		Storage:     jetstream.FileStorage,
-	}, {
-		Name:        ClientStream,
-		Description: "Shoal: asynchronous calls waiting to run, from NATS clients (calls.FUNCTION.nats)",
-		Subjects:    []string{"calls.*.nats"},
-		Retention:   jetstream.WorkQueuePolicy,
-		Discard:     jetstream.DiscardNew,
-		MaxMsgs:     l.MaxQueued,
-		MaxBytes:    l.MaxBytes,
-		MaxAge:      l.MaxAge,
-		Duplicates:  dedupe,
-		Storage:     jetstream.FileStorage,
-	}, {
+	}
+	clients := queue
+	clients.Name, clients.Subjects = ClientStream, []string{"calls.*.nats"}
+	clients.Description = "Shoal: asynchronous calls waiting to run, from NATS clients (calls.FUNCTION.nats)"
+	// Stream first: a stream created by an earlier build held calls.>,
+	// which ClientStream's subjects would overlap.
+	streams := []jetstream.StreamConfig{queue, clients, {
 		Name:        DLQStream,
 		Description: "Shoal: asynchronous calls that failed their last attempt (dlq.ID)",
 		Subjects:    []string{"dlq.>"},

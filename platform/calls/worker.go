@@ -153,78 +153,105 @@ func (w *Worker) Pull(ctx context.Context, name string, free func() int, wake <-
 	var asked atomic.Int64
 	var wg sync.WaitGroup
 	for _, stream := range []string{Stream, ClientStream} {
-		wg.Go(func() { w.pull(ctx, stream, name, free, &asked, wake, handle) })
+		wg.Go(func() {
+			fetchLoop{
+				log:  w.log.With("function", name, "stream", stream),
+				open: func(ctx context.Context) (jetstream.Consumer, error) { return w.consumer(ctx, stream, name) },
+				take: func() int {
+					// Half the free slots each, at least one while any
+					// is free, so that neither stream's long pull
+					// starves the other's.
+					f := free()
+					n := min(f-int(asked.Load()), (f+1)/2, maxBatch)
+					if f > 0 {
+						n = max(n, 1)
+					}
+					n = max(n, 0)
+					asked.Add(int64(n))
+					return n
+				},
+				done:   func(n int) { asked.Add(int64(-n)) },
+				wake:   wake,
+				handle: func(msg jetstream.Msg) { handle(w.call(name, msg)) },
+			}.run(ctx)
+		})
 	}
 	wg.Wait()
 }
 
-// pull is Pull on one stream; asked counts the slots the pulls on both
-// streams are asking for.
-func (w *Worker) pull(ctx context.Context, stream, name string, free func() int, asked *atomic.Int64, wake <-chan struct{}, handle func(*Call)) {
+// fetchLoop pulls messages from a durable consumer until ctx ends, never
+// more at a time than there is room for: what Pull does for a function's
+// calls and DeliverCallbacks for callbacks.
+type fetchLoop struct {
+	log *slog.Logger
+	// open creates or binds the consumer; called again when it is lost.
+	open func(context.Context) (jetstream.Consumer, error)
+	// take says how many messages to ask for now, 0 for none (the loop
+	// then waits for wake, or 100 ms); done is called with that number
+	// once the pull has ended.
+	take func() int
+	done func(n int)
+	wake <-chan struct{}
+	// handle takes a message; it must not block.
+	handle func(jetstream.Msg)
+}
+
+func (l fetchLoop) run(ctx context.Context) {
 	var cons jetstream.Consumer
 	failures := 0
 	pause := func(err error) {
 		failures++
 		if failures == 1 || failures%30 == 0 {
-			w.log.Warn("cannot pull asynchronous calls; trying again", "function", name, "stream", stream, "error", err, "failures", failures)
+			l.log.Warn("cannot pull from a JetStream consumer; trying again", "error", err, "failures", failures)
 		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(time.Second):
 		}
 	}
+	lost := func(err error) bool {
+		return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted)
+	}
 	for ctx.Err() == nil {
 		if cons == nil {
-			c, err := w.consumer(ctx, stream, name)
+			c, err := l.open(ctx)
 			if err != nil {
 				pause(err)
 				continue
 			}
 			cons = c
 		}
-		// Half the free slots each, at least one while any is free, so
-		// that neither stream's long pull starves the other's.
-		f := free()
-		n := min(f-int(asked.Load()), (f+1)/2, maxBatch)
-		if f > 0 {
-			n = max(n, 1)
-		}
+		n := l.take()
 		if n <= 0 {
 			select {
 			case <-ctx.Done():
-			case <-wake:
+			case <-l.wake:
 			case <-time.After(100 * time.Millisecond):
 			}
 			continue
 		}
-		asked.Add(int64(n))
 		fctx, cancel := context.WithTimeout(ctx, pollWait)
 		batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
-		if err != nil {
-			asked.Add(int64(-n))
-			cancel()
-			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
-				cons = nil
+		if err == nil {
+			for msg := range batch.Messages() {
+				l.handle(msg)
 			}
-			if ctx.Err() == nil {
-				pause(err)
+			err = batch.Error()
+			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, nats.ErrTimeout) {
+				err = nil // the pull's own wait ended
 			}
-			continue
 		}
-		for msg := range batch.Messages() {
-			handle(w.call(name, msg))
-		}
-		asked.Add(int64(-n))
 		cancel()
-		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) &&
-			!errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
-			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+		l.done(n)
+		switch {
+		case err == nil:
+			failures = 0
+		case ctx.Err() == nil:
+			if lost(err) {
 				cons = nil
 			}
 			pause(err)
-			continue
 		}
-		failures = 0
 	}
 }
 

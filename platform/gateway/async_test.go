@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"maps"
 	"net"
@@ -657,13 +658,27 @@ functions:
 	if _, err := calls.NewQueue(cjs).Get(short(ctx), a.ID); err == nil {
 		t.Error("a client read the record of a call submitted through the gateway")
 	}
-	if sub, err := client.SubscribeSync(calls.ResultSubject("echo")); err == nil {
-		if err := client.Flush(); err == nil && client.LastError() == nil {
-			if m, err := sub.NextMsg(200 * time.Millisecond); err == nil {
-				t.Errorf("a client received a result of the gateway's callers: %v", m.Header)
-			}
+	// The server refuses the subscription to the gateway callers' results
+	// (and says so asynchronously); a second gateway call then reaches
+	// no client subscriber.
+	refused := make(chan error, 4)
+	spy := brokertest.ConnectAs(t, s, creds, broker.RoleClient, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { refused <- err }))
+	theirs, err := spy.SubscribeSync(calls.ResultSubject("echo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-refused:
+		if !errors.Is(err, nats.ErrPermissionViolation) {
+			t.Errorf("subscribing to %s: %v, want a permissions violation", calls.ResultSubject("echo"), err)
 		}
-		_ = sub.Unsubscribe()
+	case <-time.After(5 * time.Second):
+		t.Errorf("a client subscribed to %s, the gateway callers' results", calls.ResultSubject("echo"))
+	}
+	again := accepted(t, p.post(t, "/async-function/echo", strings.NewReader("again"), nil), "echo")
+	p.waitCall(t, again.ID, "", calls.Succeeded)
+	if m, err := theirs.NextMsg(200 * time.Millisecond); err == nil {
+		t.Errorf("a client received a result of the gateway's callers: %v", m.Header)
 	}
 
 	// Dead-lettered by the runner, re-driven by an admin, run again.
