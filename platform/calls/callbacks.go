@@ -2,16 +2,13 @@ package calls
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/shoal-dev/shoal/platform/callback"
@@ -161,31 +158,13 @@ func publicError(err error) string {
 // update writes the callback's state into the call's record, unless the
 // record is gone (expired).
 func (d *deliverer) update(ctx context.Context, id string, state *Callback, log *slog.Logger) {
-	kv, err := d.q.bucket(ctx)
+	_, _, err := d.q.change(ctx, id, func(cur *Record) *Record {
+		if cur != nil {
+			cur.Callback = state
+		}
+		return cur // none: expired, nothing to record
+	})
 	if err != nil {
 		log.Warn("cannot record the callback's state", "error", err)
-		return
-	}
-	for range 5 {
-		e, err := kv.Get(ctx, id)
-		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-			return
-		}
-		if err == nil {
-			var rec Record
-			if err = json.Unmarshal(e.Value(), &rec); err == nil {
-				rec.Callback = state
-				var data []byte
-				if data, err = json.Marshal(&rec); err == nil {
-					if _, err = kv.Update(ctx, id, data, e.Revision()); err == nil {
-						return
-					}
-				}
-			}
-		}
-		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, nats.ErrTimeout) {
-			log.Warn("cannot record the callback's state", "error", fmt.Errorf("update call %s: %w", id, err))
-			return
-		}
 	}
 }

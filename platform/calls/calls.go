@@ -597,55 +597,80 @@ func (q *Queue) Submit(ctx context.Context, s Submission) (*Submitted, error) {
 // queued it already). restore puts back the record it replaced, unless
 // something changed it since, for when the call could not be re-driven.
 func (q *Queue) requeued(ctx context.Context, rec *Record) (restore func(), err error) {
+	prev, rev, err := q.change(ctx, rec.ID, func(cur *Record) *Record {
+		if cur != nil && cur.Status != Failed {
+			return nil
+		}
+		return rec
+	})
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("calls: record call %s as queued: %w", rec.ID, err)
+	case rev == 0:
+		return func() {}, nil
+	}
+	return func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		kv, err := q.bucket(ctx)
+		if err != nil {
+			return
+		}
+		if prev == nil {
+			_ = kv.Delete(ctx, rec.ID, jetstream.LastRevision(rev)) // unless changed since
+		} else {
+			_, _ = kv.Update(ctx, rec.ID, prev, rev) // unless changed since
+		}
+	}, nil
+}
+
+// change rewrites the record of call id atomically: edit gets the record
+// as it is (nil when there is none) and returns the one to write, or nil
+// to leave it. Another writer coming between the read and the write
+// makes it read again. It returns the value it replaced (nil when it
+// created the record) and the new revision, 0 when it wrote nothing.
+func (q *Queue) change(ctx context.Context, id string, edit func(cur *Record) *Record) (prev []byte, rev uint64, err error) {
 	kv, err := q.bucket(ctx)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	data, err := json.Marshal(rec)
-	if err != nil {
-		return nil, fmt.Errorf("calls: encode record: %w", err)
-	}
-	// Another writer (a callback's delivery state) may come between the
-	// read and the write: read again.
 	for range 5 {
-		e, err := kv.Get(ctx, rec.ID)
+		e, err := kv.Get(ctx, id)
+		var cur *Record
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted):
-			rev, err := kv.Create(ctx, rec.ID, data)
-			if err == nil {
-				return func() {
-					ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-					defer cancel()
-					_ = kv.Delete(ctx, rec.ID, jetstream.LastRevision(rev))
-				}, nil
-			}
-			if !errors.Is(err, jetstream.ErrKeyExists) {
-				return nil, fmt.Errorf("calls: record call %s as queued: %w", rec.ID, err)
-			}
 		case err != nil:
-			return nil, fmt.Errorf("calls: read call %s: %w", rec.ID, err)
+			return nil, 0, fmt.Errorf("read call %s: %w", id, err)
 		default:
-			var old Record
-			if json.Unmarshal(e.Value(), &old) == nil && old.Status != Failed {
-				return func() {}, nil
-			}
-			rev, err := kv.Update(ctx, rec.ID, data, e.Revision())
-			if err == nil {
-				prev := e.Value()
-				return func() {
-					ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-					defer cancel()
-					_, _ = kv.Update(ctx, rec.ID, prev, rev)
-				}, nil
-			}
-			// A replicated bucket reports the conflict as a revision
-			// mismatch only.
-			if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-				return nil, fmt.Errorf("calls: record call %s as queued: %w", rec.ID, err)
+			cur = new(Record)
+			if err := json.Unmarshal(e.Value(), cur); err != nil {
+				return nil, 0, fmt.Errorf("decode call %s: %w", id, err)
 			}
 		}
+		next := edit(cur)
+		if next == nil {
+			return nil, 0, nil
+		}
+		data, err := json.Marshal(next)
+		if err != nil {
+			return nil, 0, fmt.Errorf("encode call %s: %w", id, err)
+		}
+		if cur == nil {
+			rev, err = kv.Create(ctx, id, data)
+		} else {
+			prev = e.Value()
+			rev, err = kv.Update(ctx, id, data, e.Revision())
+		}
+		if err == nil {
+			return prev, rev, nil
+		}
+		// A replicated bucket reports a conflict as a revision mismatch
+		// only.
+		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return nil, 0, fmt.Errorf("write call %s: %w", id, err)
+		}
 	}
-	return nil, fmt.Errorf("calls: record call %s as queued: its record keeps changing; try again", rec.ID)
+	return nil, 0, fmt.Errorf("the record of call %s keeps changing; try again", id)
 }
 
 // publishAttempt bounds one attempt to store a call, and publishRetry
