@@ -76,7 +76,8 @@ func scrub(h map[string][]string) {
 
 func validValues(vs []string) bool {
 	for _, v := range vs {
-		if strings.ContainsAny(v, "\r\n") {
+		// Two IndexByte scans (vectorized) cost less than one ContainsAny.
+		if strings.IndexByte(v, '\r') >= 0 || strings.IndexByte(v, '\n') >= 0 {
 			return false
 		}
 	}

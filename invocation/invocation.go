@@ -19,9 +19,11 @@
 // A caller that wants to know which runner took an invocation (to fail it
 // at once if that runner dies) sets [HeaderAck] to [AckRequested]; the
 // runner that admits it then sends an ack message ([NewAckMsg], read with
-// [ReadAck]) to the reply subject before the answer. Such a caller needs
-// its own reply subscription, as a request helper that keeps only the
-// first message would take the ack for the answer.
+// [ReadAck]) to the reply subject before the answer, if the invocation is
+// still running after a short delay (a Shoal runner waits 10 ms), so
+// that quick invocations cost no ack. Such a caller needs its own reply
+// subscription, as a request helper that keeps only the first message
+// would take the ack for the answer.
 package invocation
 
 import (
@@ -51,8 +53,9 @@ const (
 	// HeaderQuery carries the raw query string, without "?".
 	HeaderQuery = "Shoal-Query"
 	// HeaderAck, set to [AckRequested] on a request, asks the runner that
-	// admits the invocation for an ack message before the answer. On the
-	// ack message it carries the runner's id.
+	// admits the invocation for an ack message before the answer, if the
+	// invocation runs for a while. On the ack message it carries the
+	// runner's id.
 	HeaderAck = "Shoal-Ack"
 )
 

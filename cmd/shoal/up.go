@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"syscall"
 	"time"
 
@@ -194,7 +195,9 @@ func up(ctx context.Context, o upOptions) error {
 	logger.Info("runners serving", "workers", o.workers, "pids", workerPIDs(sup))
 
 	gf := as(broker.RoleGateway)
-	nc, err := gf.connect("shoal-gateway", gatewayConnOpts...)
+	// The gateway lives in the server's process: it talks to it through
+	// memory, not loopback TCP (measured: docs/benchmarks.md).
+	nc, err := gf.connect("shoal-gateway", slices.Concat(gatewayConnOpts, []nats.Option{nats.InProcessServer(srv)})...)
 	if err != nil {
 		return abort(err)
 	}

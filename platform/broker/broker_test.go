@@ -90,3 +90,44 @@ func TestStartErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestInProcessConn: a client connected through memory, with its role's
+// credentials, talks to clients on sockets.
+func TestInProcessConn(t *testing.T) {
+	creds, err := broker.EnsureCredentials(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := broker.Start(broker.Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(), Users: creds.Users()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown()
+	connect := func(role broker.Role, opts ...nats.Option) (*nats.Conn, error) {
+		opt, err := nats.NkeyOptionFromSeed(creds.SeedFile(role))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return nats.Connect(s.ClientURL(), append(opts, opt, nats.CustomInboxPrefix(broker.InboxPrefix(role)))...)
+	}
+	runner, err := connect(broker.RoleRunner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer runner.Close()
+	if _, err := runner.QueueSubscribe("fn.ping", "runners", func(m *nats.Msg) { _ = m.Respond([]byte("pong!")) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := runner.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	gw, err := connect(broker.RoleGateway, nats.InProcessServer(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	reply, err := gw.Request("fn.ping", nil, 5*time.Second)
+	if err != nil || string(reply.Data) != "pong!" {
+		t.Fatalf("request through memory: %v %v", reply, err)
+	}
+}

@@ -270,8 +270,11 @@ func TestAsyncInvoke(t *testing.T) {
 		"X-Custom": "yes", gateway.HeaderCallbackURL: hook.URL + "/done?sig=secret", gateway.HeaderIdempotencyKey: "k1",
 	})
 	a := accepted(t, r, "echo")
-	if a.Status != calls.Queued || a.Duplicate {
-		t.Errorf("202 body %+v, want queued, not a duplicate", a)
+	// Queued, unless a runner was quick enough to take the call (or even
+	// finish it) before the gateway recorded it: then the runner's record
+	// is the call's record, and the 202 says what it says.
+	if !slices.Contains([]calls.Status{calls.Queued, calls.Running, calls.Succeeded}, a.Status) || a.Duplicate {
+		t.Errorf("202 body %+v, want queued (or running, succeeded), not a duplicate", a)
 	}
 	rec := p.waitCall(t, a.ID, "", calls.Succeeded)
 	if rec.Attempts != 1 || rec.Response == nil || rec.Response.Status != 200 {

@@ -141,8 +141,8 @@ type Gateway struct {
 	mux         http.Handler
 	srv         *http.Server
 
-	// replies receives the replies of invocations when acks are on; nil
-	// when off, and invocations use nats.go's requests.
+	// replies receives the replies of invocations, and their acks when
+	// acks are on.
 	replies *replyMux
 }
 
@@ -194,13 +194,11 @@ func New(cfg Config) (*Gateway, error) {
 	} else {
 		g.SetFunctions(nil)
 	}
-	if cfg.AckRunners {
-		replies, err := newReplyMux(g.nc)
-		if err != nil {
-			return nil, fmt.Errorf("gateway: subscribe to the reply inbox: %w", err)
-		}
-		g.replies = replies
+	replies, err := newReplyMux(g.nc, cfg.AckRunners)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: subscribe to the reply inbox: %w", err)
 	}
+	g.replies = replies
 	if mp := g.nc.MaxPayload(); mp > 0 && mp < g.maxBody {
 		g.log.Warn("the NATS server's max_payload is below the body limit; larger bodies will be refused with 413",
 			"max_payload", mp, "max_body", g.maxBody)
@@ -303,7 +301,7 @@ func (g *Gateway) Serve(ln net.Listener) error {
 // [Config.AckRunners] the gateway does not know which runner took what,
 // and it does nothing.
 func (g *Gateway) RunnerLost(runner string) int {
-	if g.replies == nil || runner == "" {
+	if !g.replies.acks || runner == "" {
 		return 0
 	}
 	n := g.replies.runnerLost(runner)

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -37,9 +38,7 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	defer g.release(buf)
 
 	msg := invocation.NewRequestMsg(rt.subject, r, subpath, buf.Bytes())
-	ctx, cancel := context.WithTimeout(r.Context(), rt.wait)
-	defer cancel()
-	reply, err := g.request(ctx, msg)
+	reply, err := g.request(r.Context(), msg, rt.wait)
 	if err != nil {
 		if r.Context().Err() != nil {
 			return // the client went away; nobody is left to answer
@@ -156,18 +155,12 @@ func splitPath(p, prefix string) (name, subpath string, ok bool) {
 	return name, subpath, name != ""
 }
 
-// request sends the invocation, trying other runners while the one reached
-// refuses it as overloaded. With acks on, it goes through the gateway's
-// own reply mux, which sees the ack before the answer.
-func (g *Gateway) request(ctx context.Context, msg *nats.Msg) (*nats.Msg, error) {
+// request sends the invocation and waits for its answer for at most wait,
+// trying other runners while the one reached refuses it as overloaded.
+func (g *Gateway) request(ctx context.Context, msg *nats.Msg, wait time.Duration) (*nats.Msg, error) {
+	deadline := time.Now().Add(wait)
 	for attempt := 0; ; attempt++ {
-		var reply *nats.Msg
-		var err error
-		if g.replies != nil {
-			reply, err = g.replies.request(ctx, msg)
-		} else {
-			reply, err = g.nc.RequestMsgWithContext(ctx, msg)
-		}
+		reply, err := g.replies.request(ctx, msg, time.Until(deadline))
 		if err != nil {
 			return nil, err
 		}

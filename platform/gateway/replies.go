@@ -44,18 +44,22 @@ const lostMemory = time.Minute
 // sends to a reply subject when a request has no responders.
 const noRespondersStatus = "503"
 
-// replyMux receives the replies of invocations sent with acks on. nats.go's
-// request helpers keep only the first message of a reply subject, and an
-// acked invocation gets two, the ack and then the answer, so the gateway
-// has its own mux, as nats.go's: one wildcard subscription on an inbox,
-// one reply subject per invocation below it, and a map from the subject's
-// last token to the caller waiting on it.
+// replyMux receives the replies of invocations. nats.go's request helpers
+// keep only the first message of a reply subject, and an acked invocation
+// gets two, the ack and then the answer, so the gateway has its own mux,
+// as nats.go's: one wildcard subscription on an inbox, one reply subject
+// per invocation below it, and a map from the subject's last token to the
+// caller waiting on it. It serves invocations without acks too: one path,
+// and a deadline kept with a timer rather than a context derived from the
+// HTTP request's, whose registration with its parent costs more.
 //
 // Acks tell the mux which runner runs which invocation; when a runner is
 // reported gone, its invocations are answered at once instead of at their
 // timeout.
 type replyMux struct {
 	nc *nats.Conn
+	// acks asks runners to acknowledge each invocation.
+	acks bool
 	// prefix is the inbox the subscription covers, with a trailing dot.
 	prefix string
 	next   atomic.Uint64
@@ -82,9 +86,10 @@ type call struct {
 	acked bool
 }
 
-func newReplyMux(nc *nats.Conn) (*replyMux, error) {
+func newReplyMux(nc *nats.Conn, acks bool) (*replyMux, error) {
 	m := &replyMux{
 		nc:     nc,
+		acks:   acks,
 		prefix: nc.NewInbox() + ".",
 		closed: make(chan struct{}),
 		calls:  make(map[string]*call),
@@ -100,23 +105,29 @@ func newReplyMux(nc *nats.Conn) (*replyMux, error) {
 	return m, nil
 }
 
-// request sends msg with acks requested and waits for its answer, until
-// ctx is done. Errors are those of nats.go's requests (ErrNoResponders,
-// the context's, the connection's), plus errRunnerLost.
-func (m *replyMux) request(ctx context.Context, msg *nats.Msg) (*nats.Msg, error) {
+// request sends msg, with an ack requested if the mux asks for acks, and
+// waits for its answer, for at most wait and until ctx is done. Errors
+// are those of nats.go's requests (ErrNoResponders, ErrTimeout past
+// wait, the context's, the connection's), plus errRunnerLost and
+// errRunnerLostUnacked.
+func (m *replyMux) request(ctx context.Context, msg *nats.Msg, wait time.Duration) (*nats.Msg, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	c := m.register()
 	defer m.unregister(c)
 	msg.Reply = c.reply
-	if msg.Header == nil {
-		msg.Header = nats.Header{}
+	if m.acks {
+		if msg.Header == nil {
+			msg.Header = nats.Header{}
+		}
+		msg.Header[invocation.HeaderAck] = ackRequested
 	}
-	msg.Header[invocation.HeaderAck] = ackRequested
 	if err := m.nc.PublishMsg(msg); err != nil {
 		return nil, err
 	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
 	select {
 	case reply := <-c.answer:
 		switch reply {
@@ -129,6 +140,8 @@ func (m *replyMux) request(ctx context.Context, msg *nats.Msg) (*nats.Msg, error
 			return nil, nats.ErrNoResponders
 		}
 		return reply, nil
+	case <-timer.C:
+		return nil, nats.ErrTimeout
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-m.closed:

@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -83,15 +84,46 @@ func wantRunnerLost(t *testing.T, o outcome) {
 	}
 }
 
+// watchAcks returns a function that waits until the runner with the
+// given id has acked an invocation. A runner acks only an invocation
+// still running after runner.AckDelay; the tests that report a runner
+// lost while it runs one wait for its ack first, as the ack is what lets
+// the gateway answer at once.
+func watchAcks(t *testing.T, p *platform) func(runner string) {
+	t.Helper()
+	nc := brokertest.Connect(t, p.broker)
+	sub, err := nc.SubscribeSync("_INBOX.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return func(runner string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			m, err := sub.NextMsg(time.Until(deadline))
+			if err != nil {
+				t.Fatalf("no ack from runner %s: %v", runner, err)
+			}
+			if id, ok := invocation.ReadAck(m); ok && id == runner {
+				return
+			}
+		}
+	}
+}
+
 // TestRunnerLost: once told a runner is gone, the gateway answers the
 // invocations that runner took 502 at once; invocations on other runners
 // carry on, later ones succeed, and the lost runner's acks fail their
 // invocations from then on.
 func TestRunnerLost(t *testing.T) {
 	p := start(t, options{acks: true, runners: -1})
+	acked := watchAcks(t, p)
 	blockA, blockB := functionstest.NewBlock(), functionstest.NewBlock()
-	a := p.addRunnerWith(t, map[string]http.Handler{"block": blockA})
-	p.addRunnerWith(t, functionstest.Builtins(map[string]http.Handler{"orphan": blockB}))
+	a := p.addRunnerWith(t, map[string]http.Handler{"block": blockA, "sleep": p.fns["sleep"]})
+	b := p.addRunnerWith(t, functionstest.Builtins(map[string]http.Handler{"orphan": blockB}))
 	// Let the functions go before the runners drain at the test's end.
 	releaseA, releaseB := once(func() { close(blockA.Release) }), once(func() { close(blockB.Release) })
 	defer releaseA()
@@ -99,11 +131,12 @@ func TestRunnerLost(t *testing.T) {
 
 	onA := async(p.url + "/function/block")
 	<-blockA.Started
+	acked(a.ID())
 	onB := async(p.url + "/function/orphan")
 	<-blockB.Started
 
 	if n := p.gateway.RunnerLost(a.ID()); n > 1 {
-		t.Errorf("RunnerLost failed %d invocations, want the one A runs (or none, if A's ack was still on its way)", n)
+		t.Errorf("RunnerLost failed %d invocations, want the one A runs (or none, if A's ack was still on its way to the gateway)", n)
 	}
 	wantRunnerLost(t, await(t, onA))
 	if n := p.gateway.RunnerLost("no-such-runner"); n != 0 {
@@ -127,9 +160,19 @@ func TestRunnerLost(t *testing.T) {
 
 	// A was reported lost although it still runs here: its late answer is
 	// dropped, and the invocations it acks from now on fail at once (as
-	// does one whose ack arrives after the report).
+	// does one whose ack arrives after the report); a quick one, answered
+	// before any ack, gets its answer.
 	releaseA()
-	wantRunnerLost(t, await(t, async(p.url+"/function/block")))
+	if o := await(t, async(p.url+"/function/block")); o.status != 200 || o.body != "released" {
+		t.Errorf("quick invocation on the lost runner = %d %s, want its answer", o.status, o.body)
+	}
+	if err := b.Stop(context.Background()); err != nil { // sleep is A's alone now
+		t.Fatal(err)
+	}
+	o := await(t, async(p.url+"/function/sleep?d=250ms"))
+	if o.status != 502 || !strings.Contains(o.body, string(invocation.CodeRunnerLost)) || o.took >= 250*time.Millisecond {
+		t.Errorf("acked invocation on the lost runner = %d %s after %s, want 502 runner_lost at its ack", o.status, o.body, o.took)
+	}
 }
 
 // once returns a function that calls f the first time only.
@@ -148,6 +191,7 @@ func once(f func()) func() {
 // runner.
 func TestRunnerConnectionCut(t *testing.T) {
 	p := start(t, options{acks: true, runners: -1})
+	acked := watchAcks(t, p)
 	blockA, blockB := functionstest.NewBlock(), functionstest.NewBlock()
 	defer close(blockA.Release)
 	nc := brokertest.Connect(t, p.broker)
@@ -157,6 +201,7 @@ func TestRunnerConnectionCut(t *testing.T) {
 	}
 	onA := async(p.url + "/function/block")
 	<-blockA.Started
+	acked(a.ID())
 	p.addRunnerWith(t, map[string]http.Handler{"block": blockB})
 	close(blockB.Release) // B answers at once
 

@@ -66,18 +66,11 @@ func (e *endpoint) Handle(req micro.Request) {
 	}
 	e.r.unanswered.Add(1)
 	header := nats.Header(req.Headers())
-	// The ack goes out here, in delivery order and before the invocation
-	// waits for a goroutine to be scheduled: a caller whose invocation
-	// this runner took learns it as soon as possible.
-	acked := false
+	ack := ""
 	if reply := req.Reply(); reply != "" && invocation.WantsAck(header) {
-		if err := e.r.nc.PublishMsg(&nats.Msg{Subject: reply, Header: e.r.ackHeader}); err != nil {
-			e.r.log.Warn("cannot send ack", "function", e.name, "error", err)
-		} else {
-			acked = true
-		}
+		ack = reply
 	}
-	go e.invoke(d, req.Reply(), header, req.Data(), acked)
+	go e.invoke(d, req.Reply(), header, req.Data(), ack)
 }
 
 // refuse answers on the handler's goroutine through micro, so that micro's
@@ -92,28 +85,36 @@ func (e *endpoint) refuse(req micro.Request, ierr *invocation.Error) {
 	}
 }
 
-// ackFlushTimeout bounds the wait for the server to confirm an ack.
-const ackFlushTimeout = 2 * time.Second
+// AckDelay is how long an invocation that asked for an ack (Shoal-Ack)
+// runs before its runner sends the ack. Most invocations end sooner, and
+// their answer tells the caller all an ack would have: they cost no ack
+// message. The gateway answers runner_lost, 2 s after a runner is
+// reported gone, the invocations no runner acked (gateway.unackedGrace),
+// so the delay must stay well below that: a live runner's ack is out by
+// then.
+const AckDelay = 10 * time.Millisecond
 
 // invoke runs one admitted invocation and answers it exactly once: with the
 // function's answer, or with 504 when its timeout passes first. A caller
-// that asked for an ack got it first (see Handle): published before any
-// answer, on the same connection, it reaches the caller first. The ack is flushed to
-// the server before the function runs, so that it arrives even when the
-// function takes the process down at once (os.Exit, a fatal error): the
-// caller then learns which runner it lost. Concurrent invocations share
-// that flush (see flushGroup).
-func (e *endpoint) invoke(d *definition, reply string, header nats.Header, data []byte, acked bool) {
+// that asked for an ack (ack is its reply subject) gets it if the
+// invocation is still running after AckDelay.
+func (e *endpoint) invoke(d *definition, reply string, header nats.Header, data []byte, ack string) {
 	start := time.Now()
-	if acked {
-		if err := e.r.ackFlush.wait(ackFlushTimeout); err != nil {
-			e.r.log.Warn("cannot confirm an ack", "function", e.name, "error", err)
-		}
+	var answered atomic.Bool
+	if ack != "" {
+		t := time.AfterFunc(AckDelay, func() {
+			if answered.Load() {
+				return
+			}
+			if err := e.r.nc.PublishMsg(&nats.Msg{Subject: ack, Header: e.r.ackHeader}); err != nil {
+				e.r.log.Warn("cannot send ack", "function", e.name, "error", err)
+			}
+		})
+		defer t.Stop()
 	}
 	ctx, cancel := context.WithTimeout(e.r.ctx, d.fn.Timeout)
 	defer cancel()
 
-	var answered atomic.Bool
 	stopTimer := context.AfterFunc(ctx, func() {
 		if answered.CompareAndSwap(false, true) {
 			ierr := e.expired(ctx, d)

@@ -84,7 +84,6 @@ type AsyncConfig struct {
 // Runner serves functions on one NATS connection.
 type Runner struct {
 	nc       *nats.Conn
-	ackFlush *flushGroup
 	verifier *token.Verifier
 	builtins map[string]http.Handler
 	meta     map[string]string
@@ -157,7 +156,6 @@ func Start(nc *nats.Conn, cfg Config) (*Runner, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Runner{
 		nc:       nc,
-		ackFlush: &flushGroup{nc: nc},
 		verifier: cfg.Verifier,
 		builtins: cfg.Builtins,
 		log:      log,

@@ -556,8 +556,10 @@ func TestRunnerChecksTokens(t *testing.T) {
 }
 
 // TestAck: a caller that sets Shoal-Ack gets an ack naming the runner on
-// its reply subject before the answer; one that does not gets the answer
-// alone, and so does a caller refused as overloaded.
+// its reply subject before the answer when the invocation runs longer
+// than runner.AckDelay, and the answer alone when it ends sooner; one that
+// does not set it gets the answer alone, and so does a caller refused as
+// overloaded.
 func TestAck(t *testing.T) {
 	s := brokertest.Start(t)
 	block := functionstest.NewBlock()
@@ -600,8 +602,22 @@ func TestAck(t *testing.T) {
 		return msg
 	}
 
-	t.Run("with Shoal-Ack: the ack, then the answer", func(t *testing.T) {
+	// sleep runs for d: past runner.AckDelay it is acked.
+	sleep := func(d time.Duration) *nats.Msg {
+		msg := withAck("fn.sleep")
+		msg.Header.Set(invocation.HeaderQuery, "d="+d.String())
+		return msg
+	}
+
+	t.Run("with Shoal-Ack, a quick answer: the answer alone", func(t *testing.T) {
 		got := send(t, withAck("fn.ping"))
+		if len(got) != 1 || string(got[0].Data) != "pong!" {
+			t.Fatalf("got %d messages, want the answer alone (no ack: it came within %s)", len(got), runner.AckDelay)
+		}
+	})
+
+	t.Run("with Shoal-Ack, a longer invocation: the ack, then the answer", func(t *testing.T) {
+		got := send(t, sleep(10*runner.AckDelay))
 		if len(got) != 2 {
 			t.Fatalf("got %d messages, want an ack and the answer", len(got))
 		}
@@ -609,23 +625,24 @@ func TestAck(t *testing.T) {
 		if !ok || id != r.ID() {
 			t.Errorf("first message %v %q: want an ack from runner %s", got[0].Header, got[0].Data, r.ID())
 		}
-		if _, ok := invocation.ReadAck(got[1]); ok || string(got[1].Data) != "pong!" || got[1].Header.Get(invocation.HeaderStatus) != "200" {
-			t.Errorf("second message %v %q: want the answer pong!", got[1].Header, got[1].Data)
+		if _, ok := invocation.ReadAck(got[1]); ok || !strings.HasPrefix(string(got[1].Data), "slept") || got[1].Header.Get(invocation.HeaderStatus) != "200" {
+			t.Errorf("second message %v %q: want the answer", got[1].Header, got[1].Data)
 		}
 	})
 
 	t.Run("with Shoal-Ack in lower case", func(t *testing.T) {
-		msg := nats.NewMsg("fn.ping")
-		msg.Header["shoal-ack"] = []string{invocation.AckRequested}
+		msg := sleep(10 * runner.AckDelay)
+		msg.Header["shoal-ack"] = msg.Header[invocation.HeaderAck]
+		delete(msg.Header, invocation.HeaderAck)
 		if got := send(t, msg); len(got) != 2 {
 			t.Errorf("got %d messages, want an ack and the answer", len(got))
 		}
 	})
 
 	t.Run("with Shoal-Ack, an error answer comes after the ack", func(t *testing.T) {
-		got := send(t, withAck("fn.panic"))
-		if len(got) != 2 || got[1].Header.Get(invocation.HeaderError) != string(invocation.CodeFunctionPanic) {
-			t.Fatalf("got %d messages, want an ack and a function_panic answer", len(got))
+		got := send(t, sleep(time.Second)) // sleep's timeout is 300ms
+		if len(got) != 2 || got[1].Header.Get(invocation.HeaderError) != string(invocation.CodeTimeout) {
+			t.Fatalf("got %d messages, want an ack and a timeout answer", len(got))
 		}
 		if id, ok := invocation.ReadAck(got[0]); !ok || id != r.ID() {
 			t.Errorf("first message %v: want an ack", got[0].Header)
