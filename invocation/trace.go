@@ -3,6 +3,7 @@ package invocation
 import (
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"strings"
 
 	"github.com/nats-io/nats.go"
@@ -132,7 +133,15 @@ type Trace struct {
 // new trace otherwise (flags: random trace id, not sampled), and creates
 // a span id for this hop. It costs two allocations.
 func StartTrace(h map[string][]string) Trace {
-	return startTrace(h, false)
+	t, _ := startTrace(h, true, false)
+	return t
+}
+
+// StartHTTPTrace is StartTrace for the headers of a request net/http
+// parsed: their names are canonical, so no other spelling is looked for.
+func StartHTTPTrace(h http.Header) Trace {
+	t, _ := startTrace(h, false, false)
+	return t
 }
 
 // ReceiveTrace is StartTrace then Apply on h itself, for a hop that hands
@@ -145,16 +154,24 @@ func ReceiveTrace(h nats.Header) (nats.Header, Trace) {
 	if h == nil {
 		h = make(nats.Header, 2)
 	}
-	t := startTrace(h, true)
-	t.Apply(h)
+	t, applied := startTrace(h, true, true)
+	if !applied {
+		t.Apply(h)
+	}
 	return h, t
 }
 
-// startTrace is StartTrace; inPlace allows it to write this hop's
-// traceparent into h's own traceparent field.
-func startTrace(h map[string][]string, inPlace bool) Trace {
-	var t Trace
-	id, parent, state := traceHeaders(h, &t.otherCase)
+// startTrace is StartTrace; anyCase looks for the names in any case,
+// inPlace allows it to write this hop's traceparent into h's own
+// traceparent field. applied reports that h holds t as Apply would set it
+// (only ever with inPlace).
+func startTrace(h map[string][]string, anyCase, inPlace bool) (t Trace, applied bool) {
+	var id, parent, state []string
+	if anyCase {
+		id, parent, state = traceHeaders(h, &t.otherCase)
+	} else {
+		id, parent, state = h[HeaderRequestID], h[HeaderTraceparent], h[HeaderTracestate]
+	}
 	// One string holds what is generated: the request id when the
 	// caller's is not kept, then this hop's traceparent.
 	var buf [32 + 55]byte
@@ -185,13 +202,17 @@ func startTrace(h map[string][]string, inPlace bool) Trace {
 	case n > 0:
 		vals := &[2]string{s[:n], s[n:]}
 		t.requestID, t.traceparent = vals[0:1:1], vals[1:2:2]
-	case inPlace && !t.otherCase && len(h[HeaderTraceparent]) == 1:
-		t.traceparent = h[HeaderTraceparent][:1:1]
+	case inPlace && !t.otherCase && len(parent) == 1:
+		// parent is h's own field (there is no other spelling): the
+		// request id is h's too, and the tracestate passed on is h's
+		// or none.
+		t.traceparent = parent[:1:1]
 		t.traceparent[0] = s
+		applied = len(state) == 0 || len(t.tracestate) == len(state) && &t.tracestate[0] == &state[0]
 	default:
 		t.traceparent = []string{s}
 	}
-	return t
+	return t, applied
 }
 
 // RequestID is the invocation's request id.
@@ -438,18 +459,15 @@ func putRandomHex(dst []byte) {
 
 // lowerHex reports whether s is lowercase hex digits, not all zero.
 func lowerHex(s string) bool {
-	zero := true
+	var nonZero byte
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		switch {
-		case c == '0':
-		case '1' <= c && c <= '9', 'a' <= c && c <= 'f':
-			zero = false
-		default:
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
 			return false
 		}
+		nonZero |= c ^ '0'
 	}
-	return !zero
+	return nonZero != 0
 }
 
 const hexDigits = "0123456789abcdef"

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -207,25 +209,20 @@ func TestStartTrace(t *testing.T) {
 				h[k] = v
 			}
 			tr.Apply(h)
-			got := http.Header(h)
-			canonical := http.Header{}
-			for k, v := range h {
-				canonical[http.CanonicalHeaderKey(k)] = append(canonical[http.CanonicalHeaderKey(k)], v...)
+			checkNextHop(t, h, tr, tt.state)
+
+			// ReceiveTrace does the same in place.
+			in := nats.Header{"Content-Type": {"text/plain"}}
+			for k, v := range tt.header {
+				in[k] = slices.Clone(v)
 			}
-			if len(canonical) != len(got) {
-				t.Errorf("after Apply, names in other cases remain: %v", h)
+			out, rt := invocation.ReceiveTrace(in)
+			checkNextHop(t, out, rt, tt.state)
+			if tt.keepID != "" && rt.RequestID() != tt.keepID || tt.continues && rt.TraceID() != callerTrace || !tt.continues && rt.ParentID() != "" {
+				t.Errorf("ReceiveTrace: request id %q, trace %q, parent %q", rt.RequestID(), rt.TraceID(), rt.ParentID())
 			}
-			if v := got["X-Request-Id"]; len(v) != 1 || v[0] != tr.RequestID() {
-				t.Errorf("X-Request-Id %q, want %q", v, tr.RequestID())
-			}
-			if v := got["Traceparent"]; len(v) != 1 || v[0] != tr.Traceparent() {
-				t.Errorf("Traceparent %q, want %q", v, tr.Traceparent())
-			}
-			if v := strings.Join(got["Tracestate"], ","); v != tt.state {
-				t.Errorf("Tracestate %q, want %q", v, tt.state)
-			}
-			if got.Get("Content-Type") != "text/plain" {
-				t.Errorf("Apply changed another header: %v", h)
+			if reflect.ValueOf(out).Pointer() != reflect.ValueOf(in).Pointer() {
+				t.Errorf("ReceiveTrace returned another map than it was given")
 			}
 
 			resp := http.Header{"X-Request-Id": {"the function's"}, "Traceresponse": {"the function's"}}
@@ -239,6 +236,31 @@ func TestStartTrace(t *testing.T) {
 
 // Every hop starts a span of its own: the next hop's parent is this hop's
 // span, and ids do not repeat.
+// checkNextHop checks that h, the headers the next hop receives, hold
+// tr: one X-Request-Id, one Traceparent, the tracestate state, no other
+// spelling of these names, and Content-Type untouched.
+func checkNextHop(t *testing.T, h nats.Header, tr invocation.Trace, state string) {
+	t.Helper()
+	got := http.Header(h)
+	for k := range h {
+		if k != http.CanonicalHeaderKey(k) {
+			t.Errorf("the next hop gets %s, not in canonical form: %v", k, h)
+		}
+	}
+	if v := got["X-Request-Id"]; len(v) != 1 || v[0] != tr.RequestID() {
+		t.Errorf("X-Request-Id %q, want %q", v, tr.RequestID())
+	}
+	if v := got["Traceparent"]; len(v) != 1 || v[0] != tr.Traceparent() {
+		t.Errorf("Traceparent %q, want %q", v, tr.Traceparent())
+	}
+	if v := strings.Join(got["Tracestate"], ","); v != state {
+		t.Errorf("Tracestate %q, want %q", v, state)
+	}
+	if got.Get("Content-Type") != "text/plain" {
+		t.Errorf("another header changed: %v", h)
+	}
+}
+
 func TestStartTraceChain(t *testing.T) {
 	client := invocation.StartTrace(nil)
 	h := nats.Header{}
@@ -317,44 +339,76 @@ func TestTraceLogAttr(t *testing.T) {
 }
 
 // The hop's cost: two allocations (the generated strings, their header
-// slices), whether or not the caller sent ids.
+// slices) at the first hop, one at a runner reached through a gateway.
 func TestStartTraceAllocs(t *testing.T) {
-	continued := nats.Header{
-		"X-Request-Id": {"abc"},
-		"Traceparent":  {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
-		"User-Agent":   {"curl"},
+	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	plain := http.Header{"User-Agent": {"curl"}}
+	continued := http.Header{"User-Agent": {"curl"}, "X-Request-Id": {"abc"}, "Traceparent": {tp}}
+	fromGateway := nats.Header{"X-Request-Id": {"abc"}, "Traceparent": {tp}, "Shoal-Method": {"GET"}}
+	tests := []struct {
+		name  string
+		start func() invocation.Trace
+		want  float64
+	}{
+		{"gateway, new", func() invocation.Trace { return invocation.StartHTTPTrace(plain) }, 2},
+		{"gateway, continued", func() invocation.Trace { return invocation.StartHTTPTrace(continued) }, 2},
+		{"runner, from a gateway", func() invocation.Trace {
+			_, tr := invocation.ReceiveTrace(fromGateway)
+			return tr
+		}, 1},
+		{"runner, no headers", func() invocation.Trace {
+			_, tr := invocation.ReceiveTrace(nil)
+			return tr
+		}, 4}, // and the header map, two
 	}
-	for name, h := range map[string]nats.Header{"new": {"User-Agent": {"curl"}}, "continued": continued} {
+	for _, tt := range tests {
 		out := make(nats.Header, 8)
 		allocs := testing.AllocsPerRun(100, func() {
-			tr := invocation.StartTrace(h)
+			tr := tt.start()
 			tr.Apply(out)
 			tr.SetResponse(out)
 		})
-		if allocs > 2 {
-			t.Errorf("%s: %v allocations, want at most 2", name, allocs)
+		if allocs > tt.want {
+			t.Errorf("%s: %v allocations, want at most %v", tt.name, allocs, tt.want)
 		}
 	}
 }
 
 func BenchmarkStartTrace(b *testing.B) {
-	h := http.Header{"User-Agent": {"Go-http-client/1.1"}, "Accept-Encoding": {"gzip"}}
-	continued := http.Header{
-		"User-Agent":   {"Go-http-client/1.1"},
-		"X-Request-Id": {"f0e1d2c3b4a5"},
-		"Traceparent":  {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
-	}
-	for _, bc := range []struct {
-		name string
-		h    http.Header
-	}{{"new", h}, {"continued", continued}} {
-		b.Run(bc.name, func(b *testing.B) {
-			out := make(nats.Header, 8)
-			b.ReportAllocs()
-			for b.Loop() {
-				tr := invocation.StartTrace(bc.h)
-				tr.Apply(out)
-			}
-		})
-	}
+	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	// A request as the benchmark's and curl's: a few headers.
+	plain := http.Header{"User-Agent": {"Go-http-client/1.1"}, "Accept-Encoding": {"gzip"}}
+	continued := http.Header{"User-Agent": {"Go-http-client/1.1"}, "Accept-Encoding": {"gzip"}, "X-Request-Id": {"f0e1d2c3b4a5"}, "Traceparent": {tp}}
+	b.Run("gateway/new", func(b *testing.B) {
+		out := make(nats.Header, 8)
+		b.ReportAllocs()
+		for b.Loop() {
+			tr := invocation.StartHTTPTrace(plain)
+			tr.Apply(out)
+		}
+	})
+	b.Run("gateway/continued", func(b *testing.B) {
+		out := make(nats.Header, 8)
+		b.ReportAllocs()
+		for b.Loop() {
+			tr := invocation.StartHTTPTrace(continued)
+			tr.Apply(out)
+		}
+	})
+	// What a runner receives from a gateway.
+	fromGateway := nats.Header{"User-Agent": {"Go-http-client/1.1"}, "Accept-Encoding": {"gzip"}, "Shoal-Method": {"GET"},
+		"X-Forwarded-For": {"127.0.0.1"}, "X-Forwarded-Host": {"localhost"}, "X-Forwarded-Proto": {"http"},
+		"X-Request-Id": {"f0e1d2c3b4a5"}, "Traceparent": {tp}}
+	b.Run("runner", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			invocation.ReceiveTrace(fromGateway)
+		}
+	})
+	b.Run("runner/no-headers", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			invocation.ReceiveTrace(nil)
+		}
+	})
 }

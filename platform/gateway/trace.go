@@ -25,7 +25,7 @@ import (
 // startTrace starts the gateway's part in a request's trace, and sets
 // X-Request-Id and Traceresponse on its answer.
 func startTrace(w http.ResponseWriter, r *http.Request) invocation.Trace {
-	tr := invocation.StartTrace(r.Header)
+	tr := invocation.StartHTTPTrace(r.Header)
 	tr.SetResponse(w.Header())
 	return tr
 }
