@@ -39,14 +39,16 @@ functions:
   sleep: {handler: {builtin: sleep}, public: true, timeout: 200ms}
   guarded: {handler: {builtin: echo}, permissions: [echo]}
   orphan: {handler: {builtin: orphan}, public: true}
+  block: {handler: {builtin: block}, public: true, concurrency: 1}
 `
 
 // tracedPlatform is a NATS server with the calls set up, a runner and a
 // gateway on real HTTP, both logging JSON at DEBUG level into logs.
 type tracedPlatform struct {
-	url  string
-	nc   *nats.Conn
-	logs *logBuffer
+	url   string
+	nc    *nats.Conn
+	logs  *logBuffer
+	block *functionstest.Block
 }
 
 // logBuffer collects the JSON log lines of the gateway and the runner.
@@ -112,7 +114,7 @@ func startTraced(t *testing.T) *tracedPlatform {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	p := &tracedPlatform{logs: &logBuffer{}}
+	p := &tracedPlatform{logs: &logBuffer{}, block: functionstest.NewBlock()}
 	logger := slog.New(slog.NewJSONHandler(p.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s := brokertest.Start(t)
 	js, err := jetstream.New(brokertest.Connect(t, s))
@@ -123,6 +125,7 @@ func startTraced(t *testing.T) *tracedPlatform {
 		t.Fatal(err)
 	}
 	fns := functionstest.Builtins(map[string]http.Handler{
+		"block": p.block,
 		// spoof tries to pass for the platform on its answer.
 		"spoof": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("X-Request-Id", "spoofed")
@@ -182,6 +185,7 @@ func startTraced(t *testing.T) *tracedPlatform {
 	})
 	p.url = "http://" + ln.Addr().String()
 	p.nc = brokertest.Connect(t, s)
+	t.Cleanup(func() { close(p.block.Release) }) // before the gateway drains: cleanups run last first
 	return p
 }
 
@@ -341,7 +345,15 @@ func TestRequestIDOnEveryAnswer(t *testing.T) {
 		{"asynchronous submission", "POST", "/async-function/echo", 202},
 		{"unknown call", "GET", "/calls/nope", 404},
 		{"health", "GET", "/healthz", 200},
+		{"overloaded", "GET", "/function/block", 429},
 	}
+	// block's one slot is taken: the next invocations are refused.
+	go func() {
+		if resp, err := http.Get(p.url + "/function/block"); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-p.block.Started
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for _, sent := range []string{"", "quoted-by-the-user"} {
