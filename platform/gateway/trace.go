@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/shoal-dev/shoal/invocation"
+	"github.com/shoal-dev/shoal/platform/calls"
 )
 
 // Request ids and trace context (docs/http-api.md#request-ids-and-tracing).
@@ -66,11 +67,13 @@ func (g *Gateway) serveLogged(w http.ResponseWriter, r *http.Request, tr *invoca
 	g.serve(sw, r, tr)
 	attrs := make([]slog.Attr, 0, 10)
 	if prefix == callsPrefix {
-		attrs = append(attrs, slog.String("call", strings.TrimPrefix(r.URL.Path, callsPrefix)))
+		if id := strings.TrimPrefix(r.URL.Path, callsPrefix); calls.ValidID(id) {
+			attrs = append(attrs, slog.String("call", id))
+		}
 	} else {
 		name, _, _ := splitPath(r.URL.EscapedPath(), prefix)
 		attrs = append(attrs, slog.String("function", name))
-		if id := sw.Header().Get(HeaderCallID); id != "" {
+		if id := sw.Header().Get(HeaderCallID); id != "" && prefix == asyncPrefix {
 			attrs = append(attrs, slog.String("call", id))
 		}
 	}
