@@ -93,3 +93,26 @@ func ExampleReadAck() {
 		return
 	}
 }
+
+// A hop keeps the caller's request id and trace, starts a span of its
+// own, and hands both on to the next hop.
+func ExampleStartTrace() {
+	incoming := http.Header{
+		"X-Request-Id": {"order-42"},
+		"Traceparent":  {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+	}
+	tr := invocation.StartTrace(incoming)
+	fmt.Println(tr.RequestID(), tr.TraceID(), tr.ParentID(), tr.Sampled())
+
+	next := nats.Header{}
+	tr.Apply(next) // X-Request-Id, and a traceparent naming this hop's span
+	fmt.Println(next.Get("Traceparent") == "00-"+tr.TraceID()+"-"+tr.SpanID()+"-01")
+
+	answer := http.Header{}
+	tr.SetResponse(answer) // X-Request-Id and traceresponse, this hop's span
+	fmt.Println(answer.Get("X-Request-Id"), answer.Get("Traceresponse") == tr.Traceparent())
+	// Output:
+	// order-42 4bf92f3577b34da6a3ce929d0e0e4736 00f067aa0ba902b7 true
+	// true
+	// order-42 true
+}

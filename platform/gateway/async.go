@@ -53,7 +53,7 @@ type accepted struct {
 // submit is the gateway side of an asynchronous invocation: checked as a
 // synchronous one is, then stored durably in the calls stream, and
 // answered 202 with the call's id once it is on disk.
-func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
+func (g *Gateway) submit(w http.ResponseWriter, r *http.Request, tr *invocation.Trace) {
 	rt, subpath, claims, ok := g.route(w, r, asyncPrefix)
 	if !ok {
 		return
@@ -95,19 +95,20 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 	// X-Callback-Url travel as the protocol's own (Shoal-Call-Id,
 	// Shoal-Callback-Url), not to the function.
 	msg := invocation.NewRequestMsg("", r, subpath, buf.Bytes())
+	tr.Apply(msg.Header)
 	msg.Header.Del(HeaderCallbackURL)
 	msg.Header.Del(HeaderIdempotencyKey)
 	ctx, cancel := context.WithTimeout(r.Context(), submitTimeout)
 	defer cancel()
 	sub, err := g.calls.Submit(ctx, calls.Submission{Function: name, Msg: msg, IdempotencyKey: key, Principal: principal, Callback: cb})
 	if sub == nil {
-		g.submitError(name, err).WriteHTTP(w)
+		g.submitError(name, err, tr).WriteHTTP(w)
 		return
 	}
 	if err != nil {
 		// Stored: the call will run; only its "queued" record is missing
 		// until a runner takes it.
-		g.log.Warn("asynchronous call queued, but not recorded", "function", name, "call", sub.ID, "error", err)
+		g.log.Warn("asynchronous call queued, but not recorded", "function", name, "call", sub.ID, "error", err, tr.LogAttr())
 	}
 	st := calls.Queued
 	if sub.Record != nil {
@@ -123,10 +124,10 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 }
 
 // submitError maps a failed submission to its answer.
-func (g *Gateway) submitError(name string, err error) *invocation.Error {
+func (g *Gateway) submitError(name string, err error, tr *invocation.Trace) *invocation.Error {
 	switch {
 	case errors.Is(err, calls.ErrQueueFull):
-		g.log.Warn("asynchronous call refused: queue full", "function", name, "error", err)
+		g.log.Warn("asynchronous call refused: queue full", "function", name, "error", err, tr.LogAttr())
 		return &invocation.Error{Status: http.StatusTooManyRequests, Code: invocation.CodeQueueFull, RetryAfter: 5 * time.Second,
 			Message: "the queue of asynchronous calls is full; nothing was queued, retry later"}
 	case errors.Is(err, nats.ErrMaxPayload):
@@ -134,15 +135,15 @@ func (g *Gateway) submitError(name string, err error) *invocation.Error {
 		return invocation.Errorf(http.StatusRequestEntityTooLarge, invocation.CodePayloadTooLarge,
 			"the request is larger than the NATS server accepts (max_payload %d bytes, headers included)", g.nc.MaxPayload())
 	case errors.Is(err, calls.ErrNotSetUp):
-		g.log.Error("asynchronous call refused", "function", name, "error", err)
+		g.log.Error("asynchronous call refused", "function", name, "error", err, tr.LogAttr())
 		return invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable,
 			"asynchronous calls are not set up on this deployment (run shoal deploy), or JetStream does not answer; nothing was queued")
 	case errors.Is(err, context.DeadlineExceeded):
-		g.log.Warn("asynchronous call not confirmed in time", "function", name, "error", err)
+		g.log.Warn("asynchronous call not confirmed in time", "function", name, "error", err, tr.LogAttr())
 		return invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable,
 			"the call could not be stored in time; it may or may not be queued: resubmit with the same Idempotency-Key to be sure")
 	default:
-		g.log.Error("asynchronous call failed", "function", name, "error", err)
+		g.log.Error("asynchronous call failed", "function", name, "error", err, tr.LogAttr())
 		return invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable,
 			"the call could not be stored; retry shortly (with an Idempotency-Key, a retry cannot queue it twice)")
 	}
@@ -151,7 +152,7 @@ func (g *Gateway) submitError(name string, err error) *invocation.Error {
 // serveCall answers GET /calls/ID with the call's record. Reading it
 // takes what invoking the function takes: a token with its permissions,
 // or, for a function no longer deployed, the system permission.
-func (g *Gateway) serveCall(w http.ResponseWriter, r *http.Request) {
+func (g *Gateway) serveCall(w http.ResponseWriter, r *http.Request, tr *invocation.Trace) {
 	id := strings.TrimPrefix(r.URL.Path, callsPrefix)
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
@@ -175,7 +176,7 @@ func (g *Gateway) serveCall(w http.ResponseWriter, r *http.Request) {
 		notFound.WriteHTTP(w)
 		return
 	case err != nil:
-		g.log.Error("read a call's record", "call", id, "error", err)
+		g.log.Error("read a call's record", "call", id, "error", err, tr.LogAttr())
 		invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable, "cannot read the call's record right now; retry shortly").WriteHTTP(w)
 		return
 	}
@@ -185,7 +186,7 @@ func (g *Gateway) serveCall(w http.ResponseWriter, r *http.Request) {
 	}
 	body, err := json.Marshal(rec)
 	if err != nil {
-		g.log.Error("encode a call's record", "call", id, "error", err)
+		g.log.Error("encode a call's record", "call", id, "error", err, tr.LogAttr())
 		invocation.Errorf(http.StatusInternalServerError, invocation.CodeInternal, "cannot encode the call's record").WriteHTTP(w)
 		return
 	}

@@ -266,18 +266,30 @@ func (g *Gateway) readiness() error {
 	return nil
 }
 
-// ServeHTTP serves the gateway's routes. Invocations under /function/
-// and /async-function/, and calls under /calls/, are dispatched before
-// the router: a function takes any method, including ones chi's method
-// table does not know (it answers 405 to those).
+// ServeHTTP serves the gateway's routes. Every answer carries the
+// request's X-Request-Id and the gateway's traceresponse (see trace.go).
+// Invocations under /function/ and /async-function/, and calls under
+// /calls/, are dispatched before the router: a function takes any method,
+// including ones chi's method table does not know (it answers 405 to
+// those).
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	tr := startTrace(w, r)
+	if g.log.Enabled(r.Context(), slog.LevelDebug) {
+		g.serveLogged(w, r, &tr)
+		return
+	}
+	g.serve(w, r, &tr)
+}
+
+// serve dispatches a request whose trace has started.
+func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, tr *invocation.Trace) {
 	switch p := r.URL.Path; {
 	case strings.HasPrefix(p, functionPrefix):
-		g.invoke(w, r)
+		g.invoke(w, r, tr)
 	case strings.HasPrefix(p, asyncPrefix):
-		g.submit(w, r)
+		g.submit(w, r, tr)
 	case strings.HasPrefix(p, callsPrefix):
-		g.serveCall(w, r)
+		g.serveCall(w, r, tr)
 	default:
 		g.mux.ServeHTTP(w, r)
 	}

@@ -26,7 +26,7 @@ const preallocLimit = 256 << 10
 // invoke is the gateway side of the hot path: HTTP request in, one NATS
 // request to the function's subject, the runner's reply out as the HTTP
 // response.
-func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
+func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request, tr *invocation.Trace) {
 	rt, subpath, _, ok := g.route(w, r, functionPrefix)
 	if !ok {
 		return
@@ -38,19 +38,20 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request) {
 	defer g.release(buf)
 
 	msg := invocation.NewRequestMsg(rt.subject, r, subpath, buf.Bytes())
+	tr.Apply(msg.Header)
 	reply, err := g.request(r.Context(), msg, rt.wait)
 	if err != nil {
 		if r.Context().Err() != nil {
 			return // the client went away; nobody is left to answer
 		}
-		g.requestError(rt, err).WriteHTTP(w)
+		g.requestError(rt, err, tr).WriteHTTP(w)
 		return
 	}
 
 	h := w.Header()
-	status, err := invocation.ReadReply(h, reply.Header)
+	status, err := readReply(h, reply.Header, tr)
 	if err != nil {
-		g.log.Warn("malformed reply from a runner", "function", rt.fn.Name, "error", err)
+		g.log.Warn("malformed reply from a runner", "function", rt.fn.Name, "error", err, tr.LogAttr())
 		var ierr *invocation.Error
 		errors.As(err, &ierr)
 		ierr.WriteHTTP(w)
@@ -172,7 +173,7 @@ func (g *Gateway) request(ctx context.Context, msg *nats.Msg, wait time.Duration
 }
 
 // requestError maps a failed NATS request to the documented HTTP answer.
-func (g *Gateway) requestError(rt *route, err error) *invocation.Error {
+func (g *Gateway) requestError(rt *route, err error, tr *invocation.Trace) *invocation.Error {
 	name := rt.fn.Name
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
@@ -192,11 +193,11 @@ func (g *Gateway) requestError(rt *route, err error) *invocation.Error {
 			"the request is larger than the NATS server accepts (max_payload %d bytes, headers included)", g.nc.MaxPayload())
 	case errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionDraining),
 		errors.Is(err, nats.ErrReconnectBufExceeded), errors.Is(err, nats.ErrDisconnected):
-		g.log.Warn("invocation failed: NATS unavailable", "function", name, "error", err)
+		g.log.Warn("invocation failed: NATS unavailable", "function", name, "error", err, tr.LogAttr())
 		return invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable,
 			"the gateway cannot reach NATS right now; retry shortly")
 	default:
-		g.log.Error("invocation failed", "function", name, "error", err)
+		g.log.Error("invocation failed", "function", name, "error", err, tr.LogAttr())
 		return invocation.Errorf(http.StatusInternalServerError, invocation.CodeInternal,
 			"the gateway could not send the invocation of function %q", name)
 	}
@@ -215,7 +216,7 @@ func (g *Gateway) readBody(w http.ResponseWriter, r *http.Request) (*bytes.Buffe
 		// ReadFrom wants MinRead spare bytes to see the end.
 		buf.Grow(int(min(r.ContentLength, preallocLimit)) + bytes.MinRead)
 	}
-	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, g.maxBody))
+	_, err := buf.ReadFrom(http.MaxBytesReader(unwrapWriter(w), r.Body, g.maxBody))
 	if err == nil {
 		return buf, nil
 	}

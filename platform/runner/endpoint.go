@@ -80,8 +80,11 @@ func (e *endpoint) refuse(req micro.Request, ierr *invocation.Error) {
 	if req.Reply() == "" {
 		return
 	}
-	if err := req.Error(strconv.Itoa(ierr.Status), ierr.Message, ierr.Body(), micro.WithHeaders(micro.Headers(ierr.Header()))); err != nil {
-		e.r.log.Warn("cannot send refusal", "function", e.name, "error", err)
+	h := ierr.Header()
+	tr := invocation.StartTrace(req.Headers())
+	tr.SetResponse(h)
+	if err := req.Error(strconv.Itoa(ierr.Status), ierr.Message, ierr.Body(), micro.WithHeaders(micro.Headers(h))); err != nil {
+		e.r.log.Warn("cannot send refusal", "function", e.name, "error", err, tr.LogAttr())
 	}
 }
 
@@ -100,6 +103,7 @@ const AckDelay = 10 * time.Millisecond
 // invocation is still running after AckDelay.
 func (e *endpoint) invoke(d *definition, reply string, header nats.Header, data []byte, ack string) {
 	start := time.Now()
+	header, tr := invocation.ReceiveTrace(header)
 	var answered atomic.Bool
 	if ack != "" {
 		t := time.AfterFunc(AckDelay, func() {
@@ -107,7 +111,7 @@ func (e *endpoint) invoke(d *definition, reply string, header nats.Header, data 
 				return
 			}
 			if err := e.r.nc.PublishMsg(&nats.Msg{Subject: ack, Header: e.r.ackHeader}); err != nil {
-				e.r.log.Warn("cannot send ack", "function", e.name, "error", err)
+				e.r.log.Warn("cannot send ack", "function", e.name, "error", err, tr.LogAttr())
 			}
 		})
 		defer t.Stop()
@@ -118,11 +122,11 @@ func (e *endpoint) invoke(d *definition, reply string, header nats.Header, data 
 	stopTimer := context.AfterFunc(ctx, func() {
 		if answered.CompareAndSwap(false, true) {
 			ierr := e.expired(ctx, d)
-			e.finish(reply, ierr.Msg(reply), ierr, start)
+			e.finish(reply, ierr.Msg(reply), ierr, start, tr)
 		}
 	})
 
-	w, ierr := e.run(ctx, d, header, data)
+	w, ierr := e.run(ctx, d, header, data, tr)
 	// The function has returned: its concurrency slot is free before its
 	// caller hears back, so that a caller's next invocation never finds
 	// it taken (429) by the one just answered.
@@ -131,7 +135,7 @@ func (e *endpoint) invoke(d *definition, reply string, header nats.Header, data 
 	defer putWriter(w)
 	if !answered.CompareAndSwap(false, true) {
 		e.r.log.Warn("function answered after its timeout; the answer was dropped",
-			"function", e.name, "took", time.Since(start).Round(time.Millisecond), "timeout", d.fn.Timeout)
+			"function", e.name, "took", time.Since(start).Round(time.Millisecond), "timeout", d.fn.Timeout, tr.LogAttr())
 		return
 	}
 	if ierr == nil && ctx.Err() != nil {
@@ -141,10 +145,10 @@ func (e *endpoint) invoke(d *definition, reply string, header nats.Header, data 
 		ierr = e.expired(ctx, d)
 	}
 	if ierr != nil {
-		e.finish(reply, ierr.Msg(reply), ierr, start)
+		e.finish(reply, ierr.Msg(reply), ierr, start, tr)
 		return
 	}
-	e.finish(reply, invocation.NewResponseMsg(reply, w.statusCode(), w.header, w.body.Bytes()), nil, start)
+	e.finish(reply, invocation.NewResponseMsg(reply, w.statusCode(), w.header, w.body.Bytes()), nil, start, tr)
 }
 
 // expired is the answer to an invocation whose context ended: 504 when its
@@ -211,8 +215,9 @@ func (e *endpoint) execCall(d *definition, c *calls.Call) calls.Result {
 	}
 	done := make(chan outcome, 1)
 	header := nats.Header(http.Header(c.Header).Clone()) // the call's own headers stay whole, for a dead letter
+	header, tr := invocation.ReceiveTrace(header)
 	go func() {
-		w, ierr := e.run(token.AsOf(ctx, c.Submitted), d, header, c.Data)
+		w, ierr := e.run(token.AsOf(ctx, c.Submitted), d, header, c.Data, tr)
 		e.release()
 		done <- outcome{w, ierr}
 	}()
@@ -227,6 +232,7 @@ func (e *endpoint) execCall(d *definition, c *calls.Call) calls.Result {
 			res.Err = ierr
 		} else {
 			res.Status, res.Header, res.Body = o.w.statusCode(), o.w.header.Clone(), bytes.Clone(o.w.body.Bytes())
+			tr.SetResponse(res.Header)
 		}
 		putWriter(o.w)
 	case <-ctx.Done():
@@ -243,12 +249,13 @@ func (e *endpoint) execCall(d *definition, c *calls.Call) calls.Result {
 		e.errors.Add(1)
 		e.setLastError(res.Err)
 	}
+	e.logCall(c, res, start, tr)
 	return res
 }
 
 // run calls the function, turning a panic or a malformed invocation into
 // an error answer. It returns the writer the function wrote to.
-func (e *endpoint) run(ctx context.Context, d *definition, header nats.Header, data []byte) (w *responseWriter, ierr *invocation.Error) {
+func (e *endpoint) run(ctx context.Context, d *definition, header nats.Header, data []byte, tr invocation.Trace) (w *responseWriter, ierr *invocation.Error) {
 	w = getWriter(e.r.maxBody)
 	req, err := invocation.NewHTTPRequest(ctx, header, data)
 	if err != nil {
@@ -265,7 +272,7 @@ func (e *endpoint) run(ctx context.Context, d *definition, header nats.Header, d
 	defer func() {
 		if p := recover(); p != nil {
 			e.panics.Add(1)
-			e.r.log.Error("function panicked", "function", e.name, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			e.r.log.Error("function panicked", "function", e.name, "panic", fmt.Sprint(p), tr.LogAttr(), "stack", string(debug.Stack()))
 			ierr = invocation.Errorf(http.StatusInternalServerError, invocation.CodeFunctionPanic, "function %q panicked", e.name)
 		}
 	}()
@@ -281,18 +288,22 @@ func (e *endpoint) tooLarge() *invocation.Error {
 		"function %q answered more than %d bytes, more than a NATS message here can carry", e.name, e.r.maxBody)
 }
 
-// finish sends an answer and records it. ierr is the error the answer
+// finish sends an answer, with the invocation's request id and this
+// runner's span (tr), and records it. ierr is the error the answer
 // carries, if any.
-func (e *endpoint) finish(reply string, msg *nats.Msg, ierr *invocation.Error, start time.Time) {
+func (e *endpoint) finish(reply string, msg *nats.Msg, ierr *invocation.Error, start time.Time, tr invocation.Trace) {
 	defer e.r.unanswered.Add(-1)
 	if reply != "" {
+		tr.SetResponse(msg.Header)
 		err := e.r.nc.PublishMsg(msg)
 		if errors.Is(err, nats.ErrMaxPayload) {
 			ierr = e.tooLarge()
-			err = e.r.nc.PublishMsg(ierr.Msg(reply))
+			msg = ierr.Msg(reply)
+			tr.SetResponse(msg.Header)
+			err = e.r.nc.PublishMsg(msg)
 		}
 		if err != nil {
-			e.r.log.Warn("cannot send answer", "function", e.name, "error", err)
+			e.r.log.Warn("cannot send answer", "function", e.name, "error", err, tr.LogAttr())
 		}
 	}
 	e.completed.Add(1)
@@ -301,6 +312,7 @@ func (e *endpoint) finish(reply string, msg *nats.Msg, ierr *invocation.Error, s
 		e.errors.Add(1)
 		e.setLastError(ierr)
 	}
+	e.logAnswer(msg, ierr, start, tr)
 }
 
 func (e *endpoint) setLastError(ierr *invocation.Error) {
