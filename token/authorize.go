@@ -17,6 +17,27 @@ const (
 	CodeInsufficientScope = "insufficient_scope"
 )
 
+// Why a token is refused, as AuthError.Reason: a small fixed set, fit
+// for a metric label (the gateway's shoal_gateway_auth_failures_total).
+const (
+	// ReasonMissing: the request has no bearer token.
+	ReasonMissing = "missing"
+	// ReasonMalformed: the Authorization header or the token cannot be
+	// read (not Bearer, several headers, not a JWT, too large).
+	ReasonMalformed = "malformed"
+	// ReasonExpired: the token's exp has passed.
+	ReasonExpired = "expired"
+	// ReasonInvalid: the token does not verify (signature, key id,
+	// issuer, audience, algorithm, other time claims).
+	ReasonInvalid = "invalid"
+	// ReasonKeyUnavailable: the token's key could not be looked up (a
+	// fault of the key source, not of the token).
+	ReasonKeyUnavailable = "key_unavailable"
+	// ReasonInsufficientScope: the token verifies but lacks a
+	// permission the function requires (403).
+	ReasonInsufficientScope = "insufficient_scope"
+)
+
 // Realm is the realm of Shoal's WWW-Authenticate challenges.
 const Realm = "shoal"
 
@@ -30,6 +51,8 @@ type AuthError struct {
 	Description string
 	// Scope, for CodeInsufficientScope, are the permissions required.
 	Scope []string
+	// Reason classifies the refusal: one of the Reason constants.
+	Reason string
 }
 
 // Error formats the error as "code: description".
@@ -97,6 +120,7 @@ func (v *Verifier) Authorize(ctx context.Context, authorization string, required
 			Code:        CodeInsufficientScope,
 			Description: "the token lacks a permission the function requires: " + strings.Join(c.missing(required), ", "),
 			Scope:       slices.Clone(required),
+			Reason:      ReasonInsufficientScope,
 		}
 	}
 	return c, nil
@@ -112,34 +136,35 @@ func (v *Verifier) AuthorizeHeader(ctx context.Context, values []string, require
 	case 1:
 		return v.Authorize(ctx, values[0], required)
 	}
-	return nil, unauthorized("the request has more than one Authorization header")
+	return nil, unauthorized(ReasonMalformed, "the request has more than one Authorization header")
 }
 
-func unauthorized(description string) *AuthError {
-	return &AuthError{Status: http.StatusUnauthorized, Code: CodeInvalidToken, Description: description}
+func unauthorized(reason, description string) *AuthError {
+	return &AuthError{Status: http.StatusUnauthorized, Code: CodeInvalidToken, Description: description, Reason: reason}
 }
 
 // bearer returns the token of a Bearer Authorization header value.
 func bearer(authorization string) (string, *AuthError) {
 	if strings.TrimSpace(authorization) == "" {
-		return "", unauthorized("no bearer token")
+		return "", unauthorized(ReasonMissing, "no bearer token")
 	}
 	scheme, rest, _ := strings.Cut(authorization, " ")
 	if !strings.EqualFold(scheme, "Bearer") {
-		return "", unauthorized("the Authorization header is not a Bearer token")
+		return "", unauthorized(ReasonMalformed, "the Authorization header is not a Bearer token")
 	}
 	raw := strings.Trim(rest, " ")
 	if raw == "" {
-		return "", unauthorized("the Bearer token is empty")
+		return "", unauthorized(ReasonMissing, "the Bearer token is empty")
 	}
 	return raw, nil
 }
 
-// describe returns the reason in a Verify error, fit for the client.
-func describe(err error) string {
+// describe returns the class of a Verify error and its reason, fit for
+// the client.
+func describe(err error) (kind, reason string) {
 	var ie *invalidError
 	if errors.As(err, &ie) {
-		return ie.reason
+		return ie.kind, ie.reason
 	}
-	return errDoesNotVerify.reason
+	return errDoesNotVerify.kind, errDoesNotVerify.reason
 }

@@ -15,6 +15,13 @@ func TestAuthorize(t *testing.T) {
 	v := mustVerifier(t, mustStatic(t, testKey(EdDSA)), VerifierConfig{Now: newClock(t0).now})
 	tok := signWith(t, testKey(EdDSA), claimsAt(t0)) // permissions: echo
 	expired := signWith(t, testKey(EdDSA), with(func(c *Claims) { c.ExpiresAt = jwt.NewNumericDate(t0.Add(-time.Hour)) }))
+	// One character of the signature changed.
+	forged := []byte(tok)
+	if forged[len(forged)-10] != 'A' {
+		forged[len(forged)-10] = 'A'
+	} else {
+		forged[len(forged)-10] = 'B'
+	}
 	tests := []struct {
 		name          string
 		authorization string
@@ -22,21 +29,23 @@ func TestAuthorize(t *testing.T) {
 		status        int // 0: authorized
 		code          string
 		description   string // in the description, when set
+		reason        string // AuthError.Reason
 	}{
-		{"permission held", "Bearer " + tok, []string{"echo"}, 0, "", ""},
-		{"nothing required", "Bearer " + tok, nil, 0, "", ""},
-		{"scheme in lower case", "bearer " + tok, []string{"echo"}, 0, "", ""},
-		{"scheme in upper case, extra spaces", "BEARER   " + tok + " ", []string{"echo"}, 0, "", ""},
-		{"missing header", "", []string{"echo"}, 401, CodeInvalidToken, "no bearer token"},
-		{"blank header", "   ", nil, 401, CodeInvalidToken, "no bearer token"},
-		{"Basic", "Basic x", nil, 401, CodeInvalidToken, "not a Bearer token"},
-		{"token without scheme", tok, nil, 401, CodeInvalidToken, "not a Bearer token"},
-		{"Bearer alone", "Bearer", nil, 401, CodeInvalidToken, "empty"},
-		{"Bearer with an empty token", "Bearer ", nil, 401, CodeInvalidToken, "empty"},
-		{"Bearer with spaces only", "Bearer    ", nil, 401, CodeInvalidToken, "empty"},
-		{"garbage token", "Bearer garbage", nil, 401, CodeInvalidToken, "malformed"},
-		{"expired token", "Bearer " + expired, []string{"echo"}, 401, CodeInvalidToken, "expired"},
-		{"insufficient scope", "Bearer " + tok, []string{"echo", "admin"}, 403, CodeInsufficientScope, "lacks a permission the function requires: admin"},
+		{"permission held", "Bearer " + tok, []string{"echo"}, 0, "", "", ""},
+		{"nothing required", "Bearer " + tok, nil, 0, "", "", ""},
+		{"scheme in lower case", "bearer " + tok, []string{"echo"}, 0, "", "", ""},
+		{"scheme in upper case, extra spaces", "BEARER   " + tok + " ", []string{"echo"}, 0, "", "", ""},
+		{"missing header", "", []string{"echo"}, 401, CodeInvalidToken, "no bearer token", ReasonMissing},
+		{"blank header", "   ", nil, 401, CodeInvalidToken, "no bearer token", ReasonMissing},
+		{"Basic", "Basic x", nil, 401, CodeInvalidToken, "not a Bearer token", ReasonMalformed},
+		{"token without scheme", tok, nil, 401, CodeInvalidToken, "not a Bearer token", ReasonMalformed},
+		{"Bearer alone", "Bearer", nil, 401, CodeInvalidToken, "empty", ReasonMissing},
+		{"Bearer with an empty token", "Bearer ", nil, 401, CodeInvalidToken, "empty", ReasonMissing},
+		{"Bearer with spaces only", "Bearer    ", nil, 401, CodeInvalidToken, "empty", ReasonMissing},
+		{"garbage token", "Bearer garbage", nil, 401, CodeInvalidToken, "malformed", ReasonMalformed},
+		{"forged signature", "Bearer " + string(forged), nil, 401, CodeInvalidToken, "signature", ReasonInvalid},
+		{"expired token", "Bearer " + expired, []string{"echo"}, 401, CodeInvalidToken, "expired", ReasonExpired},
+		{"insufficient scope", "Bearer " + tok, []string{"echo", "admin"}, 403, CodeInsufficientScope, "lacks a permission the function requires: admin", ReasonInsufficientScope},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -55,6 +64,9 @@ func TestAuthorize(t *testing.T) {
 			}
 			if c != nil {
 				t.Error("Authorize returned claims with its error")
+			}
+			if aerr.Reason != tt.reason {
+				t.Errorf("reason %q, want %q", aerr.Reason, tt.reason)
 			}
 			if aerr.Status != tt.status || aerr.Code != tt.code || !strings.Contains(aerr.Description, tt.description) {
 				t.Errorf("got %d %s %q, want %d %s and a description saying %q", aerr.Status, aerr.Code, aerr.Description, tt.status, tt.code, tt.description)

@@ -21,7 +21,9 @@ var ErrInvalidToken = errors.New("invalid token")
 // fault of the key source, for logs.
 type invalidError struct {
 	reason string
-	cause  error
+	// kind is the refusal's class, as AuthError.Reason.
+	kind  string
+	cause error
 }
 
 func (e *invalidError) Error() string {
@@ -34,13 +36,16 @@ func (e *invalidError) Error() string {
 func (e *invalidError) Is(target error) bool { return target == ErrInvalidToken }
 func (e *invalidError) Unwrap() error        { return e.cause }
 
-func invalid(reason string) *invalidError { return &invalidError{reason: reason} }
+func invalid(reason string) *invalidError { return &invalidError{reason: reason, kind: ReasonInvalid} }
+
+// invalidAs is invalid with a class other than ReasonInvalid.
+func invalidAs(kind, reason string) *invalidError { return &invalidError{reason: reason, kind: kind} }
 
 // The reasons a token is refused. They are values, so that refusing costs
 // no allocation.
 var (
-	errNoToken         = invalid("no token")
-	errMalformed       = invalid("the token is malformed: it is not three base64url segments of JSON")
+	errNoToken         = invalidAs(ReasonMissing, "no token")
+	errMalformed       = invalidAs(ReasonMalformed, "the token is malformed: it is not three base64url segments of JSON")
 	errAlgUnknown      = invalid("the token's algorithm (alg) is missing or unknown")
 	errAlgRefused      = invalid("the token's algorithm (alg) is not accepted")
 	errCrit            = invalid("the token has a crit header, and no extension is supported")
@@ -49,7 +54,7 @@ var (
 	errUntrustedIssuer = invalid("the token's issuer (iss) is not trusted")
 	errUnknownKID      = invalid("no key of the token's issuer has the token's key id (kid)")
 	errBadSignature    = invalid("the token's signature does not verify")
-	errExpired         = invalid("the token has expired")
+	errExpired         = invalidAs(ReasonExpired, "the token has expired")
 	errNotYetValid     = invalid("the token is not valid yet (nbf)")
 	errIssuedInFuture  = invalid("the token was issued in the future (iat)")
 	errNoExpiry        = invalid("the token has no expiry (exp)")
@@ -178,7 +183,7 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 	case v.maxSize < 0:
 		return nil, fmt.Errorf("token: MaxTokenSize %d is negative", v.maxSize)
 	}
-	v.tooLarge = invalid(fmt.Sprintf("the token is longer than %d bytes", v.maxSize))
+	v.tooLarge = invalidAs(ReasonMalformed, fmt.Sprintf("the token is longer than %d bytes", v.maxSize))
 
 	v.cacheTTL = cfg.CacheTTL
 	switch {
@@ -308,7 +313,7 @@ func (v *Verifier) key(ctx context.Context, t *jwt.Token, c *Claims, iss **Issue
 	case errors.Is(err, jwkset.ErrKeyNotFound):
 		return nil, errUnknownKID
 	case err != nil:
-		return nil, &invalidError{reason: "the token's key could not be looked up", cause: err}
+		return nil, &invalidError{reason: "the token's key could not be looked up", kind: ReasonKeyUnavailable, cause: err}
 	case jwk.Marshal().KID != kid: // a KeySource that answers with another key
 		return nil, errUnknownKID
 	}

@@ -291,8 +291,12 @@ func TestKeySourceFailure(t *testing.T) {
 	if !errors.Is(err, ErrInvalidToken) || !errors.Is(err, cause) {
 		t.Fatalf("error %v, want one wrapping ErrInvalidToken and the cause", err)
 	}
-	if got := describe(err); strings.Contains(got, cause.Error()) {
+	kind, got := describe(err)
+	if strings.Contains(got, cause.Error()) {
 		t.Errorf("description %q tells the client about the key source", got)
+	}
+	if kind != ReasonKeyUnavailable {
+		t.Errorf("reason %q, want %q", kind, ReasonKeyUnavailable)
 	}
 }
 
