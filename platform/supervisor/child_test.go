@@ -119,6 +119,16 @@ func child(mode string) int {
 		}
 		time.Sleep(time.Hour)
 		return 0
+	case "extra-file": // prints the line its fd 4 holds, then serves
+		line, err := bufio.NewReader(os.NewFile(4, "extra")).ReadString('\n')
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fd 4:", err)
+			return 1
+		}
+		fmt.Printf("fd 4: %s", line)
+		ready(id)
+		<-term
+		return 0
 	case "chatty": // output in awkward shapes, before ready
 		fmt.Print("a\n\nb\r\n" + strings.Repeat("x", 100<<10) + "\n")
 		if err := supervisor.NotifyReady(id); err != nil {

@@ -64,10 +64,12 @@ type Config struct {
 	Workers int
 	// Command builds a fresh command for a worker slot (1-based), with
 	// exec.Command (not CommandContext: the supervisor decides when a
-	// worker ends). The supervisor sets Stdout, Stderr and ExtraFiles,
-	// adds SHOAL_READY_FD to Env (os.Environ() if Env is nil) and sets
-	// SysProcAttr's process group and parent-death signal; Path, Args,
-	// Env, Dir and the rest come from Command.
+	// worker ends). The supervisor sets Stdout and Stderr, puts the
+	// readiness pipe first in ExtraFiles (fd 3), so that the files
+	// Command put there follow it (fd 4, 5, ...; the supervisor does not
+	// close them), adds SHOAL_READY_FD to Env (os.Environ() if Env is
+	// nil) and sets SysProcAttr's process group and parent-death signal;
+	// Path, Args, Env, Dir and the rest come from Command.
 	Command func(slot int) *exec.Cmd
 	// Ready is how long a new worker may take to report ready; 0 means
 	// 30s.

@@ -657,6 +657,36 @@ func TestWorkersDieWithTheSupervisor(t *testing.T) {
 	}
 }
 
+// TestCommandExtraFiles: the files Command puts in ExtraFiles reach the
+// worker after the readiness pipe, from fd 4, on every fork.
+func TestCommandExtraFiles(t *testing.T) {
+	rec := newRecorder(t)
+	cfg := config(rec, 2, modes("extra-file"))
+	command := cfg.Command
+	cfg.Command = func(slot int) *exec.Cmd {
+		cmd := command(slot)
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Error(err)
+			return cmd
+		}
+		fmt.Fprintf(w, "slot %d\n", slot)
+		w.Close()
+		t.Cleanup(func() { r.Close() })
+		cmd.ExtraFiles = []*os.File{r}
+		return cmd
+	}
+	sup := start(t, cfg)
+	for slot := 1; slot <= 2; slot++ {
+		pid := only(t, sup, slot).PID
+		want := fmt.Sprintf("fd 4: slot %d", slot)
+		waitFor(t, 2*time.Second, fmt.Sprintf("worker %d prints %q", slot, want), func() bool {
+			_, _, ok := rec.find(0, func(e entry) bool { return !e.log && e.pid == pid && e.msg == want })
+			return ok
+		})
+	}
+}
+
 func TestOutputIsPassedLineByLine(t *testing.T) {
 	rec := newRecorder(t)
 	sup := start(t, config(rec, 1, modes("chatty")))

@@ -101,8 +101,8 @@ func (s *Supervisor) fork(slot int) (*exec.Cmd, []*os.File, error) {
 	if env == nil {
 		env = os.Environ()
 	}
-	cmd.Env = append(slices.Clip(env), EnvReadyFD+"=3") // the last value wins
-	cmd.ExtraFiles = []*os.File{childEnds[0]}           // fd 3
+	cmd.Env = append(slices.Clip(env), EnvReadyFD+"=3")                  // the last value wins
+	cmd.ExtraFiles = append([]*os.File{childEnds[0]}, cmd.ExtraFiles...) // fd 3, then Command's
 	cmd.Stdout, cmd.Stderr = childEnds[1], childEnds[2]
 	setProcAttr(cmd)
 	err := cmd.Start()
