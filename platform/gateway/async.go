@@ -210,6 +210,7 @@ func (g *Gateway) authorizeCall(r *http.Request, rec *calls.Record) *invocation.
 		perms = rt.fn.Permissions
 	}
 	if _, aerr := g.verifier.AuthorizeHeader(r.Context(), r.Header["Authorization"], perms); aerr != nil {
+		g.metrics.authFailure(aerr)
 		return authError(aerr)
 	}
 	return nil

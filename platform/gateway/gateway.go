@@ -34,6 +34,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/manifest"
@@ -112,6 +113,9 @@ type Config struct {
 	// Callbacks decides which X-Callback-Url a submission may give; nil
 	// allows public addresses only (callback.ParsePolicy).
 	Callbacks *callback.Policy
+	// Metrics, when set, is gathered with the gateway's own metrics at
+	// GET /metrics (shoal up adds its workers' metrics this way).
+	Metrics prometheus.Gatherer
 	// Logger receives the gateway's log; nil discards it.
 	Logger *slog.Logger
 }
@@ -140,6 +144,7 @@ type Gateway struct {
 	systemPerms []string
 	mux         http.Handler
 	srv         *http.Server
+	metrics     *metrics
 
 	// replies receives the replies of invocations, and their acks when
 	// acks are on.
@@ -154,6 +159,8 @@ type route struct {
 	// unusable, when set, answers every invocation: the function needs
 	// a token and this gateway verifies none.
 	unusable *invocation.Error
+	// metrics are the function's metric children.
+	metrics *fnMetrics
 }
 
 // New returns a gateway for the functions of cfg.Manifest.
@@ -184,6 +191,7 @@ func New(cfg Config) (*Gateway, error) {
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
+	g.metrics = newMetrics(func() float64 { return float64(g.inFlight.Load()) }, g.maxInFlight)
 	if cfg.Manifest != nil {
 		for _, fn := range cfg.Manifest.Functions {
 			if !fn.Public && g.verifier == nil {
@@ -209,6 +217,7 @@ func New(cfg Config) (*Gateway, error) {
 	probes := health.Handler(g.readiness)
 	r.Get("/healthz", probes.ServeHTTP)
 	r.Get("/readyz", probes.ServeHTTP)
+	r.Get("/metrics", g.metrics.handler(cfg.Metrics, g.log).ServeHTTP)
 	perm := cfg.SystemPermission
 	if perm == "" {
 		perm = "system:read"
@@ -241,9 +250,18 @@ func New(cfg Config) (*Gateway, error) {
 // the definition they started with. A function that needs a token when
 // this gateway verifies none answers 503 (and is logged).
 func (g *Gateway) SetFunctions(fns []manifest.Function) {
+	var old map[string]*route
+	if p := g.routes.Load(); p != nil {
+		old = *p
+	}
+	names := make([]string, len(fns))
+	for i, fn := range fns {
+		names[i] = fn.Name
+	}
+	fms := g.metrics.functions(names, old)
 	routes := make(map[string]*route, len(fns))
 	for _, fn := range fns {
-		rt := &route{fn: fn, subject: invocation.Subject(fn.Name), wait: fn.Timeout + timeoutGrace}
+		rt := &route{fn: fn, subject: invocation.Subject(fn.Name), wait: fn.Timeout + timeoutGrace, metrics: fms[fn.Name]}
 		if !fn.Public && g.verifier == nil {
 			g.log.Error("function needs a token and this gateway verifies none; it answers 503", "function", fn.Name)
 			rt.unusable = invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable,
@@ -285,9 +303,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (g *Gateway) serve(w http.ResponseWriter, r *http.Request, tr *invocation.Trace) {
 	switch p := r.URL.Path; {
 	case strings.HasPrefix(p, functionPrefix):
-		g.invoke(w, r, tr)
+		g.serveObserved(w, r, tr, kindSync)
 	case strings.HasPrefix(p, asyncPrefix):
-		g.submit(w, r, tr)
+		g.serveObserved(w, r, tr, kindAsync)
 	case strings.HasPrefix(p, callsPrefix):
 		g.serveCall(w, r, tr)
 	default:
@@ -369,6 +387,7 @@ func (g *Gateway) serveSystem(perms []string, status func(context.Context) (any,
 			return
 		}
 		if _, aerr := g.verifier.AuthorizeHeader(r.Context(), r.Header["Authorization"], perms); aerr != nil {
+			g.metrics.authFailure(aerr)
 			authError(aerr).WriteHTTP(w)
 			return
 		}

@@ -44,6 +44,7 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request, tr *invocation.
 		if r.Context().Err() != nil {
 			return // the client went away; nobody is left to answer
 		}
+		rt.metrics.natsError(err)
 		g.requestError(rt, err, tr).WriteHTTP(w)
 		return
 	}
@@ -82,6 +83,7 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request, prefix string) (
 		invocation.Errorf(http.StatusNotFound, invocation.CodeFunctionNotFound, "function %q is not deployed", name).WriteHTTP(w)
 		return nil, "", nil, false
 	}
+	observedRoute(w, rt)
 	if rt.unusable != nil {
 		rt.unusable.WriteHTTP(w)
 		return nil, "", nil, false
@@ -89,6 +91,7 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request, prefix string) (
 	if !rt.fn.Public {
 		c, aerr := g.verifier.AuthorizeHeader(r.Context(), r.Header["Authorization"], rt.fn.Permissions)
 		if aerr != nil {
+			g.metrics.authFailure(aerr)
 			authError(aerr).WriteHTTP(w)
 			return nil, "", nil, false
 		}
@@ -111,6 +114,7 @@ func (g *Gateway) admit(w http.ResponseWriter, r *http.Request) (buf *bytes.Buff
 		return nil, false
 	}
 	if !g.nc.IsConnected() {
+		observedNATSUnavailable(w)
 		invocation.Errorf(http.StatusServiceUnavailable, invocation.CodeUnavailable,
 			"the gateway cannot reach NATS right now; retry shortly").WriteHTTP(w)
 		return nil, false
