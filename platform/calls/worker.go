@@ -52,22 +52,47 @@ type WorkerConfig struct {
 	AckWait time.Duration
 	// Logger receives the worker's log; nil discards it.
 	Logger *slog.Logger
+	// Settled, when set, is told how each attempt the worker settles
+	// ended: function and one of the Settled* results. It must return
+	// promptly.
+	Settled func(function, result string)
 }
+
+// Results of an attempt, as WorkerConfig.Settled is told them.
+const (
+	// SettledSucceeded: the call succeeded; acknowledged.
+	SettledSucceeded = "succeeded"
+	// SettledRetried: the attempt failed with attempts left; handed
+	// back with the function's back-off.
+	SettledRetried = "retried"
+	// SettledFailed: the call failed for good; dead-lettered.
+	SettledFailed = "failed"
+	// SettledInterrupted: the runner's shutdown cut the attempt short;
+	// handed back at once, not counted as an attempt.
+	SettledInterrupted = "interrupted"
+	// SettledHandedBack: the outcome could not be recorded; the call is
+	// handed back and delivered again.
+	SettledHandedBack = "handed_back"
+)
 
 // Worker is a runner's side of asynchronous calls: it pulls calls from
 // the functions' consumers and settles each attempt. It is safe for
 // concurrent use.
 type Worker struct {
-	js      jetstream.JetStream
-	q       *Queue
-	runner  string
-	ackWait time.Duration
-	log     *slog.Logger
+	js        jetstream.JetStream
+	q         *Queue
+	runner    string
+	ackWait   time.Duration
+	log       *slog.Logger
+	onSettled func(function, result string)
 }
 
 // NewWorker returns a Worker on js.
 func NewWorker(js jetstream.JetStream, cfg WorkerConfig) *Worker {
-	w := &Worker{js: js, q: NewQueue(js), runner: cfg.Runner, ackWait: cfg.AckWait, log: cfg.Logger}
+	w := &Worker{js: js, q: NewQueue(js), runner: cfg.Runner, ackWait: cfg.AckWait, log: cfg.Logger, onSettled: cfg.Settled}
+	if w.onSettled == nil {
+		w.onSettled = func(string, string) {}
+	}
 	if w.ackWait <= 0 {
 		w.ackWait = DefaultAckWait
 	}
@@ -466,6 +491,7 @@ func (w *Worker) settle(c *Call, async manifest.Async, res Result, ran bool) {
 			w.log.Warn("cannot hand an interrupted asynchronous call back; the ack wait will", "function", c.Function, "call", c.ID, "error", err)
 		}
 		w.log.Info("asynchronous call cut short by the runner's shutdown; handed back", "function", c.Function, "call", c.ID)
+		w.onSettled(c.Function, SettledInterrupted)
 		return
 	}
 	if !ok && res.retryable() && ran && c.Attempt < async.Attempts() {
@@ -482,6 +508,7 @@ func (w *Worker) settle(c *Call, async manifest.Async, res Result, ran bool) {
 			w.log.Warn("cannot schedule the retry of an asynchronous call", "function", c.Function, "call", c.ID, "error", err)
 		}
 		w.log.Info("asynchronous call failed; retrying", "function", c.Function, "call", c.ID, "attempt", c.Attempt, "of", async.Attempts(), "in", delay, "error", res.error().Error())
+		w.onSettled(c.Function, SettledRetried)
 		return
 	}
 	rec := w.record(c, async, Succeeded)
@@ -517,12 +544,18 @@ func (w *Worker) settle(c *Call, async manifest.Async, res Result, ran bool) {
 		// runs again: at least once.
 		w.log.Warn("cannot acknowledge a finished asynchronous call; it will run again", "function", c.Function, "call", c.ID, "error", err)
 	}
+	if ok {
+		w.onSettled(c.Function, SettledSucceeded)
+	} else {
+		w.onSettled(c.Function, SettledFailed)
+	}
 }
 
 // nak hands a call back when its attempt could not be settled; it runs
 // again (or, if that was its last attempt, is dead-lettered) later.
 func (w *Worker) nak(c *Call, err error) {
 	w.log.Error("cannot settle an asynchronous call; it will be delivered again", "function", c.Function, "call", c.ID, "error", err)
+	w.onSettled(c.Function, SettledHandedBack)
 	c.endHeartbeat()
 	if err := c.msg.NakWithDelay(time.Second); err != nil {
 		w.log.Warn("cannot hand an asynchronous call back; the ack wait will", "function", c.Function, "call", c.ID, "error", err)

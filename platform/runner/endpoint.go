@@ -41,6 +41,7 @@ type endpoint struct {
 	// busy is the summed processing time of completed invocations.
 	busy      atomic.Int64
 	lastError atomic.Pointer[string]
+	metrics   endpointMetrics
 }
 
 // definition is what an endpoint runs: the function's settings and its
@@ -243,8 +244,10 @@ func (e *endpoint) execCall(d *definition, c *calls.Call) calls.Result {
 	// Cut short by the runner's stop (not by the function's timeout):
 	// handed back at once, and not counted as an attempt.
 	res.Interrupted = res.Err != nil && errors.Is(ctx.Err(), context.Canceled)
+	took := time.Since(start)
 	e.completed.Add(1)
-	e.busy.Add(int64(time.Since(start)))
+	e.busy.Add(int64(took))
+	e.metrics.done(res.Err, took)
 	if res.Err != nil {
 		e.errors.Add(1)
 		e.setLastError(res.Err)
@@ -306,8 +309,10 @@ func (e *endpoint) finish(reply string, msg *nats.Msg, ierr *invocation.Error, s
 			e.r.log.Warn("cannot send answer", "function", e.name, "error", err, tr.LogAttr())
 		}
 	}
+	took := time.Since(start)
 	e.completed.Add(1)
-	e.busy.Add(int64(time.Since(start)))
+	e.busy.Add(int64(took))
+	e.metrics.done(ierr, took)
 	if ierr != nil {
 		e.errors.Add(1)
 		e.setLastError(ierr)

@@ -209,7 +209,7 @@ func (r *Runner) startAsync(cfg *AsyncConfig) error {
 	if err != nil {
 		return fmt.Errorf("runner: jetstream: %w", err)
 	}
-	r.worker = calls.NewWorker(js, calls.WorkerConfig{Runner: r.id, AckWait: cfg.AckWait, Logger: r.log})
+	r.worker = calls.NewWorker(js, calls.WorkerConfig{Runner: r.id, AckWait: cfg.AckWait, Logger: r.log, Settled: r.asyncSettled})
 	r.pulls = map[string]context.CancelFunc{}
 	r.asyncCtx, r.asyncCancel = context.WithCancel(context.Background())
 	cb := cfg.Callbacks
@@ -242,7 +242,11 @@ func (r *Runner) pullFunctions(eps map[string]*endpoint) {
 		}
 		ctx, cancel := context.WithCancel(r.asyncCtx)
 		r.pulls[name] = cancel
-		r.pulling.Go(func() { r.worker.Pull(ctx, name, ep.free, ep.wake, ep.takeCall) })
+		take := func(c *calls.Call) {
+			ep.metrics.taken.Add(1)
+			ep.takeCall(c)
+		}
+		r.pulling.Go(func() { r.worker.Pull(ctx, name, ep.free, ep.wake, take) })
 	}
 }
 
@@ -266,6 +270,7 @@ func (r *Runner) endpoints(fns []manifest.Function, old map[string]*endpoint) (m
 		if ep == nil {
 			ep = &endpoint{r: r, name: fn.Name, wake: make(chan struct{}, 1)}
 			ep.def.Store(d)
+			ep.metrics.init(fn.Name)
 		}
 		eps[fn.Name] = ep
 		defs[fn.Name] = d
