@@ -13,6 +13,7 @@ import (
 	"github.com/MicahParks/jwkset"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -77,6 +78,8 @@ type gatewayExtras struct {
 	workers    func(context.Context) (any, error)
 	// callbacks decides which callback URLs submissions may give.
 	callbacks *callback.Policy
+	// metrics are gathered with the gateway's at GET /metrics.
+	metrics prometheus.Gatherer
 }
 
 // startGateway starts a gateway that owns nc and serves HTTP on addr: the
@@ -105,6 +108,7 @@ func startGateway(ctx context.Context, nc *nats.Conn, m *manifest.Manifest, addr
 			return nil
 		},
 		SystemPermission: systemPermission,
+		Metrics:          x.metrics,
 		Logger:           logger.With("component", "gateway"),
 	})
 	if err != nil {
@@ -368,6 +372,7 @@ func newRunnerCmd() *cobra.Command {
 		af         authFlags
 		file       string
 		healthAddr string
+		healthFD   int
 		drain      time.Duration
 		worker     int
 		ra         runnerAsyncFlags
@@ -386,8 +391,9 @@ it has a handler for, and follows the catalog live; until something is
 deployed it waits. With -f it serves the manifest's functions instead,
 fixed for its life.
 
-With --health, GET /healthz answers 200 while the process runs and GET
-/readyz 200 while it serves (connected to NATS, functions loaded).`,
+With --health, GET /healthz answers 200 while the process runs, GET
+/readyz 200 while it serves (connected to NATS, functions loaded), and
+GET /metrics gives the runner's Prometheus metrics (docs/metrics.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := errors.Join(tf.check(), af.check(), ra.check()); err != nil {
@@ -398,12 +404,18 @@ With --health, GET /healthz answers 200 while the process runs and GET
 				return err
 			}
 			var health *healthServer
-			if healthAddr != "" {
-				if health, err = startHealth(healthAddr); err != nil {
-					return err
-				}
-				defer health.stop()
+			switch {
+			case healthAddr != "" && healthFD != 0:
+				return errors.New("--health and --health-fd: give one")
+			case healthAddr != "":
+				health, err = startHealth(healthAddr)
+			case healthFD != 0:
+				health, err = startHealthFD(healthFD)
 			}
+			if err != nil {
+				return err
+			}
+			defer health.stop()
 			// A runner that serves auth connects as the auth role, which
 			// may read users; others as the runner role.
 			if af.keyFile != "" {
@@ -468,6 +480,10 @@ With --health, GET /healthz answers 200 while the process runs and GET
 			if err != nil {
 				return err
 			}
+			if err := health.register(r.Collector()); err != nil {
+				stopErr := r.Stop(context.Background())
+				return errors.Join(err, stopErr)
+			}
 			var watcher *catalog.Watcher
 			if m == nil {
 				w, err := followCatalog(cmd.Context(), snc, "runner", func(entries []catalog.Entry) error {
@@ -501,6 +517,13 @@ With --health, GET /healthz answers 200 while the process runs and GET
 			}
 			<-cmd.Context().Done()
 			stopping.Store(true)
+			if healthFD != 0 {
+				// shoal up's worker: the listener is its slot's, which
+				// the worker replacing this one shares; leave it to that
+				// one, so that up's scrapes do not alternate between the
+				// two workers' counts.
+				health.stop()
+			}
 			if watcher != nil {
 				if err := watcher.Stop(); err != nil {
 					logger.Warn("stop following the catalog", "error", err)
@@ -517,7 +540,9 @@ With --health, GET /healthz answers 200 while the process runs and GET
 	af.register(cmd.Flags(), true)
 	cmd.Flags().StringVarP(&file, "file", "f", "", "serve this manifest's functions instead of following the catalog")
 	noEnv(cmd.Flags(), "file", "key")
-	cmd.Flags().StringVar(&healthAddr, "health", "", "serve GET /healthz and /readyz on this address (e.g. 0.0.0.0:8081); off by default")
+	cmd.Flags().StringVar(&healthAddr, "health", "", "serve GET /healthz, /readyz and /metrics (Prometheus) on this address (e.g. 0.0.0.0:8081); off by default")
+	cmd.Flags().IntVar(&healthFD, "health-fd", 0, "serve what --health serves on this inherited listening socket (shoal up's workers)")
+	_ = cmd.Flags().MarkHidden("health-fd")
 	cmd.Flags().DurationVar(&drain, "drain-timeout", defaultDrainTimeout, "how long shutdown waits for in-flight invocations")
 	ra.register(cmd.Flags())
 	cmd.Flags().IntVar(&worker, "worker", 0, "worker slot, when run by shoal up's supervisor (shown in the service metadata)")

@@ -172,6 +172,13 @@ func up(ctx context.Context, o upOptions) error {
 	if err != nil {
 		return err
 	}
+	// The workers' metrics, in the gateway's GET /metrics.
+	wm, err := newWorkerMetrics(o.workers)
+	if err != nil {
+		return err
+	}
+	defer wm.close()
+	wc.metrics = wm
 	var lost runnerLoss
 	sup, err := supervisor.Start(ctx, supervisor.Config{
 		Workers:   o.workers,
@@ -192,6 +199,7 @@ func up(ctx context.Context, o upOptions) error {
 		defer cancel()
 		return errors.Join(err, stopWorkers(ctx))
 	}
+	wm.follow(sup.Workers)
 	logger.Info("runners serving", "workers", o.workers, "pids", workerPIDs(sup))
 
 	gf := as(broker.RoleGateway)
@@ -202,7 +210,7 @@ func up(ctx context.Context, o upOptions) error {
 		return abort(err)
 	}
 	sys := &systemInfo{sup: sup, nc: anc}
-	sg, err := startGateway(ctx, nc, nil, o.httpAddr, o.limits, tr, gatewayExtras{ackRunners: o.acks, workers: sys.workers, callbacks: callbacks})
+	sg, err := startGateway(ctx, nc, nil, o.httpAddr, o.limits, tr, gatewayExtras{ackRunners: o.acks, workers: sys.workers, callbacks: callbacks, metrics: wm})
 	if err != nil {
 		return abort(err)
 	}

@@ -38,6 +38,8 @@ type workerCommand struct {
 	args []string
 	// procs is each worker's GOMAXPROCS: the CPUs divided among them.
 	procs int
+	// metrics, when set, gives each worker its slot's metrics listener.
+	metrics *workerMetrics
 }
 
 func newWorkerCommand(o upOptions, url string, creds *broker.Credentials, keyFile string) (*workerCommand, error) {
@@ -78,7 +80,14 @@ func newWorkerCommand(o upOptions, url string, creds *broker.Credentials, keyFil
 
 // command is the supervisor's Command: a fresh process for a slot.
 func (w *workerCommand) command(slot int) *exec.Cmd {
-	cmd := exec.Command(w.exe, append(append([]string(nil), w.args...), "--worker", strconv.Itoa(slot))...)
+	args := append(append([]string(nil), w.args...), "--worker", strconv.Itoa(slot))
+	if w.metrics != nil {
+		args = append(args, "--health-fd", strconv.Itoa(workerMetricsFD))
+	}
+	cmd := exec.Command(w.exe, args...)
+	if w.metrics != nil {
+		cmd.ExtraFiles = w.metrics.files(slot)
+	}
 	// The worker's flags are all on its command line: up's SHOAL_*
 	// variables, meant for up's own flags, must not set the runner's
 	// (SHOAL_FILE would pin the workers to a file instead of the catalog).
