@@ -43,6 +43,8 @@ const workerMetricsFD = 4
 type workerMetrics struct {
 	slots  []workerSlot // by slot - 1
 	client *http.Client
+	// timeout bounds each scrape of a worker: workerScrapeTimeout.
+	timeout time.Duration
 	// workers reports the supervisor's workers; set once it runs.
 	mu      sync.Mutex
 	workers func() []supervisor.WorkerInfo
@@ -58,12 +60,11 @@ type workerSlot struct {
 
 // newWorkerMetrics opens the listeners of n worker slots.
 func newWorkerMetrics(n int) (*workerMetrics, error) {
-	wm := &workerMetrics{client: &http.Client{
+	wm := &workerMetrics{timeout: workerScrapeTimeout, client: &http.Client{
 		// A slot's listener is shared by its old and new worker during a
 		// rolling restart: a kept-alive connection would stay with the
 		// old one.
 		Transport: &http.Transport{DisableKeepAlives: true},
-		Timeout:   workerScrapeTimeout,
 	}}
 	for slot := 1; slot <= n; slot++ {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -121,7 +122,7 @@ func (wm *workerMetrics) Gather() ([]*dto.MetricFamily, error) {
 			ready[w.Slot] = true
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), workerScrapeTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), wm.timeout)
 	defer cancel()
 	results := make([][]*dto.MetricFamily, len(wm.slots))
 	var wg sync.WaitGroup
