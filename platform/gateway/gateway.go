@@ -29,6 +29,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -129,8 +130,10 @@ const MaxHeaderBytes = 64 << 10
 type Gateway struct {
 	nc *nats.Conn
 	// routes maps function names to routes; replaced whole by
-	// SetFunctions, never modified.
+	// SetFunctions, never modified. setMu serializes SetFunctions, so
+	// that each carries the metrics of the routes it replaces over.
 	routes  atomic.Pointer[map[string]*route]
+	setMu   sync.Mutex
 	maxBody int64
 	// inFlight counts invocations being served, against maxInFlight.
 	inFlight    atomic.Int64
@@ -250,6 +253,8 @@ func New(cfg Config) (*Gateway, error) {
 // the definition they started with. A function that needs a token when
 // this gateway verifies none answers 503 (and is logged).
 func (g *Gateway) SetFunctions(fns []manifest.Function) {
+	g.setMu.Lock()
+	defer g.setMu.Unlock()
 	var old map[string]*route
 	if p := g.routes.Load(); p != nil {
 		old = *p
