@@ -250,9 +250,8 @@ func TestMetricsNATSErrors(t *testing.T) {
 		r := p.addRunner(t)
 		held := async(p.url + "/function/block")
 		<-p.block.Started
-		if n := p.gateway.RunnerLost(r.ID()); n != 1 {
-			t.Fatalf("RunnerLost failed %d invocations, want 1", n)
-		}
+		// The invocation fails now, or when the runner's ack arrives.
+		p.gateway.RunnerLost(r.ID())
 		if o := await(t, held); o.status != 502 {
 			t.Fatalf("block = %d %s, want 502", o.status, o.body)
 		}
