@@ -307,7 +307,8 @@ func (o *observed) Write(b []byte) (int, error) {
 	return o.ResponseWriter.Write(b)
 }
 
-// Unwrap gives http.ResponseController the connection's own writer.
+// Unwrap gives http.ResponseController, and http.MaxBytesReader through
+// unwrapWriter, the connection's own writer.
 func (o *observed) Unwrap() http.ResponseWriter { return o.ResponseWriter }
 
 var observers = sync.Pool{New: func() any { return new(observed) }}

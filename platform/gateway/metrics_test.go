@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"slices"
@@ -445,4 +446,23 @@ func TestMetricsAsync(t *testing.T) {
 	s.want(t, 1, requestsTotal, "function", "_unknown", "route", "async", "code", "404")
 	s.want(t, 1, requestsTotal, "function", "guarded", "route", "async", "code", "401")
 	s.want(t, 1, authFailures, "reason", token.ReasonMissing)
+}
+
+// TestObservedKeepsBodyLimitClose: the writer the metrics wrap around an
+// invocation still lets http.MaxBytesReader tell the server that a body
+// was too large, so that the connection is closed after the 413 rather
+// than kept for a client still sending.
+func TestObservedKeepsBodyLimitClose(t *testing.T) {
+	const limit = 1024
+	p := start(t, options{maxBody: limit})
+	body := io.MultiReader(strings.NewReader(strings.Repeat("x", limit)), strings.NewReader("y")) // chunked: no length
+	resp, err := http.Post(p.url+"/function/counter", "text/plain", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 413 || !resp.Close {
+		t.Errorf("oversized chunked body: %s, Connection: close %v; want 413 and the connection closed", resp.Status, resp.Close)
+	}
+	scrape(t, p.url).want(t, 1, requestsTotal, "function", "counter", "route", "sync", "code", "413")
 }
