@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -156,8 +157,55 @@ func TestUpMetrics(t *testing.T) {
 	if got := s.sum("shoal_gateway_requests_total", "function", "ping", "code", "200")[""]; got != n+4 {
 		t.Errorf("gateway requests_total{ping,200} = %v, want %d", got, n+4)
 	}
-	if strings.Contains(c.p.output(), "worker metrics left out") {
-		t.Logf("a scrape left a worker out (a worker dying while scraped): %s", c.p.output())
+
+	// A rolling restart while /metrics is scraped without pause: each
+	// slot's listener passes from the old worker to the new one; every
+	// scrape answers, and the old workers drain and exit at once (none
+	// is left blocked on the listener it shared).
+	stop := make(chan struct{})
+	scrapes := make(chan error, 1)
+	go func() {
+		client := &http.Client{Timeout: 10 * time.Second}
+		n := 0
+		for {
+			select {
+			case <-stop:
+				t.Logf("%d scrapes during the rolling restart", n)
+				scrapes <- nil
+				return
+			default:
+			}
+			resp, err := client.Get(c.gw + "/metrics")
+			if err != nil {
+				scrapes <- err
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				scrapes <- fmt.Errorf("GET /metrics: %s", resp.Status)
+				return
+			}
+			n++
+		}
+	}()
+	started := time.Now()
+	if err := c.p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	c.p.waitLog(`msg="rolling restart done"`)
+	if took := time.Since(started); took > 10*time.Second {
+		t.Errorf("the rolling restart took %s: an old worker was slow to stop", took)
+	}
+	close(stop)
+	if err := <-scrapes; err != nil {
+		t.Errorf("a scrape during the rolling restart failed: %v", err)
+	}
+	if strings.Count(c.p.output(), "signal: killed") > 1 { // the first is the SIGKILL above
+		t.Errorf("a worker was killed during the rolling restart:\n%s", c.p.output())
+	}
+	c.waitWorkers(5*time.Second, allReady(2))
+	if got := scrapeMetrics(t, c.gw+"/metrics").workers("shoal_runner_invocations_total"); !slices.Equal(got, []string{"1", "2"}) {
+		t.Errorf("after the rolling restart: workers %v, want [1 2]", got)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -72,7 +73,7 @@ func newWorkerMetrics(n int) (*workerMetrics, error) {
 			wm.close()
 			return nil, fmt.Errorf("worker metrics: listen for worker %d: %w", slot, err)
 		}
-		f, err := ln.(*net.TCPListener).File()
+		f, err := inheritable(ln.(*net.TCPListener))
 		if err != nil {
 			ln.Close()
 			wm.close()
@@ -81,6 +82,29 @@ func newWorkerMetrics(n int) (*workerMetrics, error) {
 		wm.slots = append(wm.slots, workerSlot{label: strconv.Itoa(slot), url: "http://" + ln.Addr().String() + "/metrics", ln: ln, file: f})
 	}
 	return wm, nil
+}
+
+// inheritable returns a copy of ln's descriptor for workers to inherit.
+// Not ln.File(): its Fd method, which os/exec calls at every fork, puts
+// the socket into blocking mode, and with it the copy a worker of the
+// slot is still accepting on (during a rolling restart), whose accept
+// could then block for good. A copy made with NewFile is left as it is.
+func inheritable(ln *net.TCPListener) (*os.File, error) {
+	raw, err := ln.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var fd uintptr
+	var errno syscall.Errno
+	if err := raw.Control(func(s uintptr) {
+		fd, _, errno = syscall.Syscall(syscall.SYS_FCNTL, s, syscall.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return nil, err
+	}
+	if errno != 0 {
+		return nil, fmt.Errorf("duplicate the listener's descriptor: %w", errno)
+	}
+	return os.NewFile(fd, "worker metrics listener"), nil
 }
 
 // files returns the extra files of a worker of slot: its listener.

@@ -3,6 +3,7 @@ package main
 import (
 	"net"
 	"net/http"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,6 +24,16 @@ func TestWorkerMetricsGather(t *testing.T) {
 		t.Fatal(err)
 	}
 	wm.timeout = 300 * time.Millisecond
+	// os/exec asks each extra file for its descriptor at every fork:
+	// that must not put the socket, shared with the slot's running
+	// worker, into blocking mode.
+	for slot := 1; slot <= 4; slot++ {
+		fd := wm.files(slot)[0].Fd()
+		flags, _, errno := syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_GETFL, 0)
+		if errno != 0 || flags&syscall.O_NONBLOCK == 0 {
+			t.Errorf("slot %d: the listener is in blocking mode once asked for its descriptor (flags %#x, %v)", slot, flags, errno)
+		}
+	}
 	var servers []*http.Server
 	// Slots 1 to 3 are served, as shoal runner --health-fd serves: from
 	// a copy of the descriptor the worker inherits. Slot 4's listener is
