@@ -1,0 +1,171 @@
+package main
+
+import (
+	"bytes"
+	"encoding/xml"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+)
+
+// The --chart SVG: two panels of horizontal bars, throughput (req/s) and
+// latency (p50 and p99), one row per configuration; Shoal's in blue, the
+// references in grey. Written by hand; every text goes through
+// xml.EscapeText.
+
+// Chart geometry, in SVG user units.
+const (
+	chartWidth  = 960
+	chartLeft   = 200 // bars start here; labels end before it
+	chartBarMax = 600 // longest bar
+	chartRow    = 34  // height of one configuration's row
+	chartTitleH = 64
+	chartPanelH = 40 // a panel's heading
+)
+
+// Chart colours.
+const (
+	colorShoal    = "#2563eb"
+	colorShoalP50 = "#93c5fd"
+	colorRef      = "#6b7280"
+	colorRefP50   = "#d1d5db"
+	colorText     = "#111827"
+	colorMuted    = "#6b7280"
+	colorGrid     = "#e5e7eb"
+)
+
+// isShoal reports whether a configuration measures Shoal itself.
+func isShoal(name string) bool {
+	return name == cfgGateway || name == cfgGatewayAuth || name == cfgShoalNATS
+}
+
+// esc escapes s for SVG text.
+func esc(s string) string {
+	var b strings.Builder
+	_ = xml.EscapeText(&b, []byte(s)) // a strings.Builder does not fail
+	return b.String()
+}
+
+// chartSVG draws the report's throughput and latency.
+func (r *BenchReport) chartSVG() []byte {
+	rows := r.Results
+	panel := chartPanelH + len(rows)*chartRow + 16
+	height := chartTitleH + 2*panel + 40
+	var b bytes.Buffer
+	fmt.Fprintf(&b, `<?xml version="1.0" encoding="UTF-8"?>`+"\n")
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="Helvetica, Arial, sans-serif" font-size="13">`+"\n",
+		chartWidth, height, chartWidth, height)
+	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="#ffffff"/>`+"\n", chartWidth, height)
+	m := r.Machine
+	title := fmt.Sprintf("shoal bench: GET -> pong!, %d connections, %s measured after %s warm-up",
+		r.Settings.Connections, time.Duration(r.Settings.DurationSeconds*float64(time.Second)), time.Duration(r.Settings.WarmupSeconds*float64(time.Second)))
+	sub := fmt.Sprintf("%s, %d cores, %s %s/%s, %s", m.CPUModel, m.Cores, m.GoVersion, m.OS, m.Arch, r.Started.Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(&b, `<text x="20" y="28" font-size="17" font-weight="bold" fill="%s">%s</text>`+"\n", colorText, esc(title))
+	fmt.Fprintf(&b, `<text x="20" y="48" fill="%s">%s</text>`+"\n", colorMuted, esc(sub))
+
+	// Throughput.
+	y := chartTitleH
+	maxRPS := 0.0
+	for _, x := range rows {
+		maxRPS = math.Max(maxRPS, x.RPS)
+	}
+	r.chartHeading(&b, y, "Throughput: requests per second (higher is better)", maxRPS, func(v float64) string { return thousands(v) })
+	y += chartPanelH
+	for _, x := range rows {
+		r.chartLabel(&b, y, x)
+		if x.ran {
+			w := scale(x.RPS, maxRPS)
+			fill := colorRef
+			if isShoal(x.Name) {
+				fill = colorShoal
+			}
+			fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%.1f" height="18" fill="%s"><title>%s</title></rect>`+"\n",
+				chartLeft, y+7, w, fill, esc(x.Name+": "+thousands(x.RPS)+" req/s"))
+			fmt.Fprintf(&b, `<text x="%.1f" y="%d" fill="%s">%s req/s%s</text>`+"\n", float64(chartLeft)+w+6, y+21, colorText, esc(thousands(x.RPS)), esc(errorNote(x)))
+		}
+		y += chartRow
+	}
+
+	// Latency.
+	y += 16
+	maxLat := 0.0
+	for _, x := range rows {
+		maxLat = math.Max(maxLat, x.Latency.P99)
+	}
+	r.chartHeading(&b, y, "Latency: p50 (light) and p99 (dark), milliseconds (lower is better)", maxLat, func(v float64) string { return fmtMS(v) })
+	y += chartPanelH
+	for _, x := range rows {
+		r.chartLabel(&b, y, x)
+		if x.ran {
+			p50, p99 := colorRefP50, colorRef
+			if isShoal(x.Name) {
+				p50, p99 = colorShoalP50, colorShoal
+			}
+			for i, bar := range []struct {
+				v     float64
+				fill  string
+				label string
+			}{{x.Latency.P50, p50, "p50"}, {x.Latency.P99, p99, "p99"}} {
+				w := scale(bar.v, maxLat)
+				top := y + 5 + i*13
+				fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%.1f" height="11" fill="%s"><title>%s</title></rect>`+"\n",
+					chartLeft, top, w, bar.fill, esc(x.Name+" "+bar.label+": "+fmtMS(bar.v)))
+				fmt.Fprintf(&b, `<text x="%.1f" y="%d" font-size="11" fill="%s">%s %s</text>`+"\n",
+					float64(chartLeft)+w+6, top+10, colorText, bar.label, esc(fmtMS(bar.v)))
+			}
+		}
+		y += chartRow
+	}
+	fmt.Fprintf(&b, `<text x="20" y="%d" font-size="11" fill="%s">%s</text>`+"\n", height-16, colorMuted,
+		esc("Blue: Shoal. Grey: references. Closed-loop load from the same machine; compare ratios, not absolute figures. docs/benchmarks.md"))
+	b.WriteString("</svg>\n")
+	return b.Bytes()
+}
+
+// chartHeading draws a panel's heading and its vertical grid (quarters of
+// the largest value).
+func (r *BenchReport) chartHeading(b *bytes.Buffer, y int, heading string, maxV float64, format func(float64) string) {
+	fmt.Fprintf(b, `<text x="20" y="%d" font-size="14" font-weight="bold" fill="%s">%s</text>`+"\n", y+22, colorText, esc(heading))
+	rows := len(r.Results)
+	if maxV <= 0 {
+		return
+	}
+	for i := 0; i <= 4; i++ {
+		x := float64(chartLeft) + float64(chartBarMax)*float64(i)/4
+		fmt.Fprintf(b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="%s"/>`+"\n", x, y+chartPanelH, x, y+chartPanelH+rows*chartRow, colorGrid)
+		fmt.Fprintf(b, `<text x="%.1f" y="%d" font-size="10" text-anchor="middle" fill="%s">%s</text>`+"\n", x, y+chartPanelH+rows*chartRow+12, colorMuted, esc(format(maxV*float64(i)/4)))
+	}
+}
+
+// chartLabel draws a configuration's name, and "skipped" for one that
+// did not run.
+func (r *BenchReport) chartLabel(b *bytes.Buffer, y int, x *BenchResult) {
+	fmt.Fprintf(b, `<text x="%d" y="%d" text-anchor="end" fill="%s">%s</text>`+"\n", chartLeft-10, y+21, colorText, esc(x.Name))
+	if !x.ran {
+		fmt.Fprintf(b, `<text x="%d" y="%d" font-style="italic" fill="%s">%s</text>`+"\n", chartLeft+6, y+21, colorMuted, esc(shorten("skipped: "+x.Skipped, 90)))
+	}
+}
+
+// shorten cuts s to n runes at most.
+func shorten(s string, n int) string {
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-3]) + "..."
+	}
+	return s
+}
+
+// scale is v's bar length against the largest value.
+func scale(v, maxV float64) float64 {
+	if maxV <= 0 || v <= 0 {
+		return 0
+	}
+	return math.Max(1, v/maxV*chartBarMax)
+}
+
+func errorNote(x *BenchResult) string {
+	if x.ErrorsTotal == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%d errors)", x.ErrorsTotal)
+}
