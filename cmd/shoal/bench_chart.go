@@ -2,9 +2,11 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/xml"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 )
@@ -70,8 +72,17 @@ func (r *BenchReport) chartSVG() []byte {
 	for _, x := range rows {
 		maxRPS = math.Max(maxRPS, x.RPS)
 	}
-	r.chartHeading(&b, y, "Throughput: requests per second (higher is better)", maxRPS, func(v float64) string { return thousands(v) })
+	maxRPS = r.chartHeading(&b, y, "Throughput: requests per second (higher is better)", maxRPS, func(v float64) string { return thousands(v) })
 	y += chartPanelH
+	// The throughput targets of gateway-auth, where their reference ran.
+	var targets []chartMark
+	if x := r.result(cfgNode); x.ran {
+		targets = append(targets, chartMark{3 * x.RPS, "target 3x node"})
+	}
+	if x := r.result(cfgGoHTTP); x.ran {
+		targets = append(targets, chartMark{0.5 * x.RPS, "target 0.5x go-http"})
+	}
+	r.chartTargets(&b, y, targets, maxRPS)
 	for _, x := range rows {
 		r.chartLabel(&b, y, x)
 		if x.ran {
@@ -93,8 +104,9 @@ func (r *BenchReport) chartSVG() []byte {
 	for _, x := range rows {
 		maxLat = math.Max(maxLat, x.Latency.P99)
 	}
-	r.chartHeading(&b, y, "Latency: p50 (light) and p99 (dark), milliseconds (lower is better)", maxLat, func(v float64) string { return fmtMS(v) })
+	maxLat = r.chartHeading(&b, y, "Latency: p50 (light) and p99 (dark), milliseconds (lower is better)", maxLat, func(v float64) string { return fmtMS(v) })
 	y += chartPanelH
+	r.chartTargets(&b, y, []chartMark{{5, "p99 target 5ms"}}, maxLat)
 	for _, x := range rows {
 		r.chartLabel(&b, y, x)
 		if x.ran {
@@ -123,18 +135,67 @@ func (r *BenchReport) chartSVG() []byte {
 	return b.Bytes()
 }
 
-// chartHeading draws a panel's heading and its vertical grid (quarters of
-// the largest value).
-func (r *BenchReport) chartHeading(b *bytes.Buffer, y int, heading string, maxV float64, format func(float64) string) {
+// chartHeading draws a panel's heading and its vertical grid, at round
+// steps up to at least maxV; it returns the axis' end, the value of the
+// longest bar.
+func (r *BenchReport) chartHeading(b *bytes.Buffer, y int, heading string, maxV float64, format func(float64) string) float64 {
 	fmt.Fprintf(b, `<text x="20" y="%d" font-size="14" font-weight="bold" fill="%s">%s</text>`+"\n", y+22, colorText, esc(heading))
 	rows := len(r.Results)
 	if maxV <= 0 {
+		return maxV
+	}
+	step := niceStep(maxV / 5)
+	ticks := int(math.Ceil(maxV/step - 1e-9))
+	end := step * float64(ticks)
+	for i := 0; i <= ticks; i++ {
+		x := float64(chartLeft) + float64(chartBarMax)*float64(i)/float64(ticks)
+		fmt.Fprintf(b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="%s"/>`+"\n", x, y+chartPanelH, x, y+chartPanelH+rows*chartRow, colorGrid)
+		fmt.Fprintf(b, `<text x="%.1f" y="%d" font-size="10" text-anchor="middle" fill="%s">%s</text>`+"\n", x, y+chartPanelH+rows*chartRow+12, colorMuted, esc(format(step*float64(i))))
+	}
+	return end
+}
+
+// niceStep rounds v up to 1, 2, 2.5 or 5 times a power of ten.
+func niceStep(v float64) float64 {
+	p := math.Pow(10, math.Floor(math.Log10(v)))
+	for _, m := range []float64{1, 2, 2.5, 5, 10} {
+		if m*p >= v {
+			return m * p
+		}
+	}
+	return 10 * p
+}
+
+// chartMark is a labelled value on an axis.
+type chartMark struct {
+	v     float64
+	label string
+}
+
+// chartTargets draws dashed vertical lines at target values, under the
+// bars drawn next, labelled just above the first row; two labels close
+// together are set apart to the left and the right of their lines.
+func (r *BenchReport) chartTargets(b *bytes.Buffer, y int, marks []chartMark, axisEnd float64) {
+	if axisEnd <= 0 {
 		return
 	}
-	for i := 0; i <= 4; i++ {
-		x := float64(chartLeft) + float64(chartBarMax)*float64(i)/4
-		fmt.Fprintf(b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="%s"/>`+"\n", x, y+chartPanelH, x, y+chartPanelH+rows*chartRow, colorGrid)
-		fmt.Fprintf(b, `<text x="%.1f" y="%d" font-size="10" text-anchor="middle" fill="%s">%s</text>`+"\n", x, y+chartPanelH+rows*chartRow+12, colorMuted, esc(format(maxV*float64(i)/4)))
+	marks = slices.DeleteFunc(slices.Clone(marks), func(m chartMark) bool { return m.v <= 0 || m.v > axisEnd })
+	slices.SortFunc(marks, func(a, b chartMark) int { return cmp.Compare(a.v, b.v) })
+	xs := make([]float64, len(marks))
+	for i, m := range marks {
+		xs[i] = float64(chartLeft) + m.v/axisEnd*chartBarMax
+	}
+	bottom := y + len(r.Results)*chartRow
+	for i, m := range marks {
+		anchor, lx := "middle", xs[i]
+		switch {
+		case i+1 < len(xs) && xs[i+1]-xs[i] < 140:
+			anchor, lx = "end", xs[i]-3
+		case i > 0 && xs[i]-xs[i-1] < 140:
+			anchor, lx = "start", xs[i]+3
+		}
+		fmt.Fprintf(b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#ef4444" stroke-opacity="0.7" stroke-dasharray="5,4"/>`+"\n", xs[i], y, xs[i], bottom)
+		fmt.Fprintf(b, `<text x="%.1f" y="%d" font-size="10" text-anchor="%s" fill="#dc2626">%s</text>`+"\n", lx, y-3, anchor, esc(m.label))
 	}
 }
 
