@@ -212,6 +212,11 @@ func runBench(ctx context.Context, out, progress io.Writer, o benchOptions) (err
 	if o.idleConns > 0 {
 		b.checkFileLimit()
 	}
+	if la := b.report.Machine.LoadAverage; la != "" {
+		if one, err := strconv.ParseFloat(strings.Fields(la)[0], 64); err == nil && one > float64(runtime.NumCPU())/2 {
+			logger.Warn("the machine is busy before the benchmark starts: its figures will be noisy", "load_average", la, "cores", runtime.NumCPU())
+		}
+	}
 	for _, c := range configs {
 		if c.name != cfgNode {
 			b.steps++

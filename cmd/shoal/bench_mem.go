@@ -86,6 +86,20 @@ func cpuModel() string {
 	return "unknown (" + runtime.GOARCH + ")"
 }
 
+// loadAverage is /proc/loadavg's first three figures, or "" where there
+// is none.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}
+
 // fileLimit returns the soft limit on open files (Go raises it to the
 // hard limit at start).
 func fileLimit() (uint64, error) {

@@ -37,8 +37,11 @@ type BenchMachine struct {
 	GoVersion  string `json:"go_version"`
 	OS         string `json:"os"`
 	Arch       string `json:"arch"`
-	Node       string `json:"node_version,omitempty"`
-	Express    string `json:"express_version,omitempty"`
+	// LoadAverage is /proc/loadavg's 1, 5 and 15 minute figures when the
+	// run started: above the cores, something else was using the CPUs.
+	LoadAverage string `json:"load_average,omitempty"`
+	Node        string `json:"node_version,omitempty"`
+	Express     string `json:"express_version,omitempty"`
 	// UpWorkers and WorkerGOMAXPROCS are shoal up's worker processes and
 	// the GOMAXPROCS of each (the raw NATS responders copy them).
 	UpWorkers        int `json:"up_workers"`
@@ -126,6 +129,7 @@ func newBenchReport(o benchOptions) *BenchReport {
 		Memory:   BenchMemory{Available: procAvailable()},
 	}
 	r.Machine.UpWorkers, r.Machine.WorkerGOMAXPROCS = upWorkerShape()
+	r.Machine.LoadAverage = loadAverage()
 	if !r.Memory.Available {
 		r.Memory.Note = errNoProc.Error()
 	}
@@ -248,7 +252,11 @@ func (r *BenchReport) writeText(w io.Writer) error {
 	if m.Node != "" {
 		fmt.Fprintf(&b, ", node %s (express %s)", m.Node, m.Express)
 	}
-	fmt.Fprintf(&b, "; shoal up: %d workers of GOMAXPROCS %d; %s\n\n", m.UpWorkers, m.WorkerGOMAXPROCS, r.Started.Format(time.RFC3339))
+	fmt.Fprintf(&b, "; shoal up: %d workers of GOMAXPROCS %d; %s", m.UpWorkers, m.WorkerGOMAXPROCS, r.Started.Format(time.RFC3339))
+	if m.LoadAverage != "" {
+		fmt.Fprintf(&b, "; load average at start %s", m.LoadAverage)
+	}
+	b.WriteString("\n\n")
 
 	rows := [][]string{{"configuration", "req/s", "p50", "p90", "p99", "max", "errors", "description"}}
 	for _, x := range r.Results {
