@@ -41,6 +41,7 @@ const (
 	NATS
 )
 
+// String names the kind: transport, status, body or nats.
 func (k Kind) String() string {
 	switch k {
 	case Transport:
@@ -61,6 +62,7 @@ type Error struct {
 	Err  error
 }
 
+// Error returns the kind and the message.
 func (e *Error) Error() string { return e.Kind.String() + ": " + e.Err.Error() }
 
 // Unwrap returns the underlying error.
