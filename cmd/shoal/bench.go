@@ -242,7 +242,7 @@ func runBench(ctx context.Context, out, progress io.Writer, o benchOptions) (err
 			b.report.Machine.Express = n.express
 		}
 	}
-	if run(cfgGateway) || run(cfgGatewayAuth) || run(cfgShoalNATS) || o.idleConns > 0 {
+	if run(cfgGateway) || run(cfgGatewayAuth) || run(cfgShoalNATS) || b.o.idleConns > 0 {
 		if err := b.shoal(ctx, run); err != nil {
 			return err
 		}
@@ -400,15 +400,6 @@ func (b *bench) shoal(ctx context.Context, run func(string) bool) error {
 			mem.UpIdleKiB = kib
 		}
 	}
-	if b.o.idleConns > 0 && procAvailable() {
-		b.say(fmt.Sprintf("opening %d idle keep-alive connections to shoal up's gateway", b.o.idleConns))
-		rep, err := measureIdle(ctx, "shoal up (gateway + embedded NATS)", up.pid(), gw, b.o.idleConns)
-		if err != nil {
-			return fmt.Errorf("idle connections to shoal up: %w", err)
-		}
-		mem.UpIdleConns = rep
-		b.say(rep.summary())
-	}
 
 	if run(cfgGateway) {
 		if err := b.load(ctx, cfgGateway, httpLoad(loadgen.Target{Addr: gw, Path: "/function/ping", Body: pongBody}), nil); err != nil {
@@ -440,7 +431,16 @@ func (b *bench) shoal(ctx context.Context, run func(string) bool) error {
 			return err
 		}
 	}
+	// The idle connections come after the loads, so that the figures
+	// under load are not inflated by the memory they leave behind.
 	if b.o.idleConns > 0 && procAvailable() {
+		b.say(fmt.Sprintf("opening %d idle keep-alive connections to shoal up's gateway", b.o.idleConns))
+		rep, err := measureIdle(ctx, "shoal up (gateway + embedded NATS)", up.pid(), gw, b.o.idleConns)
+		if err != nil {
+			return fmt.Errorf("idle connections to shoal up: %w", err)
+		}
+		mem.UpIdleConns = rep
+		b.say(rep.summary())
 		if err := b.separateGateway(ctx, natsURL, data); err != nil {
 			return err
 		}
