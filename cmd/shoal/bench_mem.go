@@ -157,6 +157,10 @@ type IdleReport struct {
 // and sockets before and while they are held; then closes them.
 func measureIdle(ctx context.Context, process string, pid int, addr string, n int) (*IdleReport, error) {
 	rep := &IdleReport{Process: process, PID: pid, Requested: n}
+	// Let the server drop the connections of what ran before.
+	if err := sleepCtx(ctx, 300*time.Millisecond); err != nil {
+		return nil, err
+	}
 	var err error
 	if rep.SocketsBefore, err = socketCount(pid); err != nil {
 		return nil, err
@@ -177,10 +181,8 @@ func measureIdle(ctx context.Context, process string, pid int, addr string, n in
 	}
 	// Let the server settle: each connection's goroutine is parked in
 	// its read by now, but give the allocator a moment.
-	select {
-	case <-time.After(500 * time.Millisecond):
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	if err := sleepCtx(ctx, 500*time.Millisecond); err != nil {
+		return nil, err
 	}
 	if rep.AfterKiB, err = rssKiB(pid); err != nil {
 		return nil, err
@@ -196,4 +198,16 @@ func measureIdle(ctx context.Context, process string, pid int, addr string, n in
 		return rep, errors.New("no idle connection could be opened: " + rep.FirstError)
 	}
 	return rep, nil
+}
+
+// sleepCtx waits for d, or less if ctx ends first.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
