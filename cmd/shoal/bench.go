@@ -89,6 +89,8 @@ type benchOptions struct {
 	chartFile   string
 	idleConns   int
 	verbose     bool
+	// nodeWarmup is the least warm-up of the node configuration.
+	nodeWarmup time.Duration
 }
 
 func newBenchCmd() *cobra.Command {
@@ -127,6 +129,7 @@ docs/benchmarks.md.`,
 	f.StringVar(&o.jsonFile, "json", "", "write all results and the machine's description to this JSON file")
 	f.StringVar(&o.chartFile, "chart", "", "write an SVG chart of throughput and latency to this file")
 	f.IntVar(&o.idleConns, "idle-conns", 10000, "idle keep-alive connections opened to measure gateway memory (0 skips)")
+	f.DurationVar(&o.nodeWarmup, "node-warmup", 5*time.Second, "least warm-up of the node configuration (V8 compiles Express's hot path over the first seconds)")
 	f.BoolVar(&o.verbose, "verbose", false, "pass the output of the processes started to standard error")
 	cmd.AddCommand(newBenchServeHTTPCmd(), newBenchServeNATSCmd(), newBenchRespondCmd())
 	return cmd
@@ -158,6 +161,8 @@ func (o *benchOptions) check() error {
 		return fmt.Errorf("--duration %s: want more than 0", o.duration)
 	case o.warmup < 0:
 		return fmt.Errorf("--warmup %s: want 0 or more", o.warmup)
+	case o.nodeWarmup < 0:
+		return fmt.Errorf("--node-warmup %s: want 0 or more", o.nodeWarmup)
 	case o.connections < 1 || o.connections > 10000:
 		return fmt.Errorf("--connections %d: want 1 to 10000", o.connections)
 	case o.idleConns < 0:
@@ -648,14 +653,18 @@ func truncateBody(b []byte) string {
 func (b *bench) load(ctx context.Context, name string, run loadFunc, sample func(loadgen.Progress)) error {
 	b.step++
 	prefix := fmt.Sprintf("[%d/%d] %s", b.step, b.steps, name)
-	fmt.Fprintf(b.progress, "%s: warm-up %s, then %s with %d connections\n", prefix, b.o.warmup, b.o.duration, b.o.connections)
+	warmup := b.o.warmup
+	if name == cfgNode {
+		warmup = max(warmup, b.o.nodeWarmup)
+	}
+	fmt.Fprintf(b.progress, "%s: warm-up %s, then %s with %d connections\n", prefix, warmup, b.o.duration, b.o.connections)
 	sampled := false
 	cfg := loadgen.Config{
-		Workers: b.o.connections, Warmup: b.o.warmup, Duration: b.o.duration, Timeout: benchRequestLimit + time.Second,
+		Workers: b.o.connections, Warmup: warmup, Duration: b.o.duration, Timeout: benchRequestLimit + time.Second,
 		Progress: func(p loadgen.Progress) {
 			phase, total := "", b.o.duration
 			if p.Warmup {
-				phase, total = "warm-up ", b.o.warmup
+				phase, total = "warm-up ", warmup
 			}
 			fmt.Fprintf(b.progress, "%s: %s%ds/%s  %s req/s\n", prefix, phase, int(p.Elapsed.Round(time.Second)/time.Second), total, thousands(p.Rate))
 			if sample != nil && !p.Warmup {

@@ -52,8 +52,10 @@ type BenchMachine struct {
 type BenchSettings struct {
 	DurationSeconds float64 `json:"duration_seconds"`
 	WarmupSeconds   float64 `json:"warmup_seconds"`
-	Connections     int     `json:"connections"`
-	IdleConns       int     `json:"idle_conns"`
+	// NodeWarmupSeconds is the node configuration's least warm-up.
+	NodeWarmupSeconds float64 `json:"node_warmup_seconds"`
+	Connections       int     `json:"connections"`
+	IdleConns         int     `json:"idle_conns"`
 }
 
 // BenchResult is one configuration's load.
@@ -125,7 +127,7 @@ func newBenchReport(o benchOptions) *BenchReport {
 			CPUModel: cpuModel(), Cores: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0),
 			GoVersion: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH,
 		},
-		Settings: BenchSettings{DurationSeconds: o.duration.Seconds(), WarmupSeconds: o.warmup.Seconds(), Connections: o.connections, IdleConns: o.idleConns},
+		Settings: BenchSettings{DurationSeconds: o.duration.Seconds(), WarmupSeconds: o.warmup.Seconds(), NodeWarmupSeconds: o.nodeWarmup.Seconds(), Connections: o.connections, IdleConns: o.idleConns},
 		Memory:   BenchMemory{Available: procAvailable()},
 	}
 	r.Machine.UpWorkers, r.Machine.WorkerGOMAXPROCS = upWorkerShape()
@@ -246,8 +248,13 @@ func (r *BenchReport) writeJSON(path string) error {
 func (r *BenchReport) writeText(w io.Writer) error {
 	m := r.Machine
 	var b strings.Builder
+	st := r.Settings
+	warmup := seconds(st.WarmupSeconds).String()
+	if st.NodeWarmupSeconds > st.WarmupSeconds && r.result(cfgNode).ran {
+		warmup += " (node: " + seconds(st.NodeWarmupSeconds).String() + ")"
+	}
 	fmt.Fprintf(&b, "shoal bench: %s per configuration after a %s warm-up, %d connections (HTTP keep-alive) or concurrent requesters (NATS)\n",
-		time.Duration(r.Settings.DurationSeconds*float64(time.Second)), time.Duration(r.Settings.WarmupSeconds*float64(time.Second)), r.Settings.Connections)
+		seconds(st.DurationSeconds), warmup, st.Connections)
 	fmt.Fprintf(&b, "machine: %s, %d cores, GOMAXPROCS %d, %s %s/%s", m.CPUModel, m.Cores, m.GOMAXPROCS, m.GoVersion, m.OS, m.Arch)
 	if m.Node != "" {
 		fmt.Fprintf(&b, ", node %s (express %s)", m.Node, m.Express)
@@ -429,6 +436,9 @@ func writeTable(b *strings.Builder, rows [][]string, right []bool) {
 		b.WriteString(strings.TrimRight(line.String(), " ") + "\n")
 	}
 }
+
+// seconds turns a figure in seconds back into a duration.
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
 // fmtMS formats milliseconds.
 func fmtMS(d float64) string { return strconv.FormatFloat(d, 'f', 2, 64) + "ms" }
