@@ -8,7 +8,6 @@ import (
 	"math"
 	"slices"
 	"strings"
-	"time"
 )
 
 // The --chart SVG: two panels of horizontal bars, throughput (req/s) and
@@ -60,8 +59,12 @@ func (r *BenchReport) chartSVG() []byte {
 		chartWidth, height, chartWidth, height)
 	fmt.Fprintf(&b, `<rect width="%d" height="%d" fill="#ffffff"/>`+"\n", chartWidth, height)
 	m := r.Machine
-	title := fmt.Sprintf("shoal bench: GET -> pong!, %d connections, %s measured after %s warm-up",
-		r.Settings.Connections, time.Duration(r.Settings.DurationSeconds*float64(time.Second)), time.Duration(r.Settings.WarmupSeconds*float64(time.Second)))
+	st := r.Settings
+	warmup := seconds(st.WarmupSeconds).String()
+	if st.NodeWarmupSeconds > st.WarmupSeconds && r.result(cfgNode).ran {
+		warmup += " (node " + seconds(st.NodeWarmupSeconds).String() + ")"
+	}
+	title := fmt.Sprintf("shoal bench: GET -> pong!, %d connections, %s measured after %s warm-up", st.Connections, seconds(st.DurationSeconds), warmup)
 	sub := fmt.Sprintf("%s, %d cores, %s %s/%s, %s", m.CPUModel, m.Cores, m.GoVersion, m.OS, m.Arch, r.Started.Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(&b, `<text x="20" y="28" font-size="17" font-weight="bold" fill="%s">%s</text>`+"\n", colorText, esc(title))
 	fmt.Fprintf(&b, `<text x="20" y="48" fill="%s">%s</text>`+"\n", colorMuted, esc(sub))
