@@ -73,7 +73,7 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&rootFlags.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.AddCommand(newUpCmd(), withEnv(newGatewayCmd()), withEnv(newRunnerCmd()), newInvokeCmd(), newValidateCmd(),
 		withEnv(newDeployCmd()), withEnv(newRemoveCmd()), withEnv(newListCmd()), withEnv(newCallsCmd()), withEnv(newInitCmd()), withEnv(newNATSCmd()),
-		newTokenCmd(), withEnv(newUserCmd()), withEnv(newKeyCmd()), newRestartCmd(), newPSCmd(), newVersionCmd())
+		newTokenCmd(), withEnv(newUserCmd()), withEnv(newKeyCmd()), newRestartCmd(), newPSCmd(), newVersionCmd(), newBenchCmd())
 	return root
 }
 
