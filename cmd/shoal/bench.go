@@ -91,6 +91,9 @@ type benchOptions struct {
 	verbose     bool
 	// nodeWarmup is the least warm-up of the node configuration.
 	nodeWarmup time.Duration
+	// profileDir, when set, receives the CPU profiles of shoal up and its
+	// workers over the Shoal configurations.
+	profileDir string
 }
 
 func newBenchCmd() *cobra.Command {
@@ -131,6 +134,7 @@ docs/benchmarks.md.`,
 	f.IntVar(&o.idleConns, "idle-conns", 10000, "idle keep-alive connections opened to measure gateway memory (0 skips)")
 	f.DurationVar(&o.nodeWarmup, "node-warmup", 5*time.Second, "least warm-up of the node configuration (V8 compiles Express's hot path over the first seconds)")
 	f.BoolVar(&o.verbose, "verbose", false, "pass the output of the processes started to standard error")
+	f.StringVar(&o.profileDir, "profile", "", "write CPU profiles of shoal up (up.pprof) and its workers (up.pprof.worker-N), over the Shoal configurations, into this directory")
 	cmd.AddCommand(newBenchServeHTTPCmd(), newBenchServeNATSCmd(), newBenchRespondCmd())
 	return cmd
 }
@@ -360,9 +364,17 @@ func (b *bench) shoal(ctx context.Context, run func(string) bool) error {
 		return fmt.Errorf("write the bench manifest: %w", err)
 	}
 	b.say(fmt.Sprintf("starting shoal up (%d workers) with a temporary data directory", runtime.NumCPU()))
-	up, err := b.start("shoal up", nil, "up", "-f", fn, "--data", data,
+	args := []string{"up", "-f", fn, "--data", data,
 		"--nats", "127.0.0.1:0", "--http", "127.0.0.1:0", "--nats-context", "",
-		"--log-format", "text", "--log-level", "info")
+		"--log-format", "text", "--log-level", "info"}
+	if b.o.profileDir != "" {
+		prof, err := filepath.Abs(filepath.Join(b.o.profileDir, "up.pprof"))
+		if err != nil {
+			return fmt.Errorf("--profile: %w", err)
+		}
+		args = append(args, "--cpu-profile", prof)
+	}
+	up, err := b.start("shoal up", nil, args...)
 	if err != nil {
 		return err
 	}

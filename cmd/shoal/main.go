@@ -26,7 +26,9 @@ func main() {
 	// The first signal starts a graceful shutdown; restoring the default
 	// behaviour then lets a second one end the process at once.
 	context.AfterFunc(ctx, stop)
-	if err := newRootCmd().ExecuteContext(ctx); err != nil {
+	err := newRootCmd().ExecuteContext(ctx)
+	stopCPUProfile()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "shoal: "+err.Error())
 		var ec exitCode
 		if errors.As(err, &ec) {
@@ -47,7 +49,7 @@ func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) 
 var logger = slog.Default()
 
 // rootFlags are the global flags, which worker processes inherit.
-var rootFlags struct{ logFormat, logLevel string }
+var rootFlags struct{ logFormat, logLevel, cpuProfile string }
 
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
@@ -66,11 +68,15 @@ func newRootCmd() *cobra.Command {
 			}
 			logger = l
 			slog.SetDefault(l)
+			if rootFlags.cpuProfile != "" {
+				return startCPUProfile(rootFlags.cpuProfile)
+			}
 			return nil
 		},
 	}
 	root.PersistentFlags().StringVar(&rootFlags.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&rootFlags.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	root.PersistentFlags().StringVar(&rootFlags.cpuProfile, "cpu-profile", "", "write this process's CPU profile to this file until it exits (shoal up: its workers' to FILE.worker-N)")
 	root.AddCommand(newUpCmd(), withEnv(newGatewayCmd()), withEnv(newRunnerCmd()), newInvokeCmd(), newValidateCmd(),
 		withEnv(newDeployCmd()), withEnv(newRemoveCmd()), withEnv(newListCmd()), withEnv(newCallsCmd()), withEnv(newInitCmd()), withEnv(newNATSCmd()),
 		newTokenCmd(), withEnv(newUserCmd()), withEnv(newKeyCmd()), newRestartCmd(), newPSCmd(), newVersionCmd(), newBenchCmd())

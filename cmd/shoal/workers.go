@@ -84,6 +84,9 @@ func (w *workerCommand) command(slot int) *exec.Cmd {
 	if w.metrics != nil {
 		args = append(args, "--health-fd", strconv.Itoa(workerMetricsFD))
 	}
+	if rootFlags.cpuProfile != "" {
+		args = append(args, "--cpu-profile", workerProfile(rootFlags.cpuProfile, slot))
+	}
 	cmd := exec.Command(w.exe, args...)
 	if w.metrics != nil {
 		cmd.ExtraFiles = w.metrics.files(slot)
