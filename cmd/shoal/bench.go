@@ -134,7 +134,7 @@ docs/benchmarks.md.`,
 	f.IntVar(&o.idleConns, "idle-conns", 10000, "idle keep-alive connections opened to measure gateway memory (0 skips)")
 	f.DurationVar(&o.nodeWarmup, "node-warmup", 5*time.Second, "least warm-up of the node configuration (V8 compiles Express's hot path over the first seconds)")
 	f.BoolVar(&o.verbose, "verbose", false, "pass the output of the processes started to standard error")
-	f.StringVar(&o.profileDir, "profile", "", "write CPU profiles of shoal up (up.pprof) and its workers (up.pprof.worker-N), over the Shoal configurations, into this directory")
+	f.StringVar(&o.profileDir, "profile", "", "write CPU and allocation profiles of shoal up (up.pprof, up.allocs.pprof) and its workers (the same .worker-N), over the Shoal configurations, into this directory")
 	cmd.AddCommand(newBenchServeHTTPCmd(), newBenchServeNATSCmd(), newBenchRespondCmd())
 	return cmd
 }
@@ -368,11 +368,14 @@ func (b *bench) shoal(ctx context.Context, run func(string) bool) error {
 		"--nats", "127.0.0.1:0", "--http", "127.0.0.1:0", "--nats-context", "",
 		"--log-format", "text", "--log-level", "info"}
 	if b.o.profileDir != "" {
+		if err := os.MkdirAll(b.o.profileDir, 0o755); err != nil {
+			return fmt.Errorf("--profile: %w", err)
+		}
 		prof, err := filepath.Abs(filepath.Join(b.o.profileDir, "up.pprof"))
 		if err != nil {
 			return fmt.Errorf("--profile: %w", err)
 		}
-		args = append(args, "--cpu-profile", prof)
+		args = append(args, "--cpu-profile", prof, "--mem-profile", strings.TrimSuffix(prof, ".pprof")+".allocs.pprof")
 	}
 	up, err := b.start("shoal up", nil, args...)
 	if err != nil {

@@ -26,8 +26,9 @@ func TestBench(t *testing.T) {
 	jsonFile, chart := filepath.Join(dir, "bench.json"), filepath.Join(dir, "bench.svg")
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
+	prof := filepath.Join(dir, "prof", "new") // made by --profile
 	cmd := exec.CommandContext(ctx, os.Args[0], "bench", "--duration", "1s", "--warmup", "200ms", "--connections", "8",
-		"--idle-conns", "200", "--skip", "node", "--json", jsonFile, "--chart", chart)
+		"--idle-conns", "200", "--skip", "node", "--json", jsonFile, "--chart", chart, "--profile", prof)
 	cmd.Env = append(os.Environ(), beShoal+"=1", "TMPDIR="+tmp)
 	cmd.Dir = dir
 	var out, errOut bytes.Buffer
@@ -44,6 +45,12 @@ func TestBench(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "configuration") || !strings.Contains(out.String(), "gateway-auth / go-http") {
 		t.Errorf("no table on stdout:\n%s", out.String())
+	}
+
+	for _, name := range []string{"up.pprof", "up.pprof.worker-1", "up.pprof.worker-2", "up.allocs.pprof", "up.allocs.pprof.worker-1"} {
+		if st, err := os.Stat(filepath.Join(prof, name)); err != nil || st.Size() == 0 {
+			t.Errorf("--profile: %s: %v", name, err)
+		}
 	}
 
 	b, err := os.ReadFile(jsonFile)

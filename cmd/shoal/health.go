@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -29,7 +30,11 @@ type healthServer struct {
 	// ready is the readiness check; nil until the process has started
 	// (not ready).
 	ready atomic.Pointer[func() error]
-	done  chan struct{}
+	// ln is the listener; serving starts with serve, once.
+	ln      net.Listener
+	serving sync.Once
+	started atomic.Bool
+	done    chan struct{}
 }
 
 // startHealth serves the probes and metrics on addr in the background.
@@ -38,12 +43,17 @@ func startHealth(addr string) (*healthServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("health: listen on %s: %w", addr, err)
 	}
-	return serveHealth(ln), nil
+	h := newHealth(ln)
+	h.serve()
+	return h, nil
 }
 
-// startHealthFD serves the probes and metrics on the listening socket
+// startHealthFD prepares the probes and metrics on the listening socket
 // inherited as file descriptor fd (shoal up's workers: see
-// workerMetrics).
+// workerMetrics); they are served from serve on. The socket is the
+// worker slot's, shared with the worker being replaced during a rolling
+// restart: a worker takes connections only once it is ready, so that a
+// scrape of the slot never reads a starting worker's empty figures.
 func startHealthFD(fd int) (*healthServer, error) {
 	if fd < 3 {
 		return nil, fmt.Errorf("--health-fd %d: not a file descriptor above stderr", fd)
@@ -54,11 +64,11 @@ func startHealthFD(fd int) (*healthServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--health-fd %d: not a listening socket: %w", fd, err)
 	}
-	return serveHealth(ln), nil
+	return newHealth(ln), nil
 }
 
-func serveHealth(ln net.Listener) *healthServer {
-	h := &healthServer{done: make(chan struct{}), reg: prometheus.NewRegistry()}
+func newHealth(ln net.Listener) *healthServer {
+	h := &healthServer{ln: ln, done: make(chan struct{}), reg: prometheus.NewRegistry()}
 	h.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/", health.Handler(func() error {
@@ -74,14 +84,25 @@ func serveHealth(ln net.Listener) *healthServer {
 		Timeout:             10 * time.Second,
 	}))
 	h.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		defer close(h.done)
-		if err := h.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			logger.Error("health endpoint stopped", "error", err)
-		}
-	}()
-	logger.Info("health endpoint listening", "url", "http://"+ln.Addr().String(), "serves", "/healthz /readyz /metrics")
 	return h
+}
+
+// serve starts taking connections, in the background, until stop; nil h
+// does nothing. Calls after the first do nothing.
+func (h *healthServer) serve() {
+	if h == nil {
+		return
+	}
+	h.serving.Do(func() {
+		h.started.Store(true)
+		go func() {
+			defer close(h.done)
+			if err := h.srv.Serve(h.ln); !errors.Is(err, http.ErrServerClosed) {
+				logger.Error("health endpoint stopped", "error", err)
+			}
+		}()
+		logger.Info("health endpoint listening", "url", "http://"+h.ln.Addr().String(), "serves", "/healthz /readyz /metrics")
+	})
 }
 
 // promLogger passes promhttp's errors to the log.
@@ -112,6 +133,11 @@ func (h *healthServer) register(c prometheus.Collector) error {
 // more than once.
 func (h *healthServer) stop() {
 	if h == nil {
+		return
+	}
+	h.serving.Do(func() {}) // from now on serve does nothing
+	if !h.started.Load() {
+		_ = h.ln.Close() // never served: nothing else owns it
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -28,6 +28,7 @@ func main() {
 	context.AfterFunc(ctx, stop)
 	err := newRootCmd().ExecuteContext(ctx)
 	stopCPUProfile()
+	writeAllocProfile(rootFlags.memProfile)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "shoal: "+err.Error())
 		var ec exitCode
@@ -49,7 +50,7 @@ func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) 
 var logger = slog.Default()
 
 // rootFlags are the global flags, which worker processes inherit.
-var rootFlags struct{ logFormat, logLevel, cpuProfile string }
+var rootFlags struct{ logFormat, logLevel, cpuProfile, memProfile string }
 
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
@@ -77,6 +78,7 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&rootFlags.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&rootFlags.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.PersistentFlags().StringVar(&rootFlags.cpuProfile, "cpu-profile", "", "write this process's CPU profile to this file until it exits (shoal up: its workers' to FILE.worker-N)")
+	root.PersistentFlags().StringVar(&rootFlags.memProfile, "mem-profile", "", "write the profile of every allocation this process made to this file when it exits (shoal up: its workers' to FILE.worker-N)")
 	root.AddCommand(newUpCmd(), withEnv(newGatewayCmd()), withEnv(newRunnerCmd()), newInvokeCmd(), newValidateCmd(),
 		withEnv(newDeployCmd()), withEnv(newRemoveCmd()), withEnv(newListCmd()), withEnv(newCallsCmd()), withEnv(newInitCmd()), withEnv(newNATSCmd()),
 		newTokenCmd(), withEnv(newUserCmd()), withEnv(newKeyCmd()), newRestartCmd(), newPSCmd(), newVersionCmd(), newBenchCmd())

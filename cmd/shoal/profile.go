@@ -37,9 +37,28 @@ func stopCPUProfile() {
 	cpuProfile = nil
 }
 
-// workerProfile is the --cpu-profile of up's worker in slot: up's own
-// path with the slot appended, so that each worker writes its own (a
-// re-forked worker overwrites its predecessor's).
+// writeAllocProfile writes, if --mem-profile asked for it, the profile of
+// every allocation this process made (go tool pprof -sample_index
+// alloc_space or alloc_objects), and reports a failure.
+func writeAllocProfile(path string) {
+	if path == "" {
+		return
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.Lookup("allocs").WriteTo(f, 0)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "shoal: --mem-profile: "+err.Error())
+	}
+}
+
+// workerProfile is the --cpu-profile or --mem-profile of up's worker in
+// slot: up's own path with the slot appended, so that each worker writes
+// its own (a re-forked worker overwrites its predecessor's).
 func workerProfile(path string, slot int) string {
 	return fmt.Sprintf("%s.worker-%d", path, slot)
 }

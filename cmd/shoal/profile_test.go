@@ -9,11 +9,13 @@ import (
 	"testing"
 )
 
-// TestCPUProfile: shoal up --cpu-profile writes its own CPU profile and
-// each worker's, complete once they have exited.
+// TestCPUProfile: shoal up --cpu-profile and --mem-profile write its own
+// CPU and allocation profiles and each worker's, complete once they have
+// exited.
 func TestCPUProfile(t *testing.T) {
-	prof := filepath.Join(t.TempDir(), "up.pprof")
-	c := startCluster(t, 2, "--cpu-profile", prof)
+	dir := t.TempDir()
+	prof, allocs := filepath.Join(dir, "up.pprof"), filepath.Join(dir, "up.allocs")
+	c := startCluster(t, 2, "--cpu-profile", prof, "--mem-profile", allocs)
 	for range 50 {
 		if code, body := get(t, c.gw+"/function/ping"); code != 200 || body != "pong!" {
 			t.Fatalf("ping = %d %s", code, body)
@@ -22,7 +24,7 @@ func TestCPUProfile(t *testing.T) {
 	if err := c.p.stop(syscall.SIGTERM); err != nil {
 		t.Fatalf("up did not stop cleanly: %v\n%s", err, c.p.output())
 	}
-	for _, path := range []string{prof, workerProfile(prof, 1), workerProfile(prof, 2)} {
+	for _, path := range []string{prof, workerProfile(prof, 1), workerProfile(prof, 2), allocs, workerProfile(allocs, 1), workerProfile(allocs, 2)} {
 		f, err := os.Open(path)
 		if err != nil {
 			t.Errorf("profile: %v", err)

@@ -511,6 +511,7 @@ GET /metrics gives the runner's Prometheus metrics (docs/metrics.md).`,
 				}
 				return nil
 			})
+			health.serve() // shoal up's worker: its slot's scrapes reach it from now on
 			logger.Info("runner serving", "nats", nc.ConnectedUrlRedacted(), "id", r.ID(), "functions", r.Functions())
 			if err := supervisor.NotifyReady(r.ID()); err != nil {
 				logger.Error("cannot tell the supervisor this runner is ready", "error", err)

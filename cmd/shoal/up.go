@@ -80,7 +80,7 @@ the nats CLI, with the client role's credentials.`,
 	o.limits.register(f)
 	f.DurationVar(&o.drain, "drain-timeout", defaultDrainTimeout, "how long shutdown waits for in-flight requests")
 	f.StringVar(&o.natsContext, "nats-context", "shoal", "name of the nats CLI context to save, with client credentials (\"\" saves none)")
-	f.BoolVar(&o.acks, "runner-acks", true, "runners acknowledge each invocation, so that those of a worker that dies are answered 502 at once (false: they wait for their timeout, for more throughput)")
+	f.BoolVar(&o.acks, "runner-acks", true, "runners acknowledge each invocation running longer than 10 ms, so that those of a worker that dies are answered 502 at once (younger ones after 2 s; false: they wait for their timeout)")
 	f.IntVar(&o.crashLoop.Exits, "crash-loop-exits", 5, "a worker that exits this many times within --crash-loop-window is not re-forked again")
 	f.DurationVar(&o.crashLoop.Window, "crash-loop-window", time.Minute, "window of the crash-loop guard")
 	o.trust.register(f)

@@ -87,6 +87,9 @@ func (w *workerCommand) command(slot int) *exec.Cmd {
 	if rootFlags.cpuProfile != "" {
 		args = append(args, "--cpu-profile", workerProfile(rootFlags.cpuProfile, slot))
 	}
+	if rootFlags.memProfile != "" {
+		args = append(args, "--mem-profile", workerProfile(rootFlags.memProfile, slot))
+	}
 	cmd := exec.Command(w.exe, args...)
 	if w.metrics != nil {
 		cmd.ExtraFiles = w.metrics.files(slot)

@@ -89,8 +89,10 @@ type Config struct {
 	JWKS func() ([]byte, error)
 	// AckRunners makes every invocation ask the runner that takes it for
 	// an ack, so that [Gateway.RunnerLost] can fail at once the
-	// invocations of a runner that is gone. It costs an extra NATS
-	// message per invocation; leave it off when nothing calls RunnerLost.
+	// invocations of a runner that is gone. A Shoal runner acks an
+	// invocation still running after its ack delay (10 ms), which costs an
+	// extra NATS message for those; leave it off when nothing calls
+	// RunnerLost.
 	AckRunners bool
 	// Workers, when set, answers GET /system/workers with the status of
 	// the worker processes behind this gateway (shoal up's supervisor),

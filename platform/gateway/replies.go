@@ -216,11 +216,11 @@ func deliver(c *call, msg *nats.Msg) {
 
 // unackedGrace is how long, after a runner is reported gone, a call
 // that no runner has acknowledged yet gets to receive its ack. A live
-// Shoal runner acks as soon as it admits an invocation, in delivery
-// order, in well under a millisecond; a call still unacknowledged past
-// the grace had most likely reached the dead runner, which died before
-// its ack went out, and is answered runner_lost too, with a message that
-// says so. A responder that never acks (not a Shoal runner) would see
+// Shoal runner acks an invocation once it has run its ack delay (10 ms
+// by default; runner.DefaultAckDelay) and answers sooner ones without
+// an ack; a call still unanswered and unacknowledged past the grace had
+// most likely reached the dead runner, which died before its ack went
+// out, and is answered runner_lost too, with a message that says so. A responder that never acks (not a Shoal runner) would see
 // its long calls answered so: with acks on, all responders should be
 // Shoal runners.
 const unackedGrace = 2 * time.Second

@@ -86,7 +86,7 @@ func wantRunnerLost(t *testing.T, o outcome) {
 
 // watchAcks returns a function that waits until the runner with the
 // given id has acked an invocation. A runner acks only an invocation
-// still running after runner.AckDelay; the tests that report a runner
+// still running after its ack delay; the tests that report a runner
 // lost while it runs one wait for its ack first, as the ack is what lets
 // the gateway answer at once.
 func watchAcks(t *testing.T, p *platform) func(runner string) {
@@ -122,7 +122,10 @@ func TestRunnerLost(t *testing.T) {
 	p := start(t, options{acks: true, runners: -1})
 	acked := watchAcks(t, p)
 	blockA, blockB := functionstest.NewBlock(), functionstest.NewBlock()
-	a := p.addRunnerWith(t, map[string]http.Handler{"block": blockA, "sleep": p.fns["sleep"]})
+	// A's ack delay (100ms) is well above a quick answer's time even on a
+	// loaded machine, and below the sleep of 250ms it must ack.
+	a := runnertest.Start(t, p.broker.ClientURL(), runner.Config{Manifest: p.m, AckDelay: 100 * time.Millisecond,
+		Builtins: map[string]http.Handler{"block": blockA, "sleep": p.fns["sleep"]}})
 	b := p.addRunnerWith(t, functionstest.Builtins(map[string]http.Handler{"orphan": blockB}))
 	// Let the functions go before the runners drain at the test's end.
 	releaseA, releaseB := once(func() { close(blockA.Release) }), once(func() { close(blockB.Release) })

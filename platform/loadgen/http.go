@@ -301,7 +301,7 @@ func (c *HTTPClient) readBody(n int64) error {
 		c.body = append(c.body, " bytes)"...)
 		return nil
 	}
-	c.body = c.body[:n]
+	c.body = slices.Grow(c.body[:0], int(n))[:n]
 	if _, err := io.ReadFull(c.br, c.body); err != nil {
 		return fmt.Errorf("read body: %w", err)
 	}

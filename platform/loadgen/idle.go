@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 )
 
 // IdleConns are keep-alive connections that each made one request and
@@ -17,9 +18,14 @@ type IdleConns struct {
 	FirstError error
 }
 
+// idleRequestTimeout bounds the one request made on each idle
+// connection, from the dial to the end of the answer.
+const idleRequestTimeout = 10 * time.Second
+
 // OpenIdle opens n connections to t's server, makes t's request once on
 // each (parallel at a time) and keeps open those that were answered as
-// expected. It stops early when ctx ends; Close releases what it opened.
+// expected. Each request is bounded by 10 s; when ctx ends, the requests
+// under way are cut and OpenIdle returns. Close releases what it opened.
 func OpenIdle(ctx context.Context, t Target, n, parallel int) (*IdleConns, error) {
 	if n < 0 || parallel < 1 {
 		return nil, fmt.Errorf("loadgen: %d idle connections, %d at a time: want n >= 0 and parallel >= 1", n, parallel)
@@ -32,8 +38,17 @@ func OpenIdle(ctx context.Context, t Target, n, parallel int) (*IdleConns, error
 		wg.Go(func() {
 			for range jobs {
 				c := NewHTTPClient(t)
+				timer := time.AfterFunc(idleRequestTimeout, func() { _ = c.Close() })
+				stop := context.AfterFunc(ctx, func() { _ = c.Close() })
 				err := c.Do()
-				if err == nil && c.conn == nil {
+				timedOut, canceled := !timer.Stop(), !stop()
+				switch {
+				case err != nil:
+				case timedOut:
+					err = fmt.Errorf("no answer within %s", idleRequestTimeout)
+				case canceled:
+					err = ctx.Err()
+				case c.conn == nil:
 					err = fmt.Errorf("the server closed the connection after its answer")
 				}
 				mu.Lock()

@@ -3,10 +3,12 @@ package loadgen_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -300,5 +302,63 @@ func TestIdleConns(t *testing.T) {
 	}
 	if a := ic.Alive(); a > 0 {
 		t.Errorf("%d alive after the server closed them all", a)
+	}
+}
+
+// TestOpenIdleBounded: connections to a server that accepts and never
+// answers do not hold OpenIdle past its context.
+func TestOpenIdleBounded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var accepted []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			accepted = append(accepted, c)
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range accepted {
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	ic, err := loadgen.OpenIdle(ctx, loadgen.Target{Addr: ln.Addr().String(), Path: "/"}, 5, 5)
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("OpenIdle returned %s after its context ended at 300ms", d)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) && ic.Failed != 5 {
+		t.Errorf("err %v, failed %d: want the context's end, or every connection failed", err, ic.Failed)
+	}
+	if ic.Open() != 0 {
+		t.Errorf("%d connections kept that were never answered", ic.Open())
+	}
+	ic.Close()
+}
+
+// TestLargeBodyWithoutExpectation: an answer body larger than the
+// client's first buffer is read when no body is expected.
+func TestLargeBodyWithoutExpectation(t *testing.T) {
+	big := strings.Repeat("x", 4096)
+	srv, _ := server(t, func(_ int64, w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, big) })
+	c := loadgen.NewHTTPClient(loadgen.Target{Addr: srv.Listener.Addr().String(), Path: "/"})
+	defer c.Close()
+	for range 2 {
+		if err := c.Do(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -89,26 +90,52 @@ func (e *endpoint) refuse(req micro.Request, ierr *invocation.Error) {
 	}
 }
 
-// AckDelay is how long an invocation that asked for an ack (Shoal-Ack)
-// runs before its runner sends the ack. Most invocations end sooner, and
-// their answer tells the caller all an ack would have: they cost no ack
-// message. The gateway answers runner_lost, 2 s after a runner is
-// reported gone, the invocations no runner acked (gateway.unackedGrace),
-// so the delay must stay well below that: a live runner's ack is out by
-// then.
-const AckDelay = 10 * time.Millisecond
+// DefaultAckDelay is how long an invocation that asked for an ack
+// (Shoal-Ack) runs before its runner sends the ack. Most invocations end
+// sooner, and their answer tells the caller all an ack would have: they
+// cost no ack message. The gateway answers runner_lost, 2 s after a
+// runner is reported gone, the invocations no runner acked
+// (gateway.unackedGrace), so the delay must stay well below that: a live
+// runner's ack is out by then.
+const DefaultAckDelay = 10 * time.Millisecond
+
+// answerOnce decides which of an invocation's would-be answers (the
+// function's, the timeout's) is sent, and keeps a delayed ack ahead of it:
+// the ack, if sent at all, is published before the answer.
+type answerOnce struct {
+	answered atomic.Bool
+	// mu is held by the ack while it checks answered and publishes, and
+	// by claim while it sets answered, so that an answer claimed while an
+	// ack is going out is published after it.
+	mu sync.Mutex
+}
+
+// claim reports whether the caller is the one to answer; withAck says
+// whether an ack may be under way.
+func (a *answerOnce) claim(withAck bool) bool {
+	if !withAck {
+		return a.answered.CompareAndSwap(false, true)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.answered.CompareAndSwap(false, true)
+}
 
 // invoke runs one admitted invocation and answers it exactly once: with the
 // function's answer, or with 504 when its timeout passes first. A caller
-// that asked for an ack (ack is its reply subject) gets it if the
-// invocation is still running after AckDelay.
+// that asked for an ack (ack is its reply subject) gets it, before the
+// answer, if the invocation is still running after the runner's ack
+// delay.
 func (e *endpoint) invoke(d *definition, reply string, header nats.Header, data []byte, ack string) {
 	start := time.Now()
 	header, tr := invocation.ReceiveTrace(header)
-	var answered atomic.Bool
-	if ack != "" {
-		t := time.AfterFunc(AckDelay, func() {
-			if answered.Load() {
+	var once answerOnce
+	withAck := ack != ""
+	if withAck {
+		t := time.AfterFunc(e.r.ackDelay, func() {
+			once.mu.Lock()
+			defer once.mu.Unlock()
+			if once.answered.Load() {
 				return
 			}
 			if err := e.r.nc.PublishMsg(&nats.Msg{Subject: ack, Header: e.r.ackHeader}); err != nil {
@@ -121,7 +148,7 @@ func (e *endpoint) invoke(d *definition, reply string, header nats.Header, data 
 	defer cancel()
 
 	stopTimer := context.AfterFunc(ctx, func() {
-		if answered.CompareAndSwap(false, true) {
+		if once.claim(withAck) {
 			ierr := e.expired(ctx, d)
 			e.finish(reply, ierr.Msg(reply), ierr, start, tr)
 		}
@@ -134,7 +161,7 @@ func (e *endpoint) invoke(d *definition, reply string, header nats.Header, data 
 	e.release()
 	stopTimer()
 	defer putWriter(w)
-	if !answered.CompareAndSwap(false, true) {
+	if !once.claim(withAck) {
 		e.r.log.Warn("function answered after its timeout; the answer was dropped",
 			"function", e.name, "took", time.Since(start).Round(time.Millisecond), "timeout", d.fn.Timeout, tr.LogAttr())
 		return
@@ -298,17 +325,15 @@ func (e *endpoint) finish(reply string, msg *nats.Msg, ierr *invocation.Error, s
 	defer e.r.unanswered.Add(-1)
 	if reply != "" {
 		tr.SetResponse(msg.Header)
-		err := e.r.nc.PublishMsg(msg)
-		if errors.Is(err, nats.ErrMaxPayload) {
+		if mp := int(e.r.nc.MaxPayload()); mp > 0 && msg.Size()-len(msg.Subject)-len(msg.Reply) > mp {
+			// The function's headers do not fit beside its body.
 			ierr = e.tooLarge()
 			msg = ierr.Msg(reply)
 			tr.SetResponse(msg.Header)
-			err = e.r.nc.PublishMsg(msg)
-		}
-		if err != nil {
-			e.r.log.Warn("cannot send answer", "function", e.name, "error", err, tr.LogAttr())
 		}
 	}
+	// Counted before the answer goes out: a caller that has its answer
+	// finds the invocation in the figures.
 	took := time.Since(start)
 	e.completed.Add(1)
 	e.busy.Add(int64(took))
@@ -316,6 +341,11 @@ func (e *endpoint) finish(reply string, msg *nats.Msg, ierr *invocation.Error, s
 	if ierr != nil {
 		e.errors.Add(1)
 		e.setLastError(ierr)
+	}
+	if reply != "" {
+		if err := e.r.nc.PublishMsg(msg); err != nil {
+			e.r.log.Warn("cannot send answer", "function", e.name, "error", err, tr.LogAttr())
+		}
 	}
 	e.logAnswer(msg, ierr, start, tr)
 }

@@ -17,6 +17,7 @@
 package runner
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -64,6 +65,9 @@ type Config struct {
 	Async *AsyncConfig
 	// Logger receives the runner's log; nil discards it.
 	Logger *slog.Logger
+	// AckDelay is how long an invocation that asked for an ack runs
+	// before the ack is sent; 0 means DefaultAckDelay.
+	AckDelay time.Duration
 }
 
 // AsyncConfig configures a runner's asynchronous calls.
@@ -119,6 +123,7 @@ type Runner struct {
 	// the acks share it.
 	id        string
 	ackHeader nats.Header
+	ackDelay  time.Duration
 
 	// ctx is the parent of every invocation's context; cancel ends the
 	// invocations still running when a stop runs out of time.
@@ -161,6 +166,7 @@ func Start(nc *nats.Conn, cfg Config) (*Runner, error) {
 		log:      log,
 		maxBody:  max(int(nc.MaxPayload())-replyHeaderRoom, 0),
 		id:       nuid.Next(),
+		ackDelay: cmp.Or(cfg.AckDelay, DefaultAckDelay),
 		ctx:      ctx,
 		cancel:   cancel,
 	}

@@ -557,14 +557,18 @@ func TestRunnerChecksTokens(t *testing.T) {
 
 // TestAck: a caller that sets Shoal-Ack gets an ack naming the runner on
 // its reply subject before the answer when the invocation runs longer
-// than runner.AckDelay, and the answer alone when it ends sooner; one that
+// than the runner's ack delay, and the answer alone when it ends sooner; one that
 // does not set it gets the answer alone, and so does a caller refused as
 // overloaded.
 func TestAck(t *testing.T) {
 	s := brokertest.Start(t)
 	block := functionstest.NewBlock()
 	defer close(block.Release)
-	r := startRunner(t, s, testManifest, functionstest.Builtins(map[string]http.Handler{"block": block}))
+	// An ack delay of its own, well above a quick answer's time even on a
+	// loaded machine, and below sleep's 300ms timeout.
+	const ackDelay = 100 * time.Millisecond
+	fns := functionstest.Builtins(map[string]http.Handler{"block": block})
+	r := runnertest.Start(t, s.ClientURL(), runner.Config{Manifest: loadManifest(t, testManifest, fns), Builtins: fns, AckDelay: ackDelay})
 	nc := brokertest.Connect(t, s)
 
 	// send publishes an invocation and returns every message its reply
@@ -602,7 +606,7 @@ func TestAck(t *testing.T) {
 		return msg
 	}
 
-	// sleep runs for d: past runner.AckDelay it is acked.
+	// sleep runs for d: past ackDelay it is acked.
 	sleep := func(d time.Duration) *nats.Msg {
 		msg := withAck("fn.sleep")
 		msg.Header.Set(invocation.HeaderQuery, "d="+d.String())
@@ -612,12 +616,12 @@ func TestAck(t *testing.T) {
 	t.Run("with Shoal-Ack, a quick answer: the answer alone", func(t *testing.T) {
 		got := send(t, withAck("fn.ping"))
 		if len(got) != 1 || string(got[0].Data) != "pong!" {
-			t.Fatalf("got %d messages, want the answer alone (no ack: it came within %s)", len(got), runner.AckDelay)
+			t.Fatalf("got %d messages, want the answer alone (no ack: it came within %s)", len(got), ackDelay)
 		}
 	})
 
 	t.Run("with Shoal-Ack, a longer invocation: the ack, then the answer", func(t *testing.T) {
-		got := send(t, sleep(10*runner.AckDelay))
+		got := send(t, sleep(2*ackDelay))
 		if len(got) != 2 {
 			t.Fatalf("got %d messages, want an ack and the answer", len(got))
 		}
@@ -631,7 +635,7 @@ func TestAck(t *testing.T) {
 	})
 
 	t.Run("with Shoal-Ack in lower case", func(t *testing.T) {
-		msg := sleep(10 * runner.AckDelay)
+		msg := sleep(2 * ackDelay)
 		msg.Header["shoal-ack"] = msg.Header[invocation.HeaderAck]
 		delete(msg.Header, invocation.HeaderAck)
 		if got := send(t, msg); len(got) != 2 {
@@ -668,4 +672,63 @@ func TestAck(t *testing.T) {
 			t.Errorf("got %d messages (first %v), want the overloaded refusal alone", len(got), got[0].Header)
 		}
 	})
+}
+
+// TestAckBeforeAnswer: an invocation that ends about when its ack is due
+// gets the ack before the answer, or no ack, never an ack after it.
+func TestAckBeforeAnswer(t *testing.T) {
+	s := brokertest.Start(t)
+	const ackDelay = 2 * time.Millisecond
+	fns := functionstest.Builtins(map[string]http.Handler{"block": functionstest.NewBlock()})
+	runnertest.Start(t, s.ClientURL(), runner.Config{Manifest: loadManifest(t, testManifest, fns), Builtins: fns, AckDelay: ackDelay})
+	nc := brokertest.Connect(t, s)
+	sub, err := nc.SubscribeSync(nats.NewInbox() + ".*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := strings.TrimSuffix(sub.Subject, "*")
+	const n = 300
+	for i := range n {
+		msg := nats.NewMsg("fn.sleep")
+		msg.Reply = prefix + strconv.Itoa(i)
+		msg.Header.Set(invocation.HeaderAck, invocation.AckRequested)
+		msg.Header.Set(invocation.HeaderQuery, "d="+ackDelay.String())
+		if err := nc.PublishMsg(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	answered := map[string]bool{}
+	acks, late := 0, 0
+	for len(answered) < n {
+		m, err := sub.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("after %d answers: %v", len(answered), err)
+		}
+		if _, ok := invocation.ReadAck(m); ok {
+			acks++
+			if answered[m.Subject] {
+				late++
+			}
+			continue
+		}
+		answered[m.Subject] = true
+	}
+	// Acks still on their way would come now.
+	for {
+		m, err := sub.NextMsg(200 * time.Millisecond)
+		if err != nil {
+			break
+		}
+		if _, ok := invocation.ReadAck(m); ok {
+			acks++
+			late++
+		}
+	}
+	if late > 0 {
+		t.Errorf("%d of %d acks came after their answer", late, acks)
+	}
+	if acks == 0 {
+		t.Errorf("no ack in %d invocations of %s at an ack delay of %s: the race was not exercised", n, ackDelay, ackDelay)
+	}
+	t.Logf("%d invocations, %d acked", n, acks)
 }
