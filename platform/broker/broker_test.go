@@ -126,6 +126,9 @@ func TestInProcessConn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer gw.Close()
+	if addr := gw.ConnectedAddr(); addr != "pipe" {
+		t.Errorf("the gateway's connection is to %q, want net.Pipe's \"pipe\": not through memory", addr)
+	}
 	reply, err := gw.Request("fn.ping", nil, 5*time.Second)
 	if err != nil || string(reply.Data) != "pong!" {
 		t.Fatalf("request through memory: %v %v", reply, err)
