@@ -9,45 +9,18 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
+	"github.com/shoal-dev/shoal/internal/promtest"
 	"github.com/shoal-dev/shoal/platform/broker"
 )
 
 // promScrape is one scrape of a /metrics endpoint, by family name.
-type promScrape map[string]*dto.MetricFamily
+type promScrape promtest.Families
 
 // scrapeMetrics GETs url (a /metrics endpoint) and parses the text
 // exposition, as Prometheus would.
 func scrapeMetrics(t *testing.T, url string) promScrape {
 	t.Helper()
-	client := &http.Client{Timeout: 10 * time.Second}
-	resp, err := client.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET %s: %s", url, resp.Status)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatalf("parse %s: %v", url, err)
-	}
-	return mfs
-}
-
-// label returns the value of a metric's label, "" if it has none.
-func label(m *dto.Metric, name string) string {
-	for _, lp := range m.GetLabel() {
-		if lp.GetName() == name {
-			return lp.GetValue()
-		}
-	}
-	return ""
+	return promScrape(promtest.Scrape(t, url))
 }
 
 // sum adds up the series of family name whose labels include want
@@ -57,13 +30,13 @@ func (s promScrape) sum(name string, want ...string) map[string]float64 {
 	for _, m := range s[name].GetMetric() {
 		match := true
 		for i := 0; i < len(want); i += 2 {
-			match = match && label(m, want[i]) == want[i+1]
+			match = match && promtest.Label(m, want[i]) == want[i+1]
 		}
 		if !match {
 			continue
 		}
 		v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		out[label(m, "worker")] += v
+		out[promtest.Label(m, "worker")] += v
 	}
 	return out
 }
@@ -72,7 +45,7 @@ func (s promScrape) sum(name string, want ...string) map[string]float64 {
 func (s promScrape) workers(name string) []string {
 	var out []string
 	for _, m := range s[name].GetMetric() {
-		if w := label(m, "worker"); w != "" && !slices.Contains(out, w) {
+		if w := promtest.Label(m, "worker"); w != "" && !slices.Contains(out, w) {
 			out = append(out, w)
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-dev/shoal/internal/promtest"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -71,8 +73,8 @@ func TestWorkerMetricsGather(t *testing.T) {
 	got := map[string]float64{}
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {
-			key := mf.GetName() + " worker=" + label(m, "worker")
-			if f := label(m, "function"); f != "" {
+			key := mf.GetName() + " worker=" + promtest.Label(m, "worker")
+			if f := promtest.Label(m, "function"); f != "" {
 				key += " function=" + f
 			}
 			got[key] = m.GetCounter().GetValue() + m.GetGauge().GetValue()

@@ -14,10 +14,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/nats-io/nats.go"
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
+	"github.com/shoal-dev/shoal/internal/promtest"
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/manifest"
 	"github.com/shoal-dev/shoal/platform/broker/brokertest"
@@ -29,91 +27,22 @@ import (
 // The metrics tests drive real requests through a real NATS server and
 // runner, then read GET /metrics as Prometheus would, in the text format.
 
-// scraped is one scrape of GET /metrics, by family name.
-type scraped map[string]*dto.MetricFamily
-
 // scrape reads the gateway's metrics.
-func scrape(t testing.TB, url string) scraped {
+func scrape(t testing.TB, url string) promtest.Families {
 	t.Helper()
-	resp, err := http.Get(url + "/metrics")
-	if err != nil {
-		t.Fatalf("GET /metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET /metrics: %s", resp.Status)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatalf("parse /metrics: %v", err)
-	}
-	return mfs
+	return promtest.Scrape(t, url+"/metrics")
 }
 
-// labels writes a label set as name="value",... in the order given.
-type labels []string
-
-// matches reports whether m has exactly the labels ls (name, value, ...).
-func (ls labels) matches(m *dto.Metric) bool {
-	if len(m.GetLabel())*2 != len(ls) {
-		return false
-	}
-	for i := 0; i < len(ls); i += 2 {
-		found := false
-		for _, lp := range m.GetLabel() {
-			if lp.GetName() == ls[i] && lp.GetValue() == ls[i+1] {
-				found = true
-			}
-		}
-		if !found {
-			return false
-		}
-	}
-	return true
-}
-
-// value returns the value of the series name{ls}: a counter's or gauge's
-// value, a histogram's count; ok is false when there is no such series.
-func (s scraped) value(name string, ls ...string) (v float64, ok bool) {
-	for _, m := range s[name].GetMetric() {
-		if !labels(ls).matches(m) {
-			continue
-		}
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue(), true
-		case m.Gauge != nil:
-			return m.Gauge.GetValue(), true
-		case m.Histogram != nil:
-			return float64(m.Histogram.GetSampleCount()), true
-		}
-	}
-	return 0, false
-}
-
-// want checks that the series name{ls} exists with value v.
-func (s scraped) want(t testing.TB, v float64, name string, ls ...string) {
+// absent checks that s has no series name{ls}.
+func absent(t testing.TB, s promtest.Families, name string, ls ...string) {
 	t.Helper()
-	got, ok := s.value(name, ls...)
-	switch {
-	case !ok:
-		t.Errorf("%s%v: no such series", name, ls)
-	case got != v:
-		t.Errorf("%s%v = %v, want %v", name, ls, got, v)
-	}
-}
-
-// absent checks that no series name{ls} exists.
-func (s scraped) absent(t testing.TB, name string, ls ...string) {
-	t.Helper()
-	if v, ok := s.value(name, ls...); ok {
+	if v, ok := s.Value(name, ls...); ok {
 		t.Errorf("%s%v = %v, want no such series", name, ls, v)
 	}
 }
 
-// labelValues returns every value label has in any shoal_ series.
-func (s scraped) labelValues(label string) map[string]bool {
+// labelValues returns every value label has in any shoal_ series of s.
+func labelValues(s promtest.Families, label string) map[string]bool {
 	out := map[string]bool{}
 	for name, mf := range s {
 		if !strings.HasPrefix(name, "shoal_") {
@@ -168,24 +97,24 @@ func TestMetricsRequests(t *testing.T) {
 		}
 	}
 	s := scrape(t, p.url)
-	s.want(t, 4, requestsTotal, "function", "ping", "route", "sync", "code", "200")
-	s.want(t, 2, requestsTotal, "function", "teapot", "route", "sync", "code", "418")
-	s.want(t, 1, requestsTotal, "function", "panic", "route", "sync", "code", "500")
-	s.want(t, 2, requestsTotal, "function", "orphan", "route", "sync", "code", "503")
-	s.want(t, 3, requestsTotal, "function", "_unknown", "route", "sync", "code", "404")
-	s.want(t, 4, durationHist, "function", "ping", "route", "sync")
-	s.want(t, 3, durationHist, "function", "_unknown", "route", "sync")
-	s.want(t, 0, durationHist, "function", "ping", "route", "async")
-	s.want(t, 2, natsErrors, "function", "orphan", "reason", "no_responders")
+	s.Want(t, 4, requestsTotal, "function", "ping", "route", "sync", "code", "200")
+	s.Want(t, 2, requestsTotal, "function", "teapot", "route", "sync", "code", "418")
+	s.Want(t, 1, requestsTotal, "function", "panic", "route", "sync", "code", "500")
+	s.Want(t, 2, requestsTotal, "function", "orphan", "route", "sync", "code", "503")
+	s.Want(t, 3, requestsTotal, "function", "_unknown", "route", "sync", "code", "404")
+	s.Want(t, 4, durationHist, "function", "ping", "route", "sync")
+	s.Want(t, 3, durationHist, "function", "_unknown", "route", "sync")
+	s.Want(t, 0, durationHist, "function", "ping", "route", "async")
+	s.Want(t, 2, natsErrors, "function", "orphan", "reason", "no_responders")
 	for _, reason := range []string{"timeout", "runner_lost", "unavailable", "other"} {
-		s.want(t, 0, natsErrors, "function", "orphan", "reason", reason)
+		s.Want(t, 0, natsErrors, "function", "orphan", "reason", reason)
 	}
-	s.want(t, 0, natsErrors, "function", "ping", "reason", "no_responders")
+	s.Want(t, 0, natsErrors, "function", "ping", "reason", "no_responders")
 	// Codes never answered have no series.
-	s.absent(t, requestsTotal, "function", "ping", "route", "sync", "code", "500")
-	s.absent(t, requestsTotal, "function", "echo", "route", "sync", "code", "200")
+	absent(t, s, requestsTotal, "function", "ping", "route", "sync", "code", "500")
+	absent(t, s, requestsTotal, "function", "echo", "route", "sync", "code", "200")
 	// Only deployed names are label values.
-	fns := s.labelValues("function")
+	fns := labelValues(s, "function")
 	for name := range fns {
 		if _, ok := p.gatewayFunctions()[name]; !ok && name != "_unknown" {
 			t.Errorf("function label %q: not a deployed function", name)
@@ -206,8 +135,8 @@ func TestMetricsRequests(t *testing.T) {
 			t.Errorf("%s: buckets %v, want %v", durationHist, bounds, gateway.DurationBuckets)
 		}
 	}
-	s.want(t, 0, inFlight)
-	s.want(t, 1024, "shoal_gateway_inflight_requests_limit")
+	s.Want(t, 0, inFlight)
+	s.Want(t, 1024, "shoal_gateway_inflight_requests_limit")
 	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes"} {
 		if _, ok := s[name]; !ok {
 			t.Errorf("no %s: the Go and process collectors are missing", name)
@@ -242,8 +171,8 @@ func TestMetricsNATSErrors(t *testing.T) {
 			t.Fatalf("silent = %d %s, want 504", r.status, r.body)
 		}
 		s := scrape(t, p.url)
-		s.want(t, 1, natsErrors, "function", "silent", "reason", "timeout")
-		s.want(t, 1, requestsTotal, "function", "silent", "route", "sync", "code", "504")
+		s.Want(t, 1, natsErrors, "function", "silent", "reason", "timeout")
+		s.Want(t, 1, requestsTotal, "function", "silent", "route", "sync", "code", "504")
 	})
 	t.Run("runner_lost", func(t *testing.T) {
 		t.Parallel()
@@ -259,8 +188,8 @@ func TestMetricsNATSErrors(t *testing.T) {
 		close(p.block.Release) // the runner is still running it
 		p.released = true
 		s := scrape(t, p.url)
-		s.want(t, 1, natsErrors, "function", "block", "reason", "runner_lost")
-		s.want(t, 1, requestsTotal, "function", "block", "route", "sync", "code", "502")
+		s.Want(t, 1, natsErrors, "function", "block", "reason", "runner_lost")
+		s.Want(t, 1, requestsTotal, "function", "block", "route", "sync", "code", "502")
 	})
 	t.Run("unavailable", func(t *testing.T) {
 		t.Parallel()
@@ -273,8 +202,8 @@ func TestMetricsNATSErrors(t *testing.T) {
 			}
 		}
 		s := scrape(t, p.url)
-		s.want(t, 2, natsErrors, "function", "ping", "reason", "unavailable")
-		s.want(t, 2, requestsTotal, "function", "ping", "route", "sync", "code", "503")
+		s.Want(t, 2, natsErrors, "function", "ping", "reason", "unavailable")
+		s.Want(t, 2, requestsTotal, "function", "ping", "route", "sync", "code", "503")
 	})
 }
 
@@ -328,13 +257,13 @@ func TestMetricsAuthFailures(t *testing.T) {
 	s := scrape(t, p.url)
 	for _, reason := range []string{token.ReasonMissing, token.ReasonMalformed, token.ReasonExpired, token.ReasonInvalid,
 		token.ReasonKeyUnavailable, token.ReasonInsufficientScope, "other"} {
-		s.want(t, want[reason], authFailures, "reason", reason)
+		s.Want(t, want[reason], authFailures, "reason", reason)
 	}
 	for code, n := range codes {
-		s.want(t, n, requestsTotal, "function", "echo", "route", "sync", "code", fmt.Sprint(code))
+		s.Want(t, n, requestsTotal, "function", "echo", "route", "sync", "code", fmt.Sprint(code))
 	}
 	// Refusals do not reach NATS: no NATS error.
-	s.want(t, 0, natsErrors, "function", "echo", "reason", "other")
+	s.Want(t, 0, natsErrors, "function", "echo", "reason", "other")
 }
 
 // TestMetricsInFlightAndClientGone: an invocation held by its function
@@ -354,7 +283,7 @@ func TestMetricsInFlightAndClientGone(t *testing.T) {
 		gone <- err
 	}()
 	<-p.block.Started
-	scrape(t, p.url).want(t, 1, inFlight)
+	scrape(t, p.url).Want(t, 1, inFlight)
 	cancel()
 	if err := <-gone; err == nil {
 		t.Fatal("the cancelled request got an answer")
@@ -363,9 +292,9 @@ func TestMetricsInFlightAndClientGone(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		s := scrape(t, p.url)
-		if v, _ := s.value(requestsTotal, "function", "block", "route", "sync", "code", "499"); v == 1 {
-			s.want(t, 0, inFlight)
-			s.want(t, 1, durationHist, "function", "block", "route", "sync")
+		if v, _ := s.Value(requestsTotal, "function", "block", "route", "sync", "code", "499"); v == 1 {
+			s.Want(t, 0, inFlight)
+			s.Want(t, 1, durationHist, "function", "block", "route", "sync")
 			break
 		}
 		if time.Now().After(deadline) {
@@ -405,20 +334,20 @@ func TestMetricsFollowFunctions(t *testing.T) {
 		t.Fatalf("teapot, removed = %d", r.status)
 	}
 	s := scrape(t, p.url)
-	fns := s.labelValues("function")
+	fns := labelValues(s, "function")
 	if fns["teapot"] || fns["block"] {
 		t.Errorf("function labels %v: removed functions keep series", fns)
 	}
-	s.want(t, 1, requestsTotal, "function", "ping", "route", "sync", "code", "200")
-	s.want(t, 1, requestsTotal, "function", "_unknown", "route", "sync", "code", "404")
+	s.Want(t, 1, requestsTotal, "function", "ping", "route", "sync", "code", "200")
+	s.Want(t, 1, requestsTotal, "function", "_unknown", "route", "sync", "code", "404")
 
 	p.gateway.SetFunctions(p.m.Functions)
 	s = scrape(t, p.url)
-	s.absent(t, requestsTotal, "function", "teapot", "route", "sync", "code", "418")
-	s.want(t, 0, durationHist, "function", "teapot", "route", "sync")
-	s.want(t, 1, requestsTotal, "function", "ping", "route", "sync", "code", "200") // kept throughout
+	absent(t, s, requestsTotal, "function", "teapot", "route", "sync", "code", "418")
+	s.Want(t, 0, durationHist, "function", "teapot", "route", "sync")
+	s.Want(t, 1, requestsTotal, "function", "ping", "route", "sync", "code", "200") // kept throughout
 	do(t, newRequest(t, "GET", p.url+"/function/teapot", nil))
-	scrape(t, p.url).want(t, 1, requestsTotal, "function", "teapot", "route", "sync", "code", "418")
+	scrape(t, p.url).Want(t, 1, requestsTotal, "function", "teapot", "route", "sync", "code", "418")
 }
 
 // TestMetricsAsync: submissions count under route async.
@@ -439,13 +368,13 @@ func TestMetricsAsync(t *testing.T) {
 		t.Fatalf("submit to guarded without a token = %d %s", r.status, r.body)
 	}
 	s := scrape(t, p.url)
-	s.want(t, 2, requestsTotal, "function", "echo", "route", "async", "code", "202")
-	s.want(t, 2, durationHist, "function", "echo", "route", "async")
-	s.want(t, 0, durationHist, "function", "echo", "route", "sync")
-	s.want(t, 1, requestsTotal, "function", "sync-only", "route", "async", "code", "405")
-	s.want(t, 1, requestsTotal, "function", "_unknown", "route", "async", "code", "404")
-	s.want(t, 1, requestsTotal, "function", "guarded", "route", "async", "code", "401")
-	s.want(t, 1, authFailures, "reason", token.ReasonMissing)
+	s.Want(t, 2, requestsTotal, "function", "echo", "route", "async", "code", "202")
+	s.Want(t, 2, durationHist, "function", "echo", "route", "async")
+	s.Want(t, 0, durationHist, "function", "echo", "route", "sync")
+	s.Want(t, 1, requestsTotal, "function", "sync-only", "route", "async", "code", "405")
+	s.Want(t, 1, requestsTotal, "function", "_unknown", "route", "async", "code", "404")
+	s.Want(t, 1, requestsTotal, "function", "guarded", "route", "async", "code", "401")
+	s.Want(t, 1, authFailures, "reason", token.ReasonMissing)
 }
 
 // TestObservedKeepsBodyLimitClose: the writer the metrics wrap around an
@@ -464,5 +393,5 @@ func TestObservedKeepsBodyLimitClose(t *testing.T) {
 	if resp.StatusCode != 413 || !resp.Close {
 		t.Errorf("oversized chunked body: %s, Connection: close %v; want 413 and the connection closed", resp.Status, resp.Close)
 	}
-	scrape(t, p.url).want(t, 1, requestsTotal, "function", "counter", "route", "sync", "code", "413")
+	scrape(t, p.url).Want(t, 1, requestsTotal, "function", "counter", "route", "sync", "code", "413")
 }

@@ -8,71 +8,19 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/shoal-dev/shoal/functions/functionstest"
+	"github.com/shoal-dev/shoal/internal/promtest"
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/platform/broker/brokertest"
 	"github.com/shoal-dev/shoal/platform/calls"
 	"github.com/shoal-dev/shoal/platform/runner"
 )
 
-// gathered is one gathering of a registry, by family name.
-type gathered map[string]*dto.MetricFamily
-
 // gather gathers reg, failing on any inconsistency the registry finds.
-func gather(t testing.TB, reg *prometheus.Registry) gathered {
+func gather(t testing.TB, reg *prometheus.Registry) promtest.Families {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	out := gathered{}
-	for _, mf := range mfs {
-		out[mf.GetName()] = mf
-	}
-	return out
-}
-
-// value returns the value of name{labels}: a counter's or gauge's value,
-// a histogram's count; ok is false when there is no such series.
-func (g gathered) value(name string, labels ...string) (float64, bool) {
-	for _, m := range g[name].GetMetric() {
-		if len(m.GetLabel())*2 != len(labels) {
-			continue
-		}
-		match := true
-		for _, lp := range m.GetLabel() {
-			found := false
-			for i := 0; i < len(labels); i += 2 {
-				found = found || labels[i] == lp.GetName() && labels[i+1] == lp.GetValue()
-			}
-			match = match && found
-		}
-		if !match {
-			continue
-		}
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue(), true
-		case m.Gauge != nil:
-			return m.Gauge.GetValue(), true
-		case m.Histogram != nil:
-			return float64(m.Histogram.GetSampleCount()), true
-		}
-	}
-	return 0, false
-}
-
-func (g gathered) want(t testing.TB, v float64, name string, labels ...string) {
-	t.Helper()
-	got, ok := g.value(name, labels...)
-	switch {
-	case !ok:
-		t.Errorf("%s%v: no such series", name, labels)
-	case got != v:
-		t.Errorf("%s%v = %v, want %v", name, labels, got, v)
-	}
+	return promtest.Gather(t, reg)
 }
 
 const (
@@ -146,17 +94,17 @@ func TestMetrics(t *testing.T) {
 	} {
 		var answered float64
 		for _, o := range []string{runner.OutcomeOK, runner.OutcomeError, runner.OutcomeTimeout, runner.OutcomePanic, runner.OutcomeRejected} {
-			g.want(t, w.counts[o], invocationsTotal, "function", w.function, "outcome", o)
+			g.Want(t, w.counts[o], invocationsTotal, "function", w.function, "outcome", o)
 			if o != runner.OutcomeRejected {
 				answered += w.counts[o]
 			}
 		}
-		g.want(t, answered, durationHist, "function", w.function)
+		g.Want(t, answered, durationHist, "function", w.function)
 	}
-	g.want(t, 2, inUse, "function", "block")
-	g.want(t, 2, limit, "function", "block")
-	g.want(t, 0, inUse, "function", "ping")
-	g.want(t, 100, limit, "function", "ping") // the default
+	g.Want(t, 2, inUse, "function", "block")
+	g.Want(t, 2, limit, "function", "block")
+	g.Want(t, 0, inUse, "function", "ping")
+	g.Want(t, 100, limit, "function", "ping") // the default
 	if _, ok := g["shoal_runner_async_calls_taken_total"]; ok {
 		t.Error("a runner without asynchronous calls reports them")
 	}
@@ -166,8 +114,8 @@ func TestMetrics(t *testing.T) {
 	// A slot is freed just before its invocation is answered and counted.
 	eventually(t, func() bool {
 		g := gather(t, reg)
-		v, _ := g.value(inUse, "function", "block")
-		ok, _ := g.value(invocationsTotal, "function", "block", "outcome", runner.OutcomeOK)
+		v, _ := g.Value(inUse, "function", "block")
+		ok, _ := g.Value(invocationsTotal, "function", "block", "outcome", runner.OutcomeOK)
 		return v == 0 && ok == 2
 	}, "block's invocations are not counted answered, their slots freed")
 
@@ -189,7 +137,7 @@ functions:
 			}
 		}
 	}
-	g.want(t, 3, invocationsTotal, "function", "ping", "outcome", runner.OutcomeOK)
+	g.Want(t, 3, invocationsTotal, "function", "ping", "outcome", runner.OutcomeOK)
 }
 
 // TestMetricsAsyncCalls: asynchronous calls count as invocations, and
@@ -210,24 +158,24 @@ functions:
 	const taken, settled = "shoal_runner_async_calls_taken_total", "shoal_runner_async_calls_settled_total"
 	// The record is written before the call is acknowledged and counted.
 	eventually(t, func() bool {
-		v, _ := gather(t, reg).value(settled, "function", "panic", "result", calls.SettledFailed)
+		v, _ := gather(t, reg).Value(settled, "function", "panic", "result", calls.SettledFailed)
 		return v == 1
 	}, "panic's call is not counted as failed")
 	eventually(t, func() bool {
-		v, _ := gather(t, reg).value(settled, "function", "echo", "result", calls.SettledSucceeded)
+		v, _ := gather(t, reg).Value(settled, "function", "echo", "result", calls.SettledSucceeded)
 		return v == 1
 	}, "echo's call is not counted as succeeded")
 	g := gather(t, reg)
-	g.want(t, 1, taken, "function", "echo")
-	g.want(t, 2, taken, "function", "panic")
-	g.want(t, 1, settled, "function", "panic", "result", calls.SettledRetried)
+	g.Want(t, 1, taken, "function", "echo")
+	g.Want(t, 2, taken, "function", "panic")
+	g.Want(t, 1, settled, "function", "panic", "result", calls.SettledRetried)
 	for _, res := range []string{calls.SettledRetried, calls.SettledFailed, calls.SettledInterrupted, calls.SettledHandedBack} {
-		g.want(t, 0, settled, "function", "echo", "result", res)
+		g.Want(t, 0, settled, "function", "echo", "result", res)
 	}
-	g.want(t, 1, invocationsTotal, "function", "echo", "outcome", runner.OutcomeOK)
-	g.want(t, 2, invocationsTotal, "function", "panic", "outcome", runner.OutcomePanic)
-	g.want(t, 2, durationHist, "function", "panic")
-	if _, ok := g.value(taken, "function", "ping"); ok {
+	g.Want(t, 1, invocationsTotal, "function", "echo", "outcome", runner.OutcomeOK)
+	g.Want(t, 2, invocationsTotal, "function", "panic", "outcome", runner.OutcomePanic)
+	g.Want(t, 2, durationHist, "function", "panic")
+	if _, ok := g.Value(taken, "function", "ping"); ok {
 		t.Error("ping takes no asynchronous calls, yet has a count of calls taken")
 	}
 }
