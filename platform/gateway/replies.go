@@ -58,7 +58,7 @@ const noRespondersStatus = "503"
 // timeout.
 type replyMux struct {
 	nc *nats.Conn
-	// acks asks runners to acknowledge each invocation.
+	// acks asks runners to acknowledge the invocations they take.
 	acks bool
 	// prefix is the inbox the subscription covers, with a trailing dot.
 	prefix string
