@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io"
 	"maps"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -99,17 +98,8 @@ func startAsync(t *testing.T, o asyncOptions) *asyncPlatform {
 	if p.m, err = manifest.Parse("fn.yaml", []byte(asyncManifest), manifest.Options{Builtins: slices.Collect(maps.Keys(fns))}); err != nil {
 		t.Fatal(err)
 	}
-	if p.key, err = token.GenerateKey(token.EdDSA); err != nil {
-		t.Fatal(err)
-	}
-	keys, err := token.StaticKeys(p.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := token.NewVerifier(token.VerifierConfig{Issuers: []token.Issuer{{Issuer: "shoal", Audience: "shoal", Keys: keys}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	var v *token.Verifier
+	p.key, v = tokentest.Key(t)
 	policy, err := callback.ParsePolicy(o.callbackAllow)
 	if err != nil {
 		t.Fatal(err)
@@ -135,24 +125,7 @@ func startAsync(t *testing.T, o asyncOptions) *asyncPlatform {
 	if p.gateway, err = gateway.New(cfg); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- p.gateway.Serve(ln) }()
-	t.Cleanup(func() {
-		http.DefaultClient.CloseIdleConnections()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := p.gateway.Shutdown(ctx); err != nil {
-			t.Errorf("gateway shutdown: %v", err)
-		}
-		if err := <-served; err != nil {
-			t.Errorf("gateway serve: %v", err)
-		}
-	})
-	p.url = "http://" + ln.Addr().String()
+	p.url = serve(t, p.gateway)
 	return p
 }
 

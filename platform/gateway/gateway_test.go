@@ -72,6 +72,32 @@ type options struct {
 	acks bool
 }
 
+// serve serves g on a loopback port until the test ends, and returns its
+// URL; the test fails if g does not shut down cleanly.
+func serve(t testing.TB, g *gateway.Gateway) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- g.Serve(ln) }()
+	t.Cleanup(func() {
+		// Idle client connections the server never saw a request on would
+		// hold Shutdown for 5 s; close them as a client going away does.
+		http.DefaultClient.CloseIdleConnections()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := g.Shutdown(ctx); err != nil {
+			t.Errorf("gateway shutdown: %v", err)
+		}
+		if err := <-served; err != nil {
+			t.Errorf("gateway serve: %v", err)
+		}
+	})
+	return "http://" + ln.Addr().String()
+}
+
 func start(t testing.TB, o options) *platform {
 	t.Helper()
 	p := &platform{block: functionstest.NewBlock(), counter: &functionstest.Counter{}}
@@ -113,26 +139,7 @@ func start(t testing.TB, o options) *platform {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- g.Serve(ln) }()
-	t.Cleanup(func() {
-		// Idle client connections the server never saw a request on would
-		// hold Shutdown for 5 s; close them as a client going away does.
-		http.DefaultClient.CloseIdleConnections()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := g.Shutdown(ctx); err != nil {
-			t.Errorf("gateway shutdown: %v", err)
-		}
-		if err := <-served; err != nil {
-			t.Errorf("gateway serve: %v", err)
-		}
-	})
-	p.url = "http://" + ln.Addr().String()
+	p.url = serve(t, g)
 	p.gateway = g
 	p.nc = nc
 	// Cleanups run last-registered first: release blocked invocations

@@ -284,7 +284,8 @@ func (f *fnMetrics) natsError(err error) {
 }
 
 // observed wraps the ResponseWriter of an invocation or submission, to
-// learn the status answered and the function it went to.
+// learn the status answered and the function it went to (and of any
+// request the DEBUG log describes, for its status).
 type observed struct {
 	http.ResponseWriter
 	status int
@@ -334,12 +335,12 @@ func observedNATSUnavailable(w http.ResponseWriter) {
 func (g *Gateway) serveObserved(w http.ResponseWriter, r *http.Request, tr *invocation.Trace, kind int) {
 	start := time.Now()
 	o := observe(w)
+	defer g.metrics.done(o, kind, start) // counted even if a handler panics
 	if kind == kindSync {
 		g.invoke(o, r, tr)
 	} else {
 		g.submit(o, r, tr)
 	}
-	g.metrics.done(o, kind, start)
 }
 
 // observe wraps w for a request's metrics, until done.

@@ -5,7 +5,6 @@ import (
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -148,18 +147,7 @@ func startSecured(t testing.TB, o securedOptions) *secured {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = g.Serve(ln) }()
-	t.Cleanup(func() {
-		http.DefaultClient.CloseIdleConnections()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = g.Shutdown(ctx)
-	})
-	p.url = "http://" + ln.Addr().String()
+	p.url = serve(t, g)
 	p.client = brokertest.ConnectAs(t, s, creds, broker.RoleClient)
 	return p
 }

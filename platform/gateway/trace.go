@@ -63,7 +63,7 @@ func (g *Gateway) serveLogged(w http.ResponseWriter, r *http.Request, tr *invoca
 		return
 	}
 	start := time.Now()
-	sw := &statusWriter{ResponseWriter: w}
+	sw := &observed{ResponseWriter: w} // for its status alone: not pooled, no function
 	g.serve(sw, r, tr)
 	attrs := make([]slog.Attr, 0, 10)
 	if prefix == callsPrefix {
@@ -82,29 +82,6 @@ func (g *Gateway) serveLogged(w http.ResponseWriter, r *http.Request, tr *invoca
 	attrs = tr.AppendLogAttrs(attrs)
 	g.log.LogAttrs(r.Context(), slog.LevelDebug, msg, attrs...)
 }
-
-// statusWriter records the status of an answer, for the DEBUG log.
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if w.status == 0 && code >= 200 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(p []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(p)
-}
-
-// Unwrap returns the wrapped writer, for http.ResponseController.
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // unwrapWriter returns the writer net/http made, under any wrappers that
 // have an Unwrap method: http.MaxBytesReader needs it to have the server

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"log/slog"
 	"maps"
-	"net"
 	"net/http"
 	"regexp"
 	"slices"
@@ -28,7 +27,7 @@ import (
 	"github.com/shoal-dev/shoal/platform/gateway"
 	"github.com/shoal-dev/shoal/platform/runner"
 	"github.com/shoal-dev/shoal/platform/runner/runnertest"
-	"github.com/shoal-dev/shoal/token"
+	"github.com/shoal-dev/shoal/token/tokentest"
 )
 
 const tracedManifest = `version: 1
@@ -138,18 +137,7 @@ func startTraced(t *testing.T) *tracedPlatform {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := token.GenerateKey(token.EdDSA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := token.StaticKeys(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := token.NewVerifier(token.VerifierConfig{Issuers: []token.Issuer{{Issuer: "shoal", Audience: "shoal", Keys: keys}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, v := tokentest.Key(t)
 	delete(fns, "orphan")
 	runnertest.Start(t, s.ClientURL(), runner.Config{Manifest: m, Builtins: fns, Verifier: v, Logger: logger,
 		Async: &runner.AsyncConfig{NATS: brokertest.Connect(t, s), AckWait: time.Second}})
@@ -166,24 +154,7 @@ func startTraced(t *testing.T) *tracedPlatform {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- g.Serve(ln) }()
-	t.Cleanup(func() {
-		http.DefaultClient.CloseIdleConnections()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := g.Shutdown(ctx); err != nil {
-			t.Errorf("gateway shutdown: %v", err)
-		}
-		if err := <-served; err != nil {
-			t.Errorf("gateway serve: %v", err)
-		}
-	})
-	p.url = "http://" + ln.Addr().String()
+	p.url = serve(t, g)
 	p.nc = brokertest.Connect(t, s)
 	t.Cleanup(func() { close(p.block.Release) }) // before the gateway drains: cleanups run last first
 	return p

@@ -507,18 +507,7 @@ func TestRunnerChecksTokens(t *testing.T) {
 		t.Fatalf("start without a verifier: %v", err)
 	}
 
-	key, err := token.GenerateKey(token.EdDSA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := token.StaticKeys(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := token.NewVerifier(token.VerifierConfig{Issuers: []token.Issuer{{Issuer: "shoal", Audience: "shoal", Keys: keys}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, v := tokentest.Key(t)
 	runnertest.Start(t, s.ClientURL(), runner.Config{Manifest: m, Builtins: fns, Verifier: v})
 	bearer := tokentest.Bearer(t, key, "alice")
 	tests := []struct {

@@ -32,6 +32,25 @@ func Bearer(tb testing.TB, key jwkset.JWK, subject string) func(perms ...string)
 	}
 }
 
+// Key returns a new EdDSA signing key and a verifier of the tokens it
+// signs for issuer and audience "shoal" (as Bearer mints them).
+func Key(tb testing.TB) (jwkset.JWK, *token.Verifier) {
+	tb.Helper()
+	key, err := token.GenerateKey(token.EdDSA)
+	if err != nil {
+		tb.Fatalf("key: %v", err)
+	}
+	keys, err := token.StaticKeys(key)
+	if err != nil {
+		tb.Fatalf("key: %v", err)
+	}
+	v, err := token.NewVerifier(token.VerifierConfig{Issuers: []token.Issuer{{Issuer: "shoal", Audience: "shoal", Keys: keys}}})
+	if err != nil {
+		tb.Fatalf("verifier: %v", err)
+	}
+	return key, v
+}
+
 // SignRaw signs claims with method and a raw key, under kid ("" for no
 // kid header), with none of a Signer's checks.
 func SignRaw(tb testing.TB, method jwt.SigningMethod, kid string, key any, claims jwt.Claims) string {
