@@ -502,6 +502,12 @@ func (b *bench) goHTTP(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	return b.loadListening(ctx, c, cfgGoHTTP, "/")
+}
+
+// loadListening waits until c prints the URL it listens on, loads the
+// configuration name with GET path there, and stops c.
+func (b *bench) loadListening(ctx context.Context, c *child, name, path string) error {
 	m, err := c.waitLine(ctx, reListening, benchStartTimeout)
 	if err != nil {
 		return err
@@ -510,7 +516,7 @@ func (b *bench) goHTTP(ctx context.Context) error {
 	if err != nil {
 		return c.fail(fmt.Errorf("bad URL %q: %w", m[1], err))
 	}
-	if err := b.load(ctx, cfgGoHTTP, httpLoad(loadgen.Target{Addr: u.Host, Path: "/", Body: pongBody}), nil); err != nil {
+	if err := b.load(ctx, name, httpLoad(loadgen.Target{Addr: u.Host, Path: path, Body: pongBody}), nil); err != nil {
 		return err
 	}
 	return b.stopChild(c)
@@ -572,18 +578,7 @@ func (b *bench) node(ctx context.Context, n *nodeSetup) error {
 		return err
 	}
 	b.procs.add(c)
-	m, err := c.waitLine(ctx, reListening, benchStartTimeout)
-	if err != nil {
-		return err
-	}
-	u, err := url.Parse(m[1])
-	if err != nil {
-		return c.fail(fmt.Errorf("bad URL %q: %w", m[1], err))
-	}
-	if err := b.load(ctx, cfgNode, httpLoad(loadgen.Target{Addr: u.Host, Path: "/ping", Body: pongBody}), nil); err != nil {
-		return err
-	}
-	return b.stopChild(c)
+	return b.loadListening(ctx, c, cfgNode, "/ping")
 }
 
 // upWorkerShape is how shoal up runs its workers by default: one per

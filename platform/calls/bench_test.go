@@ -95,6 +95,20 @@ func benchCall() calls.Submission {
 	}}
 }
 
+// submitParallel submits b.N calls from 8×GOMAXPROCS goroutines at once.
+func submitParallel(b *testing.B, q *calls.Queue) {
+	b.SetParallelism(benchParallelism)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := q.Submit(context.Background(), benchCall()); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
 // BenchmarkSubmit measures Queue.Submit from 8×GOMAXPROCS goroutines at
 // once: the stored (and replicated) publish to the calls stream, then the
 // queued record, the work behind each 202 of POST /async-function/NAME.
@@ -105,16 +119,7 @@ func BenchmarkSubmit(b *testing.B) {
 			js, stop := benchServers(b, replicas, mode.lazy)
 			q := calls.NewQueue(js)
 			b.Run(name, func(b *testing.B) {
-				b.SetParallelism(benchParallelism)
-				b.ResetTimer()
-				b.RunParallel(func(pb *testing.PB) {
-					for pb.Next() {
-						if _, err := q.Submit(context.Background(), benchCall()); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				})
+				submitParallel(b, q)
 				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
 			})
 			stop()
@@ -166,16 +171,7 @@ func BenchmarkCallEndToEnd(b *testing.B) {
 		q := calls.NewQueue(js)
 		b.Run(mode.name, func(b *testing.B) {
 			want := done.Load() + int64(b.N)
-			b.SetParallelism(benchParallelism)
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					if _, err := q.Submit(context.Background(), benchCall()); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
+			submitParallel(b, q)
 			for deadline := time.After(time.Minute); done.Load() < want; {
 				select {
 				case <-finished:

@@ -66,21 +66,7 @@ func TestRedeliveryOfSettledCall(t *testing.T) {
 		t.Fatal(err)
 	}
 	sub := e.submit(t, "f", "x")
-	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var seq uint64
-	for m := range batch.Messages() {
-		meta, err := m.Metadata()
-		if err != nil {
-			t.Fatal(err)
-		}
-		seq = meta.Sequence.Stream // taken, run and recorded below; never acknowledged
-	}
-	if seq == 0 {
-		t.Fatal("the dead runner received no call")
-	}
+	seq := takeUnacked(t, cons) // run and recorded below; never acknowledged
 	kv, err := e.js.KeyValue(e.ctx, calls.Bucket)
 	if err != nil {
 		t.Fatal(err)
@@ -122,20 +108,10 @@ func TestClientIDFromMsgID(t *testing.T) {
 	e.waitStatus(t, "n.c1", calls.Succeeded)
 }
 
-func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
-
-// TestRedeliveryQueuesPendingCallback: a runner that recorded a call's
-// outcome and died before queueing its callback leaves the call to be
-// delivered again; the next runner queues the callback before it
-// acknowledges the call, so the callback is not lost.
-func TestRedeliveryQueuesPendingCallback(t *testing.T) {
-	e := setup(t, calls.DefaultLimits())
-	dead := calls.NewWorker(newJS(t, e.s), calls.WorkerConfig{Runner: "dead", AckWait: time.Second})
-	cons, err := dead.Consumer(e.ctx, "f")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub := e.submit(t, "f", "x", func(s *calls.Submission) { s.Callback = "https://hooks.example.com/done" })
+// takeUnacked takes the next call from cons, as a runner that will die
+// before acknowledging it, and returns its stream sequence.
+func takeUnacked(t *testing.T, cons jetstream.Consumer) uint64 {
+	t.Helper()
 	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
 	if err != nil {
 		t.Fatal(err)
@@ -151,6 +127,24 @@ func TestRedeliveryQueuesPendingCallback(t *testing.T) {
 	if seq == 0 {
 		t.Fatal("the dead runner received no call")
 	}
+	return seq
+}
+
+func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// TestRedeliveryQueuesPendingCallback: a runner that recorded a call's
+// outcome and died before queueing its callback leaves the call to be
+// delivered again; the next runner queues the callback before it
+// acknowledges the call, so the callback is not lost.
+func TestRedeliveryQueuesPendingCallback(t *testing.T) {
+	e := setup(t, calls.DefaultLimits())
+	dead := calls.NewWorker(newJS(t, e.s), calls.WorkerConfig{Runner: "dead", AckWait: time.Second})
+	cons, err := dead.Consumer(e.ctx, "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := e.submit(t, "f", "x", func(s *calls.Submission) { s.Callback = "https://hooks.example.com/done" })
+	seq := takeUnacked(t, cons)
 	kv, err := e.js.KeyValue(e.ctx, calls.Bucket)
 	if err != nil {
 		t.Fatal(err)
