@@ -78,11 +78,15 @@ let statusSource = "";
 // setStatus shows a message in the status line; kind is "", "ok" or
 // "error". source tags who set it, so that a poll that recovers clears
 // only its own error.
+let statusTimer = 0;
+
 function setStatus(msg, kind, source) {
   const s = $("status");
   s.textContent = msg || "";
   s.className = "status" + (kind ? " " + kind : "");
   statusSource = source || "";
+  clearTimeout(statusTimer);
+  if (kind === "ok") statusTimer = setTimeout(() => clearStatus(source), 6000);
 }
 
 function clearStatus(source) {
@@ -320,6 +324,7 @@ async function loadFunctions() {
 }
 
 async function refreshFunctions(full) {
+  show($("fn-window"), operatorRead());
   if (!operatorRead()) {
     note("fn-note", "Listing functions needs the system:read permission. You can still invoke the functions your token allows in Invoke.");
     return;
@@ -387,10 +392,9 @@ function buildCard(name) {
   c.root = el("article", { className: "card fn-card", dataset: { fn: name } },
     el("div", { className: "fn-head" }, c.name, c.meta),
     c.desc,
-    c.chips,
+    el("div", { className: "fn-tags" }, c.chips, invoke),
     el("dl", { className: "figures" }, fig("requests/s", c.rate), fig("error rate", c.errors), fig("p50", c.p50), fig("p99", c.p99)),
-    c.chart,
-    el("div", { className: "fn-actions" }, invoke));
+    c.chart);
   return c;
 }
 
@@ -455,6 +459,7 @@ function drawChart(c, series, window) {
   g.push(svg("text", { x: L, y: H - 3 }, "−" + duration(window)));
   g.push(svg("text", { x: L + w, y: H - 3, "text-anchor": "end" }, "now"));
   const total = series.reduce((a, p) => a + (p.requests || 0), 0);
+  if (!total) g.push(svg("text", { class: "empty", x: L + w / 2, y: T + h / 2 + 3, "text-anchor": "middle" }, "no requests"));
   c.chartTitle.textContent = "Requests per second and p99 latency over the last " + duration(window) + ": " + total + " requests.";
   c.chart.replaceChildren(c.chartTitle, ...g);
 }
@@ -576,7 +581,7 @@ async function invoke(async) {
 async function follow(accepted, seq, out) {
   const box = el("div", { className: "follow" });
   const stateLine = el("p", { className: "hint", id: "inv-call-state" }, "Call " + accepted.id + ": queued");
-  box.append(el("h3", null, "Following the call"), stateLine);
+  box.append(el("h3", null, "Result of the call"), stateLine);
   out.prepend(box);
   const url = accepted.url || "/calls/" + encodeURIComponent(accepted.id);
   const started = performance.now();
@@ -625,7 +630,9 @@ function callResult(rec) {
     el("div", { className: "result-line" },
       el("span", { className: "code " + statusClass(r.status), id: "inv-call-status" }, String(r.status)),
       el("span", { className: "hint" }, "the function's answer")),
-    el("pre", { className: "headers" }, headers || "(no headers)"),
+    el("h3", null, "Headers"),
+    el("pre", { className: "headers" }, headers || "(none)"),
+    el("h3", null, "Body"),
     el("pre", { id: "inv-call-body" }, body));
   return parts;
 }
@@ -653,6 +660,10 @@ function statusClass(s) {
 // ---- Workers -------------------------------------------------------------
 
 async function refreshWorkers() {
+  if (!operatorRead()) {
+    note("wk-note", "Workers: needs the system:read permission");
+    return;
+  }
   let ws;
   try {
     ws = await api("GET", "/system/workers");
@@ -684,6 +695,11 @@ async function refreshWorkers() {
 // ---- Calls ---------------------------------------------------------------
 
 async function refreshCalls() {
+  if (!operatorRead()) {
+    note("calls-note", "Recent calls: needs the system:read permission");
+    note("dlq-note", "Dead letters: needs the system:read permission");
+    return;
+  }
   const [calls, dlq] = await Promise.allSettled([api("GET", "/system/calls?limit=50"), api("GET", "/system/dlq")]);
   for (const r of [calls, dlq]) if (r.status === "rejected" && r.reason.status === 401) throw r.reason;
   if (calls.status === "rejected") {
@@ -764,9 +780,8 @@ async function dlqAction(d, action) {
 
 function num(v) {
   if (!(v > 0)) return "0";
-  if (v >= 100) return v.toFixed(0);
-  if (v >= 10) return v.toFixed(1);
-  return v.toFixed(2).replace(/\.?0+$/, "");
+  const s = v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
+  return s.includes(".") ? s.replace(/\.?0+$/, "") : s;
 }
 function pct(v) {
   if (!(v > 0)) return "0%";
