@@ -27,6 +27,7 @@ const state = {
   cards: new Map(), // function name → its card's live parts
   tick: 0,
   polling: false,
+  again: false, // a refresh waits for the one running
   followSeq: 0, // bumps to abandon following an async call
   lastRender: {}, // view part → JSON last rendered, to skip identical redraws
 };
@@ -277,9 +278,14 @@ function selectView(name) {
 }
 
 // poll refreshes the view shown, every POLL_MS while the page is visible;
-// one refresh at a time.
+// one refresh at a time. A refresh asked for during another (a tab switch
+// while a slow listing runs) follows it at once, not at the next tick.
 async function poll(now) {
-  if (!state.token || document.hidden || state.polling) return;
+  if (!state.token || document.hidden) return;
+  if (state.polling) {
+    if (now === true) state.again = true;
+    return;
+  }
   state.polling = true;
   try {
     await views[state.view](now === true || state.tick % FUNCTIONS_EVERY === 0);
@@ -288,6 +294,10 @@ async function poll(now) {
   } finally {
     state.polling = false;
     state.tick++;
+  }
+  if (state.again) {
+    state.again = false;
+    poll(true);
   }
 }
 
