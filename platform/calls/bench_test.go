@@ -2,6 +2,7 @@ package calls_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -186,5 +187,61 @@ func BenchmarkCallEndToEnd(b *testing.B) {
 		running.Wait()
 		_ = sub.Unsubscribe()
 		stop()
+	}
+}
+
+// BenchmarkRecent measures Queue.Recent in a bucket of 5,000 calls of
+// two functions, each written three times as a runner writes it (queued,
+// running, succeeded with a 64-byte body), their writes interleaved as
+// calls run side by side: what a console asks for its list of calls.
+func BenchmarkRecent(b *testing.B) {
+	js, stop := benchServers(b, 1, 2*time.Minute)
+	defer stop()
+	ctx := context.Background()
+	kv, err := js.KeyValue(ctx, calls.Bucket)
+	if err != nil {
+		b.Fatal(err)
+	}
+	const n = 5000
+	recs := make([]calls.Record, n)
+	put := func(i int, st calls.Status) {
+		r := &recs[i]
+		r.Status = st
+		if st == calls.Succeeded {
+			r.Response = &calls.Response{Status: 200, Body: make([]byte, 64)}
+		}
+		data, err := json.Marshal(r)
+		if err == nil {
+			_, err = kv.Put(ctx, r.ID, data)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i := range n + 2 {
+		if i < n {
+			recs[i] = calls.Record{ID: calls.NewID(), Function: []string{"a", "b"}[i%2], SubmittedAt: time.Now()}
+			put(i, calls.Queued)
+		}
+		if i >= 1 && i-1 < n {
+			put(i-1, calls.Running)
+		}
+		if i >= 2 {
+			put(i-2, calls.Succeeded)
+		}
+	}
+	q := calls.NewQueue(js)
+	for _, bc := range []struct {
+		limit    int
+		function string
+	}{{50, ""}, {50, "a"}, {calls.MaxRecent, ""}} {
+		b.Run(fmt.Sprintf("limit=%d/function=%q", bc.limit, bc.function), func(b *testing.B) {
+			for b.Loop() {
+				got, err := q.Recent(ctx, bc.limit, bc.function)
+				if err != nil || len(got) != bc.limit {
+					b.Fatalf("Recent = %d records, %v; want %d", len(got), err, bc.limit)
+				}
+			}
+		})
 	}
 }

@@ -145,6 +145,12 @@ func TestNotSetUp(t *testing.T) {
 	if _, err := calls.DeadLetters(ctx, js, 0); !errors.Is(err, calls.ErrNotSetUp) {
 		t.Errorf("DeadLetters = %v, want ErrNotSetUp", err)
 	}
+	if _, err := q.Recent(ctx, 10, ""); !errors.Is(err, calls.ErrNotSetUp) {
+		t.Errorf("Recent = %v, want ErrNotSetUp", err)
+	}
+	if _, err := calls.RecentDeadLetters(ctx, js, 10); !errors.Is(err, calls.ErrNotSetUp) {
+		t.Errorf("RecentDeadLetters = %v, want ErrNotSetUp", err)
+	}
 	// A queue made before Setup works once it has run.
 	if err := calls.Setup(ctx, js, calls.DefaultLimits()); err != nil {
 		t.Fatal(err)

@@ -97,6 +97,35 @@ func DeadLetters(ctx context.Context, js jetstream.JetStream, limit int) ([]Dead
 	return out, nil
 }
 
+// RecentDeadLetters lists the dead-lettered calls newest first, as a
+// console shows them: at most limit of them (1 to MaxRecent, else
+// ErrBadLimit). It reads the dead-letter stream backwards from its last
+// message and, like Queue.Recent, reads at most 20×limit sequences back:
+// the calls re-driven or discarded among the newest leave gaps that count,
+// so after many of those it may return fewer than limit while older ones
+// remain, which DeadLetters lists (oldest first).
+func RecentDeadLetters(ctx context.Context, js jetstream.JetStream, limit int) ([]DeadLetter, error) {
+	if err := checkLimit(limit); err != nil {
+		return nil, err
+	}
+	s, err := js.Stream(ctx, DLQStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, ErrNotSetUp
+	}
+	if err != nil {
+		return nil, fmt.Errorf("calls: open stream %s: %w", DLQStream, err)
+	}
+	var out []DeadLetter
+	err = scanBack(ctx, s, recentScan*limit, func(m *jetstream.RawStreamMsg) (bool, error) {
+		out = append(out, deadLetterOf(m))
+		return len(out) < limit, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // findDeadLetter finds the dead letter of call id.
 func findDeadLetter(ctx context.Context, js jetstream.JetStream, id string) (jetstream.Stream, *jetstream.RawStreamMsg, error) {
 	if !ValidID(id) {

@@ -3,6 +3,7 @@ package calls_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -54,4 +55,44 @@ func ExampleQueue_Submit() {
 	// Output:
 	// resize queued 0
 	// true true
+}
+
+// A console lists the calls changed most recently, newest change first,
+// of every function or of one.
+func ExampleQueue_Recent() {
+	_, js, stop, err := brokertest.ForExample()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := calls.Setup(ctx, js, calls.DefaultLimits()); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	q := calls.NewQueue(js)
+	for _, function := range []string{"resize", "thumbnail", "resize"} {
+		if _, err := q.Submit(ctx, calls.Submission{Function: function, Msg: nats.NewMsg("")}); err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
+	for _, function := range []string{"", "resize"} {
+		recs, err := q.Recent(ctx, 50, function)
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		var list []string
+		for _, r := range recs {
+			list = append(list, r.Function+" "+string(r.Status))
+		}
+		fmt.Println(strings.Join(list, ", "))
+	}
+	// Output:
+	// resize queued, thumbnail queued, resize queued
+	// resize queued, resize queued
 }
