@@ -198,8 +198,11 @@ func TestConsole(t *testing.T) {
 		chromedp.SendKeys(chromedp.ID("login-user"), "ops"),
 		chromedp.SendKeys(chromedp.ID("login-pass"), password),
 		chromedp.Click(chromedp.CSS(`#login-form button[type="submit"]`)),
-		chromedp.WaitVisible(chromedp.ID("session")),
 	)
+	if got := b.waitFor("the login", `!document.getElementById("session").hidden ? "in" :
+		document.querySelector("#status.error") ? "failed: " + document.getElementById("status").textContent : ""`); got != "in" {
+		t.Fatalf("login %s", got)
+	}
 	if who := b.text("who-name"); who != "ops" {
 		t.Errorf("logged in as %q, want ops", who)
 	}
