@@ -25,6 +25,7 @@ const (
 	CodeForbidden        Code = "insufficient_scope"  // 403: the token lacks a permission the function requires
 	CodeMethodNotAllowed Code = "method_not_allowed"  // 405: the function does not answer this method
 	CodeAsyncDisabled    Code = "async_disabled"      // 405: the function takes no asynchronous calls
+	CodeConflict         Code = "conflict"            // 409: the action cannot be done in the state the thing is in
 	CodePayloadTooLarge  Code = "payload_too_large"   // 413: request body over the limit
 	CodeOverloaded       Code = "overloaded"          // 429: every runner reached was at its concurrency limit
 	CodeTooManyAttempts  Code = "too_many_attempts"   // 429: too many failed logins; wait for Retry-After

@@ -80,6 +80,9 @@ type gatewayExtras struct {
 	callbacks *callback.Policy
 	// metrics are gathered with the gateway's at GET /metrics.
 	metrics prometheus.Gatherer
+	// operator re-drives and discards dead-lettered calls for the
+	// console; nil: the gateway cannot.
+	operator jetstream.JetStream
 }
 
 // startGateway starts a gateway that owns nc and serves HTTP on addr: the
@@ -97,7 +100,7 @@ func startGateway(ctx context.Context, nc *nats.Conn, m *manifest.Manifest, addr
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	g, err := gateway.New(gateway.Config{
-		Calls: calls.NewQueue(js), Callbacks: x.callbacks,
+		Calls: calls.NewQueue(js), Callbacks: x.callbacks, Operator: x.operator,
 		NATS: nc, Manifest: m, MaxBody: int64(limits.maxBody), MaxInFlight: limits.maxInFlight,
 		Verifier: tr.verifier, JWKS: tr.jwks,
 		AckRunners: x.ackRunners, Workers: x.workers, Functions: functionsStatus(nc, entries),

@@ -210,7 +210,13 @@ func up(ctx context.Context, o upOptions) error {
 		return abort(err)
 	}
 	sys := &systemInfo{sup: sup, nc: anc}
-	sg, err := startGateway(ctx, nc, nil, o.httpAddr, o.limits, tr, gatewayExtras{ackRunners: o.acks, workers: sys.workers, callbacks: callbacks, metrics: wm})
+	// The console re-drives and discards dead letters as the admin,
+	// which the gateway role may not.
+	operator, err := jetstream.New(anc)
+	if err != nil {
+		return abort(fmt.Errorf("jetstream: %w", err))
+	}
+	sg, err := startGateway(ctx, nc, nil, o.httpAddr, o.limits, tr, gatewayExtras{ackRunners: o.acks, workers: sys.workers, callbacks: callbacks, metrics: wm, operator: operator})
 	if err != nil {
 		return abort(err)
 	}

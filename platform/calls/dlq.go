@@ -35,6 +35,11 @@ type DeadLetter struct {
 // ErrNotDeadLettered means the dead-letter stream holds no call of that id.
 var ErrNotDeadLettered = errors.New("no dead-lettered call of that id")
 
+// ErrBodyDropped means a dead-lettered call cannot be re-driven: its
+// request body was too large to keep with its error. It can only be
+// submitted again.
+var ErrBodyDropped = errors.New("its request body was too large to keep with its error; submit it again")
+
 func deadLetterOf(m *jetstream.RawStreamMsg) DeadLetter {
 	h := m.Header
 	d := DeadLetter{Seq: m.Sequence, ID: h.Get(HeaderCallID), Function: h.Get(HeaderFunction), FailedAt: m.Time.UTC(), Size: len(m.Data)}
@@ -126,6 +131,12 @@ func RecentDeadLetters(ctx context.Context, js jetstream.JetStream, limit int) (
 	return out, nil
 }
 
+// RecentDeadLetters is the package's RecentDeadLetters on the queue's
+// JetStream: what a gateway, which holds a Queue, lists.
+func (q *Queue) RecentDeadLetters(ctx context.Context, limit int) ([]DeadLetter, error) {
+	return RecentDeadLetters(ctx, q.js, limit)
+}
+
 // findDeadLetter finds the dead letter of call id.
 func findDeadLetter(ctx context.Context, js jetstream.JetStream, id string) (jetstream.Stream, *jetstream.RawStreamMsg, error) {
 	if !ValidID(id) {
@@ -158,7 +169,7 @@ func Retry(ctx context.Context, js jetstream.JetStream, id string) (*DeadLetter,
 	}
 	d := deadLetterOf(m)
 	if d.BodyDropped {
-		return nil, fmt.Errorf("calls: call %s cannot be re-driven: its request body was too large to keep with its error; submit it again", id)
+		return nil, fmt.Errorf("calls: call %s cannot be re-driven: %w", id, ErrBodyDropped)
 	}
 	h := make(nats.Header, len(m.Header))
 	for k, v := range m.Header {

@@ -41,6 +41,7 @@ functions:
   sync-only: {handler: {builtin: ping}, public: true, async: {enabled: false}}
   guarded: {handler: {builtin: echo}, permissions: [echo]}
   gone: {handler: {builtin: ping}, public: true}
+  teapot: {handler: {builtin: teapot}, public: true}
 `
 
 // asyncPlatform is a NATS server with the calls set up, a runner taking
@@ -68,6 +69,9 @@ type asyncOptions struct {
 	callbackAllow []string
 	// natsMaxPayload, when set, is the NATS server's max_payload.
 	natsMaxPayload int
+	// operator gives the gateway Config.Operator, for the dead-letter
+	// actions.
+	operator bool
 }
 
 func startAsync(t *testing.T, o asyncOptions) *asyncPlatform {
@@ -115,6 +119,9 @@ func startAsync(t *testing.T, o asyncOptions) *asyncPlatform {
 		t.Fatal(err)
 	}
 	cfg := gateway.Config{NATS: gnc, Manifest: p.m, Verifier: v, MaxBody: o.maxBody, Callbacks: policy}
+	if o.operator {
+		cfg.Operator = p.js
+	}
 	if !o.noCalls {
 		gjs, err := jetstream.New(gnc)
 		if err != nil {
@@ -675,6 +682,18 @@ functions:
 		dls, err := calls.DeadLetters(ctx, admin, 0)
 		return err == nil && len(dls) == 1 && dls[0].ID == failed.ID && dls[0].Seq > 1
 	})
+
+	// The gateway role lists the dead letters (the console's GET
+	// /system/dlq), and can neither discard nor re-drive one.
+	if dls, err := calls.RecentDeadLetters(ctx, gjs, 10); err != nil || len(dls) != 1 || dls[0].ID != failed.ID {
+		t.Errorf("the gateway role lists the dead letters: %+v, %v", dls, err)
+	}
+	if _, err := calls.Discard(short(ctx), gjs, failed.ID); err == nil {
+		t.Error("the gateway role discarded a dead letter")
+	}
+	if _, err := calls.Retry(short(ctx), gjs, failed.ID); err == nil {
+		t.Error("the gateway role re-drove a dead letter")
+	}
 
 	// What the roles forbid (a refused publish goes unanswered: each
 	// attempt waits out its own short deadline).

@@ -21,8 +21,8 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -35,6 +35,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/shoal-dev/shoal/invocation"
@@ -106,13 +107,23 @@ type Config struct {
 	// it is connected to NATS and Ready returns nil (e.g. once the
 	// catalog is loaded).
 	Ready func() error
-	// SystemPermission is the permission /system/ routes require;
-	// default "system:read".
+	// SystemPermission is the permission the GET /system/ routes
+	// require; default DefaultSystemPermission.
 	SystemPermission string
+	// SystemWritePermission is the permission the /system/ routes that
+	// act require (re-driving and discarding dead-lettered calls);
+	// default DefaultSystemWritePermission.
+	SystemWritePermission string
 	// Calls, when set, takes asynchronous calls at
 	// /async-function/NAME and answers GET /calls/ID; nil answers them
 	// 501.
 	Calls *calls.Queue
+	// Operator, when set, is a JetStream context allowed to re-drive and
+	// discard dead-lettered calls (shoal up's admin connection): the
+	// console's POST /system/dlq/ID/retry and DELETE /system/dlq/ID. The
+	// gateway role may not, as runners trust a re-driven call's
+	// submission time; nil answers those routes 501.
+	Operator jetstream.JetStream
 	// Callbacks decides which X-Callback-Url a submission may give; nil
 	// allows public addresses only (callback.ParsePolicy).
 	Callbacks *callback.Policy
@@ -145,11 +156,15 @@ type Gateway struct {
 	jwks        func() ([]byte, error)
 	ready       func() error
 	calls       *calls.Queue
+	operator    jetstream.JetStream
 	callbacks   *callback.Policy
-	systemPerms []string
-	mux         http.Handler
-	srv         *http.Server
-	metrics     *metrics
+	// systemPerms and systemWritePerms are the operator permissions
+	// reading and acting on /system/ routes need.
+	systemPerms      []string
+	systemWritePerms []string
+	mux              http.Handler
+	srv              *http.Server
+	metrics          *metrics
 
 	// replies receives the replies of invocations, and their acks when
 	// acks are on.
@@ -181,6 +196,7 @@ func New(cfg Config) (*Gateway, error) {
 		jwks:      cfg.JWKS,
 		ready:     cfg.Ready,
 		calls:     cfg.Calls,
+		operator:  cfg.Operator,
 		callbacks: cfg.Callbacks,
 	}
 	if g.callbacks == nil {
@@ -223,17 +239,20 @@ func New(cfg Config) (*Gateway, error) {
 	r.Get("/healthz", probes.ServeHTTP)
 	r.Get("/readyz", probes.ServeHTTP)
 	r.Get("/metrics", g.metrics.handler(cfg.Metrics, g.log).ServeHTTP)
-	perm := cfg.SystemPermission
-	if perm == "" {
-		perm = "system:read"
-	}
-	g.systemPerms = []string{perm}
+	g.systemPerms = []string{cmp.Or(cfg.SystemPermission, DefaultSystemPermission)}
+	g.systemWritePerms = []string{cmp.Or(cfg.SystemWritePermission, DefaultSystemWritePermission)}
+	r.Get("/system/whoami", g.serveWhoami)
 	if cfg.Workers != nil {
-		r.Get("/system/workers", g.serveSystem([]string{perm}, cfg.Workers))
+		r.Get("/system/workers", g.serveSystem(cfg.Workers))
 	}
 	if cfg.Functions != nil {
-		r.Get("/system/functions", g.serveSystem([]string{perm}, cfg.Functions))
+		r.Get("/system/functions", g.serveSystem(cfg.Functions))
 	}
+	r.Get("/system/stats", g.serveStats)
+	r.Get("/system/calls", g.serveCalls)
+	r.Get("/system/dlq", g.serveDLQ)
+	r.Post("/system/dlq/{id}/retry", g.serveRetry)
+	r.Delete("/system/dlq/{id}", g.serveDiscard)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		invocation.Errorf(http.StatusNotFound, invocation.CodeNotFound, "no route for %s %s; functions are at /function/NAME", r.Method, r.URL.Path).WriteHTTP(w)
 	})
@@ -383,35 +402,4 @@ func (g *Gateway) serveJWKS(w http.ResponseWriter, _ *http.Request) {
 	h.Set("Content-Type", "application/jwk-set+json")
 	h.Set("Cache-Control", "public, max-age=60")
 	_, _ = w.Write(body) // the client went away; nothing to do
-}
-
-// serveSystem answers a /system/ route with the JSON of status, for
-// callers whose token holds perms.
-func (g *Gateway) serveSystem(perms []string, status func(context.Context) (any, error)) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if g.verifier == nil {
-			invocation.Errorf(http.StatusNotFound, invocation.CodeNotFound, "no route for %s %s: this gateway verifies no tokens", r.Method, r.URL.Path).WriteHTTP(w)
-			return
-		}
-		if _, aerr := g.verifier.AuthorizeHeader(r.Context(), r.Header["Authorization"], perms); aerr != nil {
-			g.metrics.authFailure(aerr)
-			authError(aerr).WriteHTTP(w)
-			return
-		}
-		v, err := status(r.Context())
-		if err != nil {
-			g.log.Error("system status", "path", r.URL.Path, "error", err)
-			invocation.Errorf(http.StatusInternalServerError, invocation.CodeInternal, "cannot read the status").WriteHTTP(w)
-			return
-		}
-		body, err := json.Marshal(v)
-		if err != nil {
-			g.log.Error("system status", "path", r.URL.Path, "error", err)
-			invocation.Errorf(http.StatusInternalServerError, invocation.CodeInternal, "cannot encode the status").WriteHTTP(w)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Cache-Control", "no-store")
-		_, _ = w.Write(append(body, '\n')) // the client went away; nothing to do
-	}
 }

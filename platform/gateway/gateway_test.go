@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/MicahParks/jwkset"
 	"github.com/nats-io/nats.go"
 
 	"github.com/shoal-dev/shoal/functions/echo"
@@ -28,6 +29,8 @@ import (
 	"github.com/shoal-dev/shoal/platform/gateway"
 	"github.com/shoal-dev/shoal/platform/runner"
 	"github.com/shoal-dev/shoal/platform/runner/runnertest"
+	"github.com/shoal-dev/shoal/token"
+	"github.com/shoal-dev/shoal/token/tokentest"
 )
 
 const testManifest = `version: 1
@@ -59,6 +62,8 @@ type platform struct {
 	disconnected chan struct{}
 	// nc is the gateway's NATS connection.
 	nc *nats.Conn
+	// key signs tokens the gateway accepts, with options.tokens.
+	key jwkset.JWK
 }
 
 type options struct {
@@ -70,6 +75,10 @@ type options struct {
 	runners int
 	// acks turns on Config.AckRunners.
 	acks bool
+	// tokens gives the gateway a verifier of the tokens of platform.key,
+	// for its /system/ routes (the test manifest's functions are all
+	// public).
+	tokens bool
 }
 
 // serve serves g on a loopback port until the test ends, and returns its
@@ -135,7 +144,11 @@ func start(t testing.TB, o options) *platform {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := gateway.New(gateway.Config{NATS: nc, Manifest: p.m, MaxBody: o.maxBody, MaxInFlight: o.maxInFlight, AckRunners: o.acks})
+	var v *token.Verifier
+	if o.tokens {
+		p.key, v = tokentest.Key(t)
+	}
+	g, err := gateway.New(gateway.Config{NATS: nc, Manifest: p.m, MaxBody: o.maxBody, MaxInFlight: o.maxInFlight, AckRunners: o.acks, Verifier: v})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/shoal-dev/shoal/platform/traffic"
+
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -98,6 +100,8 @@ type metrics struct {
 	mu sync.Mutex
 	// unknown counts the requests for functions not deployed.
 	unknown *fnMetrics
+	// traffic keeps the live figures of GET /system/stats.
+	traffic *traffic.Recorder
 }
 
 // fnMetrics are the metric children of one deployed function, shared by
@@ -107,6 +111,8 @@ type fnMetrics struct {
 	name       string
 	kinds      [2]kindMetrics
 	natsErrors [len(natsReasons)]prometheus.Counter
+	// traffic is the function's live figures; nil for unknown names.
+	traffic *traffic.Series
 	// removed is set, under m.mu, once the function is no longer
 	// deployed and its series are deleted: invocations still in flight
 	// then count into children no longer exported, never new ones.
@@ -171,12 +177,17 @@ func newMetrics(inFlight func() float64, maxInFlight int64) *metrics {
 	m.mu.Lock()
 	m.unknown = m.newFunction(UnknownFunction)
 	m.mu.Unlock()
+	// After unknown: the names not deployed have no live figures.
+	m.traffic = traffic.New()
 	return m
 }
 
 // newFunction makes the children of a function; it runs with m.mu held.
 func (m *metrics) newFunction(name string) *fnMetrics {
 	f := &fnMetrics{m: m, name: name}
+	if m.traffic != nil {
+		f.traffic = m.traffic.Series(name)
+	}
 	for i, kind := range routeKinds {
 		f.kinds[i].duration = m.duration.WithLabelValues(name, kind)
 		f.kinds[i].codes.Store(&[]codeCounter{})
@@ -201,6 +212,7 @@ func (m *metrics) functions(names []string, old map[string]*route) map[string]*f
 			out[name] = m.newFunction(name)
 		}
 	}
+	m.traffic.Retain(names)
 	for name, rt := range old {
 		if _, kept := out[name]; !kept && !rt.metrics.removed {
 			rt.metrics.removed = true
@@ -362,9 +374,14 @@ func (m *metrics) done(o *observed, kind int, start time.Time) {
 	if status == 0 {
 		status = StatusClientGone
 	}
+	end := time.Now()
+	d := end.Sub(start)
 	k := &f.kinds[kind]
 	k.counter(f, kind, status).Inc()
-	k.duration.Observe(time.Since(start).Seconds())
+	k.duration.Observe(d.Seconds())
+	if kind == kindSync && f.traffic != nil {
+		f.traffic.Observe(end, status, d)
+	}
 }
 
 // handler serves GET /metrics: the gateway's metrics, and those
