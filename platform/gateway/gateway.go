@@ -42,6 +42,7 @@ import (
 	"github.com/shoal-dev/shoal/manifest"
 	"github.com/shoal-dev/shoal/platform/callback"
 	"github.com/shoal-dev/shoal/platform/calls"
+	"github.com/shoal-dev/shoal/platform/console"
 	"github.com/shoal-dev/shoal/platform/health"
 	"github.com/shoal-dev/shoal/token"
 )
@@ -253,6 +254,9 @@ func New(cfg Config) (*Gateway, error) {
 	r.Get("/system/dlq", g.serveDLQ)
 	r.Post("/system/dlq/{id}/retry", g.serveRetry)
 	r.Delete("/system/dlq/{id}", g.serveDiscard)
+	r.Get("/", http.RedirectHandler(console.Prefix, http.StatusFound).ServeHTTP)
+	r.Get("/ui", http.RedirectHandler(console.Prefix, http.StatusMovedPermanently).ServeHTTP)
+	r.Handle(console.Prefix+"*", console.Handler())
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		invocation.Errorf(http.StatusNotFound, invocation.CodeNotFound, "no route for %s %s; functions are at /function/NAME", r.Method, r.URL.Path).WriteHTTP(w)
 	})
