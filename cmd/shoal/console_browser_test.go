@@ -248,6 +248,7 @@ func TestConsole(t *testing.T) {
 		t.Errorf("async ping: status %q body %q, want 200 pong! (%s)", status, body, b.text("inv-call-state"))
 	}
 	callID := eval[string](b, `JSON.parse(document.getElementById("inv-sub-body").textContent).id`)
+	b.screenshot("console-invoke.png")
 
 	// Workers: the two of shoal up, ready.
 	b.do("open Workers", chromedp.Click(chromedp.ID("tab-workers")))

@@ -310,9 +310,12 @@ function changed(part, data) {
 }
 
 // note shows a message in a view's note, or hides it for "".
-function note(id, msg) {
+// A quiet note (quiet true) states a fact, such as an empty list; the
+// others say what is wrong or missing.
+function note(id, msg, quiet) {
   const n = $(id);
   n.textContent = msg || "";
+  n.className = quiet ? "note quiet" : "note";
   show(n, !!msg);
 }
 
@@ -356,7 +359,7 @@ async function refreshFunctions(full) {
     if (err.status === 401) throw err;
     statsErr = "Live figures are unavailable: " + describe(err, "system:read");
   }
-  note("fn-note", statsErr || (state.functions.length ? "" : "No function is deployed."));
+  note("fn-note", statsErr || (state.functions.length ? "" : "No function is deployed."), !statsErr);
   clearStatus("poll");
   renderFunctions(state.functions, stats);
 }
@@ -685,7 +688,7 @@ async function refreshWorkers() {
     else note("wk-note", "Workers: " + describe(err, "system:read"));
     return;
   }
-  note("wk-note", ws.length ? "" : "No worker.");
+  note("wk-note", ws.length ? "" : "No worker.", true);
   clearStatus("poll");
   if (!changed("workers", ws)) return;
   const tb = clear($("wk-table").tBodies[0]);
@@ -718,7 +721,7 @@ async function refreshCalls() {
     note("calls-note", "Recent calls: " + describe(calls.reason, "system:read"));
   } else {
     const list = calls.value.calls || [];
-    note("calls-note", list.length ? "" : "No asynchronous call yet.");
+    note("calls-note", list.length ? "" : "No asynchronous call yet.", true);
     if (changed("calls", list)) renderCalls(list);
     show($("calls-table"), list.length > 0);
   }
@@ -729,7 +732,7 @@ async function refreshCalls() {
   } else {
     const list = dlq.value.dead_letters || [];
     const ro = state.who && state.who.operator && state.who.operator.write === false;
-    note("dlq-note", list.length ? (ro ? "Retry and Discard need the system:write permission." : "") : "No dead letter.");
+    note("dlq-note", list.length ? (ro ? "Retry and Discard need the system:write permission." : "") : "No dead letter.", !list.length);
     if (changed("dlq", list)) renderDLQ(list);
     show($("dlq-table"), list.length > 0);
   }
