@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -60,16 +61,109 @@ document.addEventListener("securitypolicyviolation", (e) => {
 type tab struct {
 	t   *testing.T
 	ctx context.Context
+
+	mu sync.Mutex
+	// problems are what the page reported as errors on its console.
+	problems []string
+	// dialogs are the messages of the dialogs (confirm) it opened, each
+	// accepted.
+	dialogs []string
+	// expectNetwork matches the failed requests the test causes on
+	// purpose (the browser logs each as an error).
+	expectNetwork *regexp.Regexp
+	started       time.Time
 }
 
-func (b tab) do(what string, steps ...chromedp.Action[chromedp.Void]) {
+// openBrowser starts a headless browser with one tab of 1280x800, for at
+// most 60 s. The tab records its console's errors and its CSP violations
+// for checkClean, and accepts every dialog.
+func openBrowser(t *testing.T) *tab {
+	t.Helper()
+	browser := findBrowser(t)
+	out := &syncWriter{}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(browser),
+		chromedp.Headless,
+		chromedp.NoSandbox, // tests and CI run as root, where the sandbox cannot start
+		chromedp.DisableGPU,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.WindowSize(1280, 800),
+		chromedp.CombinedOutput(out),
+	)
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelTab := chromedp.NewContext(allocCtx)
+	// One bound for the whole browser session (the first action starts
+	// the browser under it).
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	t.Cleanup(func() {
+		cancel()
+		cancelTab()
+		cancelAlloc()
+		if t.Failed() {
+			t.Logf("browser output:\n%s", out.String())
+		}
+	})
+	b := &tab{t: t, ctx: ctx, started: time.Now()}
+
+	messages := chromedp.Console(ctx)
+	go func() {
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			if !m.IsException() && m.Type != chromedp.ConsoleError {
+				continue
+			}
+			b.mu.Lock()
+			if m.Source != "network" || b.expectNetwork == nil || !b.expectNetwork.MatchString(m.Text+" "+m.URL) {
+				b.problems = append(b.problems, fmt.Sprintf("%s %s (%s:%d)", m.Source, m, m.URL, m.Line+1))
+			}
+			b.mu.Unlock()
+		}
+	}()
+	dialogs := chromedp.Events(ctx, page.JavascriptDialogOpening)
+	go func() {
+		for ev, err := range dialogs {
+			if err != nil {
+				return
+			}
+			b.mu.Lock()
+			b.dialogs = append(b.dialogs, ev.Message)
+			b.mu.Unlock()
+			// A dialog blocks the click that opened it until answered.
+			_, _ = chromedp.Call(ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true})
+		}
+	}()
+	if _, err := chromedp.Call(ctx, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: recordCSP}); err != nil {
+		t.Fatal(err)
+	}
+	b.do("set the viewport", chromedp.EmulateViewport(1280, 800))
+	return b
+}
+
+// checkClean fails the test if the page threw, logged an error, or broke
+// its Content-Security-Policy.
+func (b *tab) checkClean() {
+	b.t.Helper()
+	if v := eval[[]string](b, `window.__cspViolations`); len(v) > 0 {
+		b.t.Errorf("Content-Security-Policy violations:\n%s", strings.Join(v, "\n"))
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.problems) > 0 {
+		b.t.Errorf("the page's console reported errors:\n%s", strings.Join(b.problems, "\n"))
+	}
+	b.t.Logf("browser session: %v", time.Since(b.started).Round(time.Millisecond))
+}
+
+func (b *tab) do(what string, steps ...chromedp.Action[chromedp.Void]) {
 	b.t.Helper()
 	if err := chromedp.Do(b.ctx, steps...); err != nil {
 		b.t.Fatalf("%s: %v", what, err)
 	}
 }
 
-func eval[T any](b tab, expr string) T {
+func eval[T any](b *tab, expr string) T {
 	b.t.Helper()
 	v, err := chromedp.Run(b.ctx, chromedp.Evaluate[T](expr))
 	if err != nil {
@@ -82,7 +176,7 @@ func eval[T any](b tab, expr string) T {
 // 100 ms until it is not empty, and returns it. (chromedp.Poll would
 // compile the predicate with new Function, which the console's CSP
 // forbids.)
-func (b tab) waitFor(what, expr string) string {
+func (b *tab) waitFor(what, expr string) string {
 	b.t.Helper()
 	for {
 		v, err := chromedp.Run(b.ctx, chromedp.Evaluate[string](expr))
@@ -100,13 +194,46 @@ func (b tab) waitFor(what, expr string) string {
 	}
 }
 
-func (b tab) text(id string) string {
+func (b *tab) text(id string) string {
 	b.t.Helper()
 	return eval[string](b, `document.getElementById(`+jsString(id)+`).textContent`)
 }
 
+// status waits for the status line to say something matching re.
+func (b *tab) status(what, re string) string {
+	b.t.Helper()
+	return b.waitFor(what, `(() => {
+		const s = document.getElementById("status").textContent;
+		return new RegExp(`+jsString(re)+`).test(s) ? s : "";
+	})()`)
+}
+
+// login logs in on the console's login form, already shown.
+func (b *tab) login(user, password string) {
+	b.t.Helper()
+	b.do("log in as "+user,
+		chromedp.WaitVisible(chromedp.ID("login-user")),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("login-user").value = ""`),
+		chromedp.SendKeys(chromedp.ID("login-user"), user),
+		chromedp.SendKeys(chromedp.ID("login-pass"), password),
+		chromedp.Click(chromedp.CSS(`#login-form button[type="submit"]`)),
+	)
+	if got := b.waitFor("the login", `!document.getElementById("session").hidden ? "in" :
+		document.querySelector("#status.error") ? "failed: " + document.getElementById("status").textContent : ""`); got != "in" {
+		b.t.Fatalf("login as %s %s", user, got)
+	}
+	if who := b.text("who-name"); who != user {
+		b.t.Errorf("logged in as %q, want %s", who, user)
+	}
+}
+
+func (b *tab) logout() {
+	b.t.Helper()
+	b.do("log out", chromedp.Click(chromedp.ID("logout")), chromedp.WaitVisible(chromedp.ID("login-user")))
+}
+
 // screenshot saves a full-page PNG in the test's artifact directory.
-func (b tab) screenshot(name string) {
+func (b *tab) screenshot(name string) {
 	b.t.Helper()
 	png, err := chromedp.Run(b.ctx, chromedp.FullScreenshot(100)) // 100: PNG, not JPEG
 	if err != nil {
@@ -121,95 +248,38 @@ func (b tab) screenshot(name string) {
 
 func jsString(s string) string { return fmt.Sprintf("%q", s) }
 
+// addUser adds a user to a running shoal up.
+func addUser(t *testing.T, data, natsURL, name, password, perms string) {
+	t.Helper()
+	if out, errOut, code := runShoalIn(t, t.TempDir(), password+"\n", "user", "add", name, "--perm", perms,
+		"--password-stdin", "--data", data, "--nats", natsURL); code != 0 {
+		t.Fatalf("shoal user add %s = %d %s %s", name, code, out, errOut)
+	}
+}
+
 // TestConsole drives the web console in a real browser against `shoal up`
 // with two workers: an operator logs in with a password, sees ping served,
 // invokes it synchronously and asynchronously, sees the workers and the
 // call, and logs out; the token never leaves session storage, and the page
 // throws nothing and breaks none of its Content-Security-Policy.
 func TestConsole(t *testing.T) {
-	browser := findBrowser(t)
+	b := openBrowser(t)
 	data := t.TempDir()
 	p := startShoal(t, "up", "-f", repoManifest(t), "--http", "127.0.0.1:0", "--nats", "127.0.0.1:0", "--data", data, "--workers", "2")
 	natsURL := p.waitLog(`msg="nats listening" url=(\S+)`)[1]
 	p.waitLog(`msg="runners serving" workers=2`)
 	gw := p.waitLog(`msg="gateway listening" url=(\S+)`)[1]
-	const password = "correct horse battery"
-	if out, errOut, code := runShoalIn(t, t.TempDir(), password+"\n", "user", "add", "ops", "--perm", "system:read,system:write",
-		"--password-stdin", "--data", data, "--nats", natsURL); code != 0 {
-		t.Fatalf("shoal user add ops = %d %s %s", code, out, errOut)
-	}
-
-	browserOut := &syncWriter{}
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(browser),
-		chromedp.Headless,
-		chromedp.NoSandbox, // tests and CI run as root, where the sandbox cannot start
-		chromedp.DisableGPU,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.WindowSize(1280, 800),
-		chromedp.CombinedOutput(browserOut),
-	)
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancelTab := chromedp.NewContext(allocCtx)
-	defer cancelTab()
-	// One bound for the whole browser session (the first action starts
-	// the browser under it).
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	b := tab{t: t, ctx: ctx}
-	started := time.Now()
-	defer func() {
-		if t.Failed() {
-			t.Logf("browser output:\n%s", browserOut.String())
-		}
-	}()
-
-	// Everything the page says on its console; errors fail the test.
-	var mu sync.Mutex
-	var problems []string
-	messages := chromedp.Console(ctx)
-	go func() {
-		for m, err := range messages {
-			if err != nil {
-				return
-			}
-			if m.IsException() || m.Type == chromedp.ConsoleError {
-				mu.Lock()
-				problems = append(problems, fmt.Sprintf("%s %s (%s:%d)", m.Source, m, m.URL, m.Line+1))
-				mu.Unlock()
-			}
-		}
-	}()
-	if _, err := chromedp.Call(ctx, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: recordCSP}); err != nil {
-		t.Fatal(err)
-	}
+	addUser(t, data, natsURL, "ops", "correct horse battery", "system:read,system:write")
 
 	// / leads to the console, which asks for a login.
-	b.do("open the console",
-		chromedp.EmulateViewport(1280, 800),
-		chromedp.Navigate(gw+"/"),
-		chromedp.WaitVisible(chromedp.ID("login-user")),
-	)
+	b.do("open the console", chromedp.Navigate(gw+"/"), chromedp.WaitVisible(chromedp.ID("login-user")))
 	if loc := eval[string](b, `location.pathname`); loc != "/ui/" {
 		t.Errorf("/ led to %s, want /ui/", loc)
 	}
-	b.do("log in",
-		chromedp.SendKeys(chromedp.ID("login-user"), "ops"),
-		chromedp.SendKeys(chromedp.ID("login-pass"), password),
-		chromedp.Click(chromedp.CSS(`#login-form button[type="submit"]`)),
-	)
-	if got := b.waitFor("the login", `!document.getElementById("session").hidden ? "in" :
-		document.querySelector("#status.error") ? "failed: " + document.getElementById("status").textContent : ""`); got != "in" {
-		t.Fatalf("login %s", got)
-	}
-	if who := b.text("who-name"); who != "ops" {
-		t.Errorf("logged in as %q, want ops", who)
-	}
+	b.login("ops", "correct horse battery")
 	if exp := b.text("who-expiry"); !regexp.MustCompile(`^expires in \d+m`).MatchString(exp) {
 		t.Errorf("expiry shown as %q, want expires in NmSSs", exp)
 	}
-
 	// Functions: ping is served by the runners.
 	meta := b.waitFor("ping listed with a runner", `(() => {
 		const m = document.querySelector('article[data-fn="ping"] .fn-meta');
@@ -298,23 +368,87 @@ func TestConsole(t *testing.T) {
 	}
 
 	// Log out: the token is gone.
-	b.do("log out",
-		chromedp.Click(chromedp.ID("logout")),
-		chromedp.WaitVisible(chromedp.ID("login-user")),
-	)
+	b.logout()
 	if n := eval[int](b, `sessionStorage.length`); n != 0 {
 		t.Errorf("after logging out sessionStorage holds %d items", n)
 	}
 
-	if v := eval[[]string](b, `window.__cspViolations`); len(v) > 0 {
-		t.Errorf("Content-Security-Policy violations:\n%s", strings.Join(v, "\n"))
+	b.checkClean()
+}
+
+// deadLetterManifest declares fail, which always answers 500
+// (SHOAL_TEST_FUNCTIONS), with one attempt per call, so that each call
+// becomes a dead letter at once.
+const deadLetterManifest = `version: 1
+functions:
+  auth: {handler: {builtin: auth}, public: true, async: {enabled: false}}
+  fail: {handler: {builtin: fail}, public: true, async: {max_deliver: 1}}
+`
+
+// TestConsoleDeadLetters: in the console's Calls view a reader (system:read)
+// sees the dead letters and is told Retry needs system:write; an operator
+// (system:write) discards one after confirming, and retries the other.
+func TestConsoleDeadLetters(t *testing.T) {
+	b := openBrowser(t)
+	// The reader's refused retry is a failed request the browser logs.
+	b.expectNetwork = regexp.MustCompile(`status of 403 .*/system/dlq/[a-z0-9]+/retry$`)
+	data, dir := t.TempDir(), t.TempDir()
+	manifest := filepath.Join(dir, "fn.yaml")
+	if err := os.WriteFile(manifest, []byte(deadLetterManifest), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(problems) > 0 {
-		t.Errorf("the page's console reported errors:\n%s", strings.Join(problems, "\n"))
+	p := startShoalEnv(t, []string{testFunctions + "=1"}, "up", "-f", manifest, "--http", "127.0.0.1:0", "--nats", "127.0.0.1:0", "--data", data, "--workers", "1")
+	natsURL := p.waitLog(`msg="nats listening" url=(\S+)`)[1]
+	p.waitLog(`msg="runners serving" workers=1`)
+	gw := p.waitLog(`msg="gateway listening" url=(\S+)`)[1]
+	addUser(t, data, natsURL, "reader", "reader's password", "system:read")
+	addUser(t, data, natsURL, "ops", "operator's password", "system:read,system:write")
+	var ids []string
+	for range 2 {
+		status, body := post(t, gw+"/async-function/fail", "x", "")
+		m := regexp.MustCompile(`"id":"([^"]+)"`).FindStringSubmatch(body)
+		if status != http.StatusAccepted || m == nil {
+			t.Fatalf("POST /async-function/fail = %d %s", status, body)
+		}
+		ids = append(ids, m[1])
 	}
-	t.Logf("browser session: %v", time.Since(started).Round(time.Millisecond))
+	// deadLetters waits for the listed dead letters to be exactly want.
+	deadLetters := func(what string, want ...string) {
+		t.Helper()
+		b.waitFor(what, `(() => {
+			const ids = [...document.querySelectorAll("#dlq-table tbody tr")].map((r) => r.cells[0].textContent).sort().join(" ");
+			return !document.getElementById("dlq-table").hidden && ids === `+jsString(strings.Join(slices.Sorted(slices.Values(want)), " "))+` ? "yes" : "";
+		})()`)
+	}
+	row := func(id string) string { return `#dlq-table tr[data-id="` + id + `"]` }
+
+	b.do("open the console", chromedp.Navigate(gw+"/ui/#calls"))
+	b.login("reader", "reader's password")
+	deadLetters("both dead letters listed", ids...)
+	if note := b.text("dlq-note"); !strings.Contains(note, "need the system:write permission") {
+		t.Errorf("the reader's dead-letter note: %q", note)
+	}
+	b.do("retry as the reader", chromedp.Click(chromedp.CSS(row(ids[0])+" button.retry")))
+	b.status("the refusal", `^Retry of `+ids[0]+` failed: needs system:write$`)
+	b.screenshot("console-dead-letters-reader.png")
+	b.logout()
+
+	b.login("ops", "operator's password")
+	deadLetters("both dead letters listed", ids...)
+	b.do("discard", chromedp.Click(chromedp.CSS(row(ids[0])+" button.discard")))
+	b.status("the discard", `^Dead letter `+ids[0]+` discarded\.$`)
+	deadLetters("the discarded one gone", ids[1])
+	b.mu.Lock()
+	if len(b.dialogs) != 1 || !strings.Contains(b.dialogs[0], ids[0]) {
+		t.Errorf("dialogs %q, want one confirming the discard of %s", b.dialogs, ids[0])
+	}
+	b.mu.Unlock()
+	b.do("retry", chromedp.Click(chromedp.CSS(row(ids[1])+" button.retry")))
+	b.status("the retry", `^Call `+ids[1]+` queued again\.$`)
+	// fail fails again: the retried call is a dead letter once more.
+	deadLetters("the retried call back", ids[1])
+	b.screenshot("console-dead-letters.png")
+	b.checkClean()
 }
 
 // syncWriter serializes the browser's output, written from its own

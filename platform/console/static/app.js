@@ -755,11 +755,11 @@ function renderCalls(list) {
 function renderDLQ(list) {
   const tb = clear($("dlq-table").tBodies[0]);
   for (const d of list) {
-    const retry = el("button", { type: "button", className: "small", onclick: () => dlqAction(d, "retry") }, "Retry");
-    const discard = el("button", { type: "button", className: "small danger", onclick: () => dlqAction(d, "discard") }, "Discard");
+    const retry = el("button", { type: "button", className: "small retry", onclick: () => dlqAction(d, "retry") }, "Retry");
+    const discard = el("button", { type: "button", className: "small danger discard", onclick: () => dlqAction(d, "discard") }, "Discard");
     retry.setAttribute("aria-label", "Retry call " + d.id);
     discard.setAttribute("aria-label", "Discard call " + d.id);
-    tb.appendChild(el("tr", null,
+    tb.appendChild(el("tr", { dataset: { id: d.id } },
       el("td", { className: "id" }, d.id),
       el("td", null, d.function),
       el("td", { className: "num" }, String(d.attempts ?? "")),
