@@ -506,12 +506,12 @@ function pickFunction(name) {
 
 // request reads the Invoke form into a fetch request for prefix
 // ("/function/" or "/async-function/").
-function request(prefix, async) {
+function request(prefix) {
   const name = $("inv-fn").value.trim();
   if (!/^[A-Za-z0-9_-]+$/.test(name)) throw new Error("Pick a function: a name of letters, digits, - and _.");
   let sub = $("inv-path").value.trim();
   if (sub && !sub.startsWith("/") && !sub.startsWith("?")) sub = "/" + sub;
-  const method = async ? "POST" : $("inv-method").value;
+  const method = $("inv-method").value;
   const headers = new Headers();
   const lines = $("inv-headers").value.split("\n");
   lines.forEach((line, i) => {
@@ -537,7 +537,7 @@ async function invoke(async) {
   const seq = ++state.followSeq;
   let req;
   try {
-    req = request(async ? "/async-function/" : "/function/", async);
+    req = request(async ? "/async-function/" : "/function/");
   } catch (e) {
     setStatus(e.message, "error", "invoke");
     return;
