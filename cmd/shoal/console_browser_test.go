@@ -259,9 +259,11 @@ func addUser(t *testing.T, data, natsURL, name, password, perms string) {
 
 // TestConsole drives the web console in a real browser against `shoal up`
 // with two workers: an operator logs in with a password, sees ping served,
-// invokes it synchronously and asynchronously, sees the workers and the
-// call, and logs out; the token never leaves session storage, and the page
-// throws nothing and breaks none of its Content-Security-Policy.
+// invokes it synchronously and asynchronously, sees the workers, the call
+// and the live figures, and logs out; then a pasted token without
+// system:read invokes echo and is told what the operator views need. The
+// token never leaves session storage, and the page throws nothing and
+// breaks none of its Content-Security-Policy.
 func TestConsole(t *testing.T) {
 	b := openBrowser(t)
 	data := t.TempDir()
@@ -372,6 +374,36 @@ func TestConsole(t *testing.T) {
 	if n := eval[int](b, `sessionStorage.length`); n != 0 {
 		t.Errorf("after logging out sessionStorage holds %d items", n)
 	}
+
+	// A pasted token without system:read: the operator views say what
+	// they need, and invoking what the token allows works.
+	minted, errOut, code := runShoal(t, t.TempDir(), "token", "--data", data, "--sub", "dev", "--perm", "echo", "--ttl", "10m")
+	if code != 0 {
+		t.Fatalf("shoal token = %d %s", code, errOut)
+	}
+	b.do("paste a token",
+		chromedp.SendKeys(chromedp.ID("token-input"), strings.TrimSpace(minted)),
+		chromedp.Click(chromedp.CSS(`#token-form button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.ID("session")),
+		chromedp.Click(chromedp.ID("tab-functions")),
+	)
+	if who, exp := b.text("who-name"), b.text("who-expiry"); who != "dev" || !strings.HasPrefix(exp, "expires in 9m") {
+		t.Errorf("pasted token: logged in as %q, %q; want dev, expires in 9m…", who, exp)
+	}
+	b.waitFor("Functions to say it needs system:read", `document.getElementById("fn-note").textContent.includes("needs the system:read permission") ? "yes" : ""`)
+	b.do("invoke echo",
+		chromedp.Click(chromedp.ID("tab-invoke")),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById("inv-fn").value = "echo"`),
+		chromedp.SetValue(chromedp.ID("inv-method"), "POST"),
+		chromedp.SendKeys(chromedp.ID("inv-body"), "hi"),
+		chromedp.Click(chromedp.ID("inv-send")),
+		chromedp.WaitVisible(chromedp.ID("inv-status")),
+	)
+	if status, body := b.text("inv-status"), b.text("inv-body-out"); status != "200" || !strings.Contains(body, `"body": "hi"`) {
+		t.Errorf("echo with the pasted token: %s %s", status, body)
+	}
+	b.do("open Workers", chromedp.Click(chromedp.ID("tab-workers")))
+	b.waitFor("Workers to say it needs system:read", `document.getElementById("wk-note").textContent.includes("needs the system:read permission") ? "yes" : ""`)
 
 	b.checkClean()
 }
