@@ -41,7 +41,6 @@ function el(tag, props, ...children) {
   if (props) {
     for (const [k, v] of Object.entries(props)) {
       if (k === "dataset") Object.assign(e.dataset, v);
-      else if (k.startsWith("aria") || k === "role") e.setAttribute(k.replace(/^aria([A-Z])/, (_, c) => "aria-" + c.toLowerCase()), v);
       else e[k] = v;
     }
   }
@@ -75,12 +74,11 @@ function show(e, on) {
 // ---- status line ---------------------------------------------------------
 
 let statusSource = "";
-
-// setStatus shows a message in the status line; kind is "", "ok" or
-// "error". source tags who set it, so that a poll that recovers clears
-// only its own error.
 let statusTimer = 0;
 
+// setStatus shows a message in the status line; kind is "", "ok" (cleared
+// after a few seconds) or "error". source tags who set it, so that a poll
+// that recovers clears only its own error.
 function setStatus(msg, kind, source) {
   const s = $("status");
   s.textContent = msg || "";
@@ -246,6 +244,14 @@ function logout(reason) {
   state.cards.clear();
   clear($("inv-fns"));
   clear($("inv-result")).appendChild(el("p", { className: "hint" }, "The answer appears here."));
+  // Nothing read or typed under this token stays for the next one.
+  $("inv-headers").value = "";
+  $("inv-body").value = "";
+  for (const id of ["wk-table", "calls-table", "dlq-table"]) {
+    clear($(id).tBodies[0]);
+    show($(id), false);
+  }
+  for (const id of ["fn-note", "wk-note", "calls-note", "dlq-note"]) note(id, "");
   show($("session"), false);
   show($("tabs"), false);
   for (const v of document.querySelectorAll(".view")) show(v, false);
@@ -435,7 +441,7 @@ function updateCard(c, f, s, stats) {
 
 // drawChart draws requests/s as bars (the part that failed in red) and
 // the p99 latency as a line on its own scale, oldest left.
-function drawChart(c, series, window) {
+function drawChart(c, series, span) {
   const W = 360, H = 96, L = 34, R = 40, T = 8, B = 16;
   const w = W - L - R, h = H - T - B;
   const n = Math.max(series.length, 1);
@@ -469,11 +475,11 @@ function drawChart(c, series, window) {
   g.push(svg("text", { x: 2, y: T + h / 2 + 3 }, "req/s"));
   g.push(svg("text", { class: "p99", x: L + w + 4, y: T + 4 }, ms(maxP99)));
   g.push(svg("text", { class: "p99", x: L + w + 4, y: T + h / 2 + 3 }, "p99"));
-  g.push(svg("text", { x: L, y: H - 3 }, "−" + duration(window)));
+  g.push(svg("text", { x: L, y: H - 3 }, "−" + duration(span)));
   g.push(svg("text", { x: L + w, y: H - 3, "text-anchor": "end" }, "now"));
   const total = series.reduce((a, p) => a + (p.requests || 0), 0);
   if (!total) g.push(svg("text", { class: "empty", x: L + w / 2, y: T + h / 2 + 3, "text-anchor": "middle" }, "no requests"));
-  c.chartTitle.textContent = "Requests per second and p99 latency over the last " + duration(window) + ": " + total + " requests.";
+  c.chartTitle.textContent = "Requests per second and p99 latency over the last " + duration(span) + ": " + total + " requests.";
   c.chart.replaceChildren(c.chartTitle, ...g);
 }
 
