@@ -799,6 +799,7 @@ async function dlqAction(d, action) {
 
 function num(v) {
   if (!(v > 0)) return "0";
+  if (v < 0.01) return "<0.01";
   const s = v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
   return s.includes(".") ? s.replace(/\.?0+$/, "") : s;
 }
