@@ -254,11 +254,25 @@ func New(cfg Config) (*Gateway, error) {
 	r.Get("/system/dlq", g.serveDLQ)
 	r.Post("/system/dlq/{id}/retry", g.serveRetry)
 	r.Delete("/system/dlq/{id}", g.serveDiscard)
-	r.Get("/", http.RedirectHandler(console.Prefix, http.StatusFound).ServeHTTP)
-	r.Get("/ui", http.RedirectHandler(console.Prefix, http.StatusMovedPermanently).ServeHTTP)
+	// The web console, and the way to it.
+	for path, status := range map[string]int{"/": http.StatusFound, "/ui": http.StatusMovedPermanently} {
+		redirect := http.RedirectHandler(console.Prefix, status).ServeHTTP
+		r.Get(path, redirect)
+		r.Head(path, redirect)
+	}
 	r.Handle(console.Prefix+"*", console.Handler())
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		invocation.Errorf(http.StatusNotFound, invocation.CodeNotFound, "no route for %s %s; functions are at /function/NAME", r.Method, r.URL.Path).WriteHTTP(w)
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, req *http.Request) {
+		var allow []string
+		for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+			if r.Match(chi.NewRouteContext(), m, req.URL.Path) {
+				allow = append(allow, m)
+			}
+		}
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		invocation.Errorf(http.StatusMethodNotAllowed, invocation.CodeMethodNotAllowed, "%s %s: the route answers %s", req.Method, req.URL.Path, strings.Join(allow, ", ")).WriteHTTP(w)
 	})
 	g.mux = r
 	g.srv = &http.Server{

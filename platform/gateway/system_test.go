@@ -3,6 +3,8 @@ package gateway_test
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -11,6 +13,7 @@ import (
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/manifest"
 	"github.com/shoal-dev/shoal/platform/calls"
+	"github.com/shoal-dev/shoal/platform/console"
 	"github.com/shoal-dev/shoal/platform/gateway"
 	"github.com/shoal-dev/shoal/token/tokentest"
 )
@@ -376,6 +379,48 @@ func TestSystemDLQ(t *testing.T) {
 		req.Header.Set("Authorization", qw)
 		if resp := do(t, req); resp.status != 501 || !strings.Contains(resp.body, "not_implemented") {
 			t.Errorf("%s without an operator: %d %s", method, resp.status, resp.body)
+		}
+	}
+}
+
+// TestConsoleRoutes: the gateway leads / and /ui to the console, serves
+// it under its Content-Security-Policy, and answers a method a route does
+// not take with the platform's JSON 405 and Allow.
+func TestConsoleRoutes(t *testing.T) {
+	p := start(t, options{runners: -1})
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	tests := []struct {
+		method, path string
+		status       int
+		header, want string
+	}{
+		{"GET", "/", 302, "Location", "/ui/"},
+		{"HEAD", "/", 302, "Location", "/ui/"},
+		{"GET", "/ui", 301, "Location", "/ui/"},
+		{"HEAD", "/ui", 301, "Location", "/ui/"},
+		{"GET", "/ui/", 200, "Content-Security-Policy", console.ContentSecurityPolicy},
+		{"GET", "/ui/app.js", 200, "Content-Type", "text/javascript; charset=utf-8"},
+		{"GET", "/ui/nope.js", 404, "Content-Type", "application/json"},
+		{"POST", "/", 405, "Allow", "GET, HEAD"},
+		{"DELETE", "/system/whoami", 405, "Allow", "GET"},
+		{"PUT", "/system/dlq/x/retry", 405, "Allow", "POST"},
+	}
+	for _, tt := range tests {
+		req := newRequest(t, tt.method, p.url+tt.path, nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.status || resp.Header.Get(tt.header) != tt.want {
+			t.Errorf("%s %s: %d %s: %q, want %d %q", tt.method, tt.path, resp.StatusCode, tt.header, resp.Header.Get(tt.header), tt.status, tt.want)
+		}
+		if tt.status == 405 && !strings.Contains(string(b), `"method_not_allowed"`) {
+			t.Errorf("%s %s: %s, want the JSON error", tt.method, tt.path, b)
+		}
+		if resp.Header.Get("X-Request-Id") == "" {
+			t.Errorf("%s %s: no X-Request-Id", tt.method, tt.path)
 		}
 	}
 }
