@@ -28,8 +28,9 @@ const (
 	// key`.
 	RoleAdmin Role = "admin"
 	// RoleGateway may send invocations, submit asynchronous calls and
-	// read their records and dead letters, discover runners, and read
-	// the function catalog and the public signing keys.
+	// read their records, discover runners, and read the function
+	// catalog and the public signing keys. It cannot read the dead
+	// letters, which hold the callers' requests and tokens.
 	RoleGateway Role = "gateway"
 	// RoleRunner may take invocations from the queue groups, answer them,
 	// pull and settle asynchronous calls (records, dead letters, results,
@@ -78,19 +79,7 @@ const (
 	callsStream     = "SHOAL_CALLS"
 	clientStream    = "SHOAL_CALLS_NATS"
 	callbackStream  = "SHOAL_CALLBACKS"
-	dlqStream       = "SHOAL_DLQ"
 )
-
-// readDLQ is what listing the dead-lettered calls takes (the console's
-// GET /system/dlq): reading the dead-letter stream, not changing it.
-// Re-driving a call stays the admin's (runners trust a re-driven call's
-// submission time), and so does discarding one.
-var readDLQ = []string{
-	"$JS.API.STREAM.INFO." + dlqStream,
-	"$JS.API.STREAM.MSG.GET." + dlqStream,
-	"$JS.API.DIRECT.GET." + dlqStream,
-	"$JS.API.DIRECT.GET." + dlqStream + ".>",
-}
 
 // submitCalls is what the gateway's asynchronous calls take: publishing
 // on calls.NAME (two tokens: not calls.NAME.retry, where re-driven calls
@@ -133,7 +122,7 @@ func Permissions(role Role) *server.Permissions {
 	switch role {
 	case RoleGateway:
 		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>"}, kvRead(keysBucket), kvRead(functionsBucket), submitCalls, readDLQ)},
+			Publish:   &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>"}, kvRead(keysBucket), kvRead(functionsBucket), submitCalls)},
 			Subscribe: &server.SubjectPermission{Allow: inbox},
 		}
 	case RoleRunner:

@@ -49,10 +49,11 @@ func TestRolePermissions(t *testing.T) {
 		{broker.RoleGateway, true, "_INBOX_auth.>", false},
 		{broker.RoleGateway, true, "fn.>", false},
 		{broker.RoleGateway, false, "$KV.shoal_keys.evil", false},
-		// It reads the dead letters for the console, and cannot change
-		// them or re-drive a call.
-		{broker.RoleGateway, false, "$JS.API.STREAM.INFO.SHOAL_DLQ", true},
-		{broker.RoleGateway, false, "$JS.API.DIRECT.GET.SHOAL_DLQ.dlq.x", true},
+		// It can neither read the dead letters (requests with their
+		// tokens), nor change them, nor re-drive a call.
+		{broker.RoleGateway, false, "$JS.API.STREAM.INFO.SHOAL_DLQ", false},
+		{broker.RoleGateway, false, "$JS.API.DIRECT.GET.SHOAL_DLQ.dlq.x", false},
+		{broker.RoleGateway, false, "$JS.API.STREAM.MSG.GET.SHOAL_DLQ", false},
 		{broker.RoleGateway, false, "$JS.API.STREAM.MSG.DELETE.SHOAL_DLQ", false},
 		{broker.RoleGateway, false, "$JS.API.STREAM.PURGE.SHOAL_DLQ", false},
 		{broker.RoleGateway, false, "calls.echo.retry", false},

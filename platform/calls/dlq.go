@@ -131,12 +131,6 @@ func RecentDeadLetters(ctx context.Context, js jetstream.JetStream, limit int) (
 	return out, nil
 }
 
-// RecentDeadLetters is the package's RecentDeadLetters on the queue's
-// JetStream: what a gateway, which holds a Queue, lists.
-func (q *Queue) RecentDeadLetters(ctx context.Context, limit int) ([]DeadLetter, error) {
-	return RecentDeadLetters(ctx, q.js, limit)
-}
-
 // findDeadLetter finds the dead letter of call id.
 func findDeadLetter(ctx context.Context, js jetstream.JetStream, id string) (jetstream.Stream, *jetstream.RawStreamMsg, error) {
 	if !ValidID(id) {

@@ -683,10 +683,10 @@ functions:
 		return err == nil && len(dls) == 1 && dls[0].ID == failed.ID && dls[0].Seq > 1
 	})
 
-	// The gateway role lists the dead letters (the console's GET
-	// /system/dlq), and can neither discard nor re-drive one.
-	if dls, err := calls.RecentDeadLetters(ctx, gjs, 10); err != nil || len(dls) != 1 || dls[0].ID != failed.ID {
-		t.Errorf("the gateway role lists the dead letters: %+v, %v", dls, err)
+	// The gateway role can neither read the dead letters (the callers'
+	// requests, tokens included), nor discard nor re-drive one.
+	if dls, err := calls.RecentDeadLetters(short(ctx), gjs, 10); err == nil {
+		t.Errorf("the gateway role read the dead letters: %+v", dls)
 	}
 	if _, err := calls.Discard(short(ctx), gjs, failed.ID); err == nil {
 		t.Error("the gateway role discarded a dead letter")

@@ -119,11 +119,13 @@ type Config struct {
 	// /async-function/NAME and answers GET /calls/ID; nil answers them
 	// 501.
 	Calls *calls.Queue
-	// Operator, when set, is a JetStream context allowed to re-drive and
-	// discard dead-lettered calls (shoal up's admin connection): the
-	// console's POST /system/dlq/ID/retry and DELETE /system/dlq/ID. The
-	// gateway role may not, as runners trust a re-driven call's
-	// submission time; nil answers those routes 501.
+	// Operator, when set, is a JetStream context allowed to read,
+	// re-drive and discard dead-lettered calls (shoal up's admin
+	// connection): the console's GET /system/dlq, POST
+	// /system/dlq/ID/retry and DELETE /system/dlq/ID. The gateway role
+	// may not: dead letters hold the callers' requests with their tokens,
+	// and runners trust a re-driven call's submission time. Nil answers
+	// those routes 501.
 	Operator jetstream.JetStream
 	// Callbacks decides which X-Callback-Url a submission may give; nil
 	// allows public addresses only (callback.ParsePolicy).

@@ -12,6 +12,7 @@ import (
 
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/platform/calls"
+	"github.com/shoal-dev/shoal/platform/traffic"
 	"github.com/shoal-dev/shoal/token"
 )
 
@@ -148,12 +149,12 @@ func (g *Gateway) callsUnavailable(w http.ResponseWriter) bool {
 	return false
 }
 
-// operatorUnavailable answers a dead-letter action of a gateway that has
-// no operator connection to do it with.
+// operatorUnavailable answers a dead-letter route of a gateway that has
+// no operator connection to read or act with.
 func (g *Gateway) operatorUnavailable(w http.ResponseWriter) bool {
 	if g.operator == nil {
 		invocation.Errorf(http.StatusNotImplemented, invocation.CodeNotImplemented,
-			"this gateway cannot re-drive or discard dead-lettered calls (its NATS role may not): use shoal calls retry ID or shoal calls discard ID with admin credentials").WriteHTTP(w)
+			"this gateway does not manage dead-lettered calls (its NATS role may not read them, which hold the callers' tokens): use shoal calls dlq, retry and discard with admin credentials").WriteHTTP(w)
 		return true
 	}
 	return false
@@ -211,7 +212,7 @@ func (g *Gateway) serveCalls(w http.ResponseWriter, r *http.Request) {
 
 // serveDLQ answers GET /system/dlq: the dead-lettered calls, newest first.
 func (g *Gateway) serveDLQ(w http.ResponseWriter, r *http.Request) {
-	if g.authorizeSystem(w, r, g.systemPerms) == nil || g.callsUnavailable(w) {
+	if g.authorizeSystem(w, r, g.systemPerms) == nil || g.callsUnavailable(w) || g.operatorUnavailable(w) {
 		return
 	}
 	limit, ierr := queryLimit(r, defaultDLQLimit, calls.MaxRecent)
@@ -221,7 +222,7 @@ func (g *Gateway) serveDLQ(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), systemTimeout)
 	defer cancel()
-	dls, err := g.calls.RecentDeadLetters(ctx, limit)
+	dls, err := calls.RecentDeadLetters(ctx, g.operator, limit)
 	if err != nil {
 		g.callsError(w, r, "list the dead letters", "", err)
 		return
@@ -327,8 +328,10 @@ func querySeconds(v, name string, def time.Duration) (time.Duration, *invocation
 		return def, nil
 	}
 	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 {
-		return 0, invocation.Errorf(http.StatusBadRequest, invocation.CodeBadRequest, "%s must be a whole number of seconds, not %q", name, v)
+	// Past a day, the multiplication below could overflow; traffic
+	// refuses anything past its ten minutes anyway.
+	if err != nil || n < 1 || n > 86400 {
+		return 0, invocation.Errorf(http.StatusBadRequest, invocation.CodeBadRequest, "%s must be a whole number of seconds from 1 to %d, not %q", name, int(traffic.MaxWindow/time.Second), v)
 	}
 	return time.Duration(n) * time.Second, nil
 }
