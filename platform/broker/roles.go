@@ -28,9 +28,10 @@ const (
 	// key`.
 	RoleAdmin Role = "admin"
 	// RoleGateway may send invocations, submit asynchronous calls and
-	// read their records, discover runners, and read the function
-	// catalog and the public signing keys. It cannot read the dead
-	// letters, which hold the callers' requests and tokens.
+	// read their records, discover runners, read the function catalog
+	// and the public signing keys, and exchange live figures with the
+	// other gateways (shoal.stats). It cannot read the dead letters,
+	// which hold the callers' requests and tokens.
 	RoleGateway Role = "gateway"
 	// RoleRunner may take invocations from the queue groups, answer them,
 	// pull and settle asynchronous calls (records, dead letters, results,
@@ -115,6 +116,17 @@ var callerInboxes = []string{
 	ClientInboxPrefix + ".>",
 }
 
+// gatewayStats is the gateways' stats exchange (gateway.StatsSubject,
+// gateway.StatsReplyPrefix): each gateway answers requests on shoal.stats
+// with its traffic counts, on a reply subject under shoal.stats.reply.
+// that the asking gateway subscribes to. Gateways publish and subscribe
+// to both: the figures are not secret between gateways (any gateway
+// serves them to operators), and the replies do not go to inboxes, so a
+// gateway still cannot read or write another's invocation replies on
+// _INBOX_gateway.>. No other role may publish or subscribe there: a
+// client can neither read the figures nor feed false ones.
+var gatewayStats = []string{"shoal.stats", "shoal.stats.>"}
+
 // Permissions returns the NATS subject permissions of a role; nil for
 // RoleAdmin (no restriction).
 func Permissions(role Role) *server.Permissions {
@@ -122,8 +134,8 @@ func Permissions(role Role) *server.Permissions {
 	switch role {
 	case RoleGateway:
 		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>"}, kvRead(keysBucket), kvRead(functionsBucket), submitCalls)},
-			Subscribe: &server.SubjectPermission{Allow: inbox},
+			Publish:   &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>"}, kvRead(keysBucket), kvRead(functionsBucket), submitCalls, gatewayStats)},
+			Subscribe: &server.SubjectPermission{Allow: concat(inbox, gatewayStats)},
 		}
 	case RoleRunner:
 		return &server.Permissions{

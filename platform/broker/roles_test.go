@@ -58,6 +58,25 @@ func TestRolePermissions(t *testing.T) {
 		{broker.RoleGateway, false, "$JS.API.STREAM.PURGE.SHOAL_DLQ", false},
 		{broker.RoleGateway, false, "calls.echo.retry", false},
 		{broker.RoleGateway, false, "dlq.x", false},
+		// Gateways exchange their live figures: requests on shoal.stats,
+		// replies under shoal.stats.reply., not in inboxes.
+		{broker.RoleGateway, true, "shoal.stats", true},
+		{broker.RoleGateway, true, "shoal.stats.reply.x", true},
+		{broker.RoleGateway, false, "shoal.stats", true},
+		{broker.RoleGateway, false, "shoal.stats.reply.x", true},
+		{broker.RoleGateway, true, "shoal.>", false},
+		{broker.RoleGateway, false, "_INBOX_gateway.x", false}, // another gateway's invocation replies
+		// Nobody else takes part: no reading the figures, no feeding
+		// false ones.
+		{broker.RoleClient, true, "shoal.stats", false},
+		{broker.RoleClient, true, "shoal.stats.>", false},
+		{broker.RoleClient, false, "shoal.stats", false},
+		{broker.RoleClient, false, "shoal.stats.reply.x", false},
+		{broker.RoleRunner, true, "shoal.stats", false},
+		{broker.RoleRunner, true, "shoal.stats.>", false},
+		{broker.RoleRunner, false, "shoal.stats.reply.x", false},
+		{broker.RoleAuth, true, "shoal.stats.>", false},
+		{broker.RoleAuth, false, "shoal.stats.reply.x", false},
 		// A runner takes invocations and answers callers' inboxes only; it
 		// cannot read users, write keys, send invocations or publish
 		// elsewhere.

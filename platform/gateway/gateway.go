@@ -36,6 +36,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/shoal-dev/shoal/invocation"
@@ -172,6 +173,10 @@ type Gateway struct {
 	// replies receives the replies of invocations, and their acks when
 	// acks are on.
 	replies *replyMux
+	// id tells this gateway's stats requests and replies from other
+	// gateways' (HeaderGateway); statsSub receives theirs (fleet.go).
+	id       string
+	statsSub *nats.Subscription
 }
 
 // route is a routable function with what the hot path needs precomputed.
@@ -231,6 +236,10 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, fmt.Errorf("gateway: subscribe to the reply inbox: %w", err)
 	}
 	g.replies = replies
+	g.id = nuid.Next()
+	if err := g.subscribeStats(); err != nil {
+		return nil, err
+	}
 	if mp := g.nc.MaxPayload(); mp > 0 && mp < g.maxBody {
 		g.log.Warn("the NATS server's max_payload is below the body limit; larger bodies will be refused with 413",
 			"max_payload", mp, "max_body", g.maxBody)
@@ -388,7 +397,8 @@ func (g *Gateway) RunnerLost(runner string) int {
 }
 
 // Shutdown stops accepting requests, waits until ctx is done for those in
-// flight to be answered, then closes the NATS connection.
+// flight to be answered, stops answering other gateways' stats requests,
+// then closes the NATS connection.
 func (g *Gateway) Shutdown(ctx context.Context) error {
 	// Stops the listener, closes idle connections and waits for active
 	// requests, which still have NATS to finish on.
@@ -397,6 +407,11 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		// Out of time: cut what is left (including connections that
 		// never sent a request, which Shutdown leaves for 5 s).
 		_ = g.srv.Close()
+	}
+	// Other gateways stop counting this one's figures; the subscription
+	// needs the connection to end cleanly.
+	if err := g.statsSub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+		g.log.Warn("unsubscribe from stats requests", "subject", StatsSubject, "error", err)
 	}
 	g.nc.Close()
 	if err != nil {

@@ -285,8 +285,9 @@ func (g *Gateway) serveDiscard(w http.ResponseWriter, r *http.Request) {
 
 // serveStats answers GET /system/stats: each deployed function's live
 // figures (requests per second, error rate, p50 and p99 latency) over the
-// last window seconds, in steps, from this gateway's synchronous
-// invocations.
+// last window seconds, in steps, from the synchronous invocations of
+// every gateway that answers on NATS in time (fleet.go), this one's
+// included.
 func (g *Gateway) serveStats(w http.ResponseWriter, r *http.Request) {
 	if g.authorizeSystem(w, r, g.systemPerms) == nil {
 		return
@@ -302,14 +303,19 @@ func (g *Gateway) serveStats(w http.ResponseWriter, r *http.Request) {
 		ierr.WriteHTTP(w)
 		return
 	}
+	if err := traffic.CheckWindow(window, step); err != nil {
+		invocation.Errorf(http.StatusBadRequest, invocation.CodeBadRequest, "%v", err).WriteHTTP(w)
+		return
+	}
 	routes := *g.routes.Load()
 	names := make([]string, 0, len(routes))
 	for name := range routes {
 		names = append(names, name)
 	}
-	snap, err := g.metrics.traffic.Snapshot(names, window, step)
+	snap, err := g.fleetSnapshot(r.Context(), names, window, step)
 	if err != nil {
-		invocation.Errorf(http.StatusBadRequest, invocation.CodeBadRequest, "%v", err).WriteHTTP(w)
+		g.log.Error("live figures", "error", err)
+		invocation.Errorf(http.StatusInternalServerError, invocation.CodeInternal, "cannot read the live figures").WriteHTTP(w)
 		return
 	}
 	g.writeJSON(w, r, http.StatusOK, snap)

@@ -76,8 +76,10 @@ func TestWhoami(t *testing.T) {
 
 // statsBody is the JSON of GET /system/stats.
 type statsBody struct {
-	Window    int `json:"window"`
-	Step      int `json:"step"`
+	Window    int  `json:"window"`
+	Step      int  `json:"step"`
+	Gateways  int  `json:"gateways"`
+	Partial   bool `json:"partial"`
 	Functions []struct {
 		Name  string       `json:"name"`
 		Total statsFigures `json:"total"`
@@ -125,6 +127,9 @@ func TestStats(t *testing.T) {
 	}
 	if st.Window != 60 || st.Step != 10 {
 		t.Errorf("window %d, step %d, want 60 and 10", st.Window, st.Step)
+	}
+	if st.Gateways != 1 || st.Partial {
+		t.Errorf("%d gateways, partial %v; want this one alone, whole", st.Gateways, st.Partial)
 	}
 	want := map[string]statsFigures{
 		"ping":   {Requests: 5},

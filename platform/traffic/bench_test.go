@@ -60,10 +60,10 @@ func BenchmarkObserve(b *testing.B) {
 	})
 }
 
-// BenchmarkSnapshot reads what the console asks for: 10 functions with
-// traffic in every second of a 300s window, in 5s steps.
-func BenchmarkSnapshot(b *testing.B) {
-	now := time.Now()
+// consoleRecorder returns a recorder on a clock stopped at now, with 10
+// functions with traffic in every second of the 300s before, and their
+// names: what the console asks for.
+func consoleRecorder(now time.Time) (*traffic.Recorder, []string) {
 	r := traffic.NewWithClock(func() time.Time { return now })
 	var names []string
 	for f := range 10 {
@@ -77,10 +77,62 @@ func BenchmarkSnapshot(b *testing.B) {
 			}
 		}
 	}
+	return r, names
+}
+
+// BenchmarkSnapshot reads what the console asks for: 10 functions with
+// traffic in every second of a 300s window, in 5s steps.
+func BenchmarkSnapshot(b *testing.B) {
+	r, names := consoleRecorder(time.Now())
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := r.Snapshot(names, 300*time.Second, 5*time.Second); err != nil {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkStatsReply is a gateway's share of another's GET /system/stats
+// on the counts of BenchmarkSnapshot: answering (reading the counts and
+// encoding them), then, at the gateway that asked, decoding and merging
+// them. It reports the size of the JSON.
+func BenchmarkStatsReply(b *testing.B) {
+	now := time.Now()
+	r, names := consoleRecorder(now)
+	b.Run("answer", func(b *testing.B) {
+		b.ReportAllocs()
+		var size int
+		for b.Loop() {
+			c, err := r.Counts(names, 300*time.Second, 5*time.Second)
+			if err != nil {
+				b.Fatal(err)
+			}
+			data, err := c.MarshalJSON()
+			if err != nil {
+				b.Fatal(err)
+			}
+			size = len(data)
+		}
+		b.ReportMetric(float64(size), "bytes")
+	})
+	b.Run("merge", func(b *testing.B) {
+		c, err := r.Counts(names, 300*time.Second, 5*time.Second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		data, err := c.MarshalJSON()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			var o traffic.Counts
+			if err := o.UnmarshalJSON(data); err != nil {
+				b.Fatal(err)
+			}
+			if err := c.Merge(&o); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -3,7 +3,6 @@ package traffic
 import (
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 )
 
@@ -25,6 +24,14 @@ type Snapshot struct {
 	// Window and Step are in seconds.
 	Window int `json:"window"`
 	Step   int `json:"step"`
+	// Gateways is how many recorders' counts the figures merge (see
+	// Counts.Merge): 1 for one gateway's own.
+	Gateways int `json:"gateways"`
+	// Partial is set by a caller that merged the counts of several
+	// recorders when some could not be had: the figures are those of
+	// Gateways recorders only. A Snapshot of Recorder.Snapshot is never
+	// partial.
+	Partial bool `json:"partial"`
 	// Functions are sorted by name.
 	Functions []FunctionStats `json:"functions"`
 }
@@ -84,57 +91,16 @@ type Point struct {
 // window/step points starts window-step seconds before the step that
 // contains now, and Total covers between window-step and window seconds.
 func (r *Recorder) Snapshot(functions []string, window, step time.Duration) (*Snapshot, error) {
-	if err := checkWindow(window, step); err != nil {
+	c, err := r.Counts(functions, window, step)
+	if err != nil {
 		return nil, err
 	}
-	now := r.now()
-	nowSec := now.Unix()
-	stepSec := int64(step / time.Second)
-	points := int(window / step)
-	last := nowSec - mod(nowSec, stepSec)
-	first := last - int64(points-1)*stepSec
-	partial := max(now.Sub(time.Unix(last, 0)).Seconds(), 1)
-	elapsed := max(now.Sub(time.Unix(first, 0)).Seconds(), 1)
-
-	names := slices.Clone(functions)
-	slices.Sort(names)
-	names = slices.Compact(names)
-	series := r.lookup(names)
-	snap := &Snapshot{
-		Now:       now.UTC(),
-		Window:    int(window / time.Second),
-		Step:      int(stepSec),
-		Functions: make([]FunctionStats, len(names)),
-	}
-	for i, name := range names {
-		s := series[i]
-		fs := FunctionStats{Name: name, Series: make([]Point, points)}
-		var total hist
-		for p := range points {
-			start := first + int64(p)*stepSec
-			var h hist
-			seconds := float64(stepSec)
-			if p == points-1 {
-				seconds = partial
-			}
-			if s != nil {
-				s.merge(&h, start, min(start+stepSec, nowSec+1))
-			}
-			fs.Series[p] = Point{Time: time.Unix(start, 0).UTC(), Figures: h.figures(seconds)}
-			total.add(&h)
-		}
-		fs.Total = total.figures(elapsed)
-		if s != nil {
-			s.releaseIdle(nowSec)
-		}
-		snap.Functions[i] = fs
-	}
-	return snap, nil
+	return c.Snapshot(), nil
 }
 
-// checkWindow returns an error wrapping ErrBadWindow if window or step is
-// out of bounds.
-func checkWindow(window, step time.Duration) error {
+// CheckWindow returns an error wrapping ErrBadWindow if window or step is
+// out of the bounds Snapshot and Counts take, nil otherwise.
+func CheckWindow(window, step time.Duration) error {
 	switch {
 	case step%time.Second != 0 || window%time.Second != 0:
 		return fmt.Errorf("%w: window %s and step %s must be whole seconds", ErrBadWindow, window, step)

@@ -8,6 +8,16 @@
 // per process: figures start from zero when the gateway starts, and each
 // gateway of a cluster counts its own requests.
 //
+// # Several gateways
+//
+// Recorder.Counts reads the raw counts behind the figures instead:
+// requests, errors and latency histograms per step, which add up. The
+// gateways exchange them (as JSON, checked on decoding) and Merge them,
+// and Counts.Snapshot reads the figures of all their requests, exactly as
+// one recorder that had observed them all would: percentiles come from
+// the merged histograms. Snapshot is Counts then Counts.Snapshot: one
+// path for the figures.
+//
 // # Slots
 //
 // A series keeps one slot per second in a ring of 600 (MaxWindow). A slot
@@ -24,16 +34,17 @@
 // A series allocates its ring on its first observation: 600 slots of 280
 // bytes, 168,000 bytes (about 164 KiB) per function observed in the last
 // 10 minutes, 156,000 of them the histograms' uint32 counters. A ring
-// idle for a whole MaxWindow is released by the next Snapshot that lists
-// its function, or the next Retain.
+// idle for a whole MaxWindow is released by the next Snapshot or Counts
+// that lists its function, or the next Retain.
 //
 // # Cost
 //
 // Observe takes the series' mutex once, finds the bucket with a few
 // comparisons, reads the clock only for the first observation of each
-// second and allocates nothing (BenchmarkObserve). Snapshot merges the
-// slots of the window per function, taking the mutex once per step so
-// that observers wait for one step's merge at most (BenchmarkSnapshot).
+// second and allocates nothing (BenchmarkObserve). Counts, and so
+// Snapshot, merges the slots of the window per function, taking the mutex
+// once per step so that observers wait for one step's merge at most
+// (BenchmarkSnapshot, BenchmarkStatsReply).
 package traffic
 
 import (

@@ -575,7 +575,7 @@ func TestSnapshotJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const want = `{"now":"2026-03-01T12:00:10Z","window":20,"step":10,"functions":[{"name":"f",` +
+	const want = `{"now":"2026-03-01T12:00:10Z","window":20,"step":10,"gateways":1,"partial":false,"functions":[{"name":"f",` +
 		`"total":{"requests":2,"errors":1,"client_errors":0,"rate":0.2,"error_rate":0.5,"p50_ms":10,"p99_ms":10},"series":[` +
 		`{"t":"2026-03-01T12:00:00Z","requests":1,"errors":0,"client_errors":0,"rate":0.1,"error_rate":0,"p50_ms":10,"p99_ms":10},` +
 		`{"t":"2026-03-01T12:00:10Z","requests":1,"errors":1,"client_errors":0,"rate":1,"error_rate":1,"p50_ms":10,"p99_ms":10}]}]}`
