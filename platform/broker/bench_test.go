@@ -52,7 +52,16 @@ func connectJS(b *testing.B, url string) jetstream.JetStream {
 // benchKVPut measures 128-byte puts to a new file bucket of replicas.
 func benchKVPut(b *testing.B, js jetstream.JetStream, replicas int) {
 	ctx := context.Background()
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "bench", Storage: jetstream.FileStorage, Replicas: replicas})
+	// A cluster just formed may still be electing its leaders: retry the
+	// creation, as Shoal's own commands do, for up to 30 s.
+	create, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var kv jetstream.KeyValue
+	err := broker.Retry(create, 5*time.Second, func(ctx context.Context) error {
+		var err error
+		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "bench", Storage: jetstream.FileStorage, Replicas: replicas})
+		return err
+	})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -127,25 +126,4 @@ func BenchmarkTokenCheck(b *testing.B) {
 	b.Run("public", func(b *testing.B) { run(b, 0, "ping") })
 	b.Run("token-cached", func(b *testing.B) { run(b, 0, "guarded") })
 	b.Run("token-uncached", func(b *testing.B) { run(b, -1, "guarded") })
-}
-
-// BenchmarkSystemStats measures GET /system/stats?window=60&step=10 at a
-// gateway alone on its NATS server and beside another: the answer waits
-// for the other gateways' counts until none came for 100 ms, so the
-// figure is that gap plus the work.
-func BenchmarkSystemStats(b *testing.B) {
-	for _, n := range []int{1, 2} {
-		b.Run(fmt.Sprintf("gateways=%d", n), func(b *testing.B) {
-			f := startFleet(b, fleetOptions{gateways: n})
-			for _, fg := range f.gateways {
-				fg.call(b, "ping", 10)
-			}
-			read := f.read()
-			for b.Loop() {
-				if s, _ := f.gateways[0].stats(b, read); s.Gateways != n {
-					b.Fatalf("%d gateways, want %d", s.Gateways, n)
-				}
-			}
-		})
-	}
 }
