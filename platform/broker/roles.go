@@ -88,6 +88,12 @@ const (
 // calls.NAME.nats) and recording them as queued.
 var submitCalls = concat([]string{"calls.*", "$KV." + callsBucket + ".>"}, kvRead(callsBucket))
 
+// listCalls is what listing the calls changed most recently takes beyond
+// reading the records' bucket (the console's GET /system/calls, see
+// calls.Queue.Recent): pulling the headers of the bucket's stream from an
+// ordered consumer, which kvRead lets it create and delete.
+var listCalls = []string{"$JS.API.CONSUMER.MSG.NEXT.KV_" + callsBucket + ".>"}
+
 // runCalls is what a runner needs for asynchronous calls: pulling from
 // its functions' consumers, settling calls (records, dead letters,
 // results, callbacks) and delivering callbacks.
@@ -134,7 +140,7 @@ func Permissions(role Role) *server.Permissions {
 	switch role {
 	case RoleGateway:
 		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>"}, kvRead(keysBucket), kvRead(functionsBucket), submitCalls, gatewayStats)},
+			Publish:   &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>"}, kvRead(keysBucket), kvRead(functionsBucket), submitCalls, listCalls, gatewayStats)},
 			Subscribe: &server.SubjectPermission{Allow: concat(inbox, gatewayStats)},
 		}
 	case RoleRunner:

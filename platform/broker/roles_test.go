@@ -49,6 +49,11 @@ func TestRolePermissions(t *testing.T) {
 		{broker.RoleGateway, true, "_INBOX_auth.>", false},
 		{broker.RoleGateway, true, "fn.>", false},
 		{broker.RoleGateway, false, "$KV.shoal_keys.evil", false},
+		// It lists the calls' records by pulling the headers of their
+		// bucket's stream, but pulls no calls: runners do.
+		{broker.RoleGateway, false, "$JS.API.CONSUMER.MSG.NEXT.KV_shoal_calls.list_1", true},
+		{broker.RoleGateway, false, "$JS.API.CONSUMER.MSG.NEXT.SHOAL_CALLS.echo", false},
+		{broker.RoleGateway, false, "$JS.API.CONSUMER.MSG.NEXT.SHOAL_CALLBACKS.callbacks", false},
 		// It can neither read the dead letters (requests with their
 		// tokens), nor change them, nor re-drive a call.
 		{broker.RoleGateway, false, "$JS.API.STREAM.INFO.SHOAL_DLQ", false},

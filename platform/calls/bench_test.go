@@ -238,8 +238,8 @@ func BenchmarkRecent(b *testing.B) {
 		b.Run(fmt.Sprintf("limit=%d/function=%q", bc.limit, bc.function), func(b *testing.B) {
 			for b.Loop() {
 				got, err := q.Recent(ctx, bc.limit, bc.function)
-				if err != nil || len(got) != bc.limit {
-					b.Fatalf("Recent = %d records, %v; want %d", len(got), err, bc.limit)
+				if err != nil || len(got.Records) != bc.limit {
+					b.Fatalf("Recent = %d records, %v; want %d", len(got.Records), err, bc.limit)
 				}
 			}
 		})

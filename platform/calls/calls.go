@@ -454,6 +454,8 @@ type Queue struct {
 	js jetstream.JetStream
 	mu sync.Mutex
 	kv jetstream.KeyValue
+	// recentBudget, when set, replaces Recent's budget of bytes (tests).
+	recentBudget int
 }
 
 // NewQueue returns a Queue on js.

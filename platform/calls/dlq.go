@@ -40,9 +40,11 @@ var ErrNotDeadLettered = errors.New("no dead-lettered call of that id")
 // submitted again.
 var ErrBodyDropped = errors.New("its request body was too large to keep with its error; submit it again")
 
-func deadLetterOf(m *jetstream.RawStreamMsg) DeadLetter {
+// deadLetterOf is the dead letter m: all of it is in the headers but the
+// size of the body, which a listing does not read.
+func deadLetterOf(m stored) DeadLetter {
 	h := m.Header
-	d := DeadLetter{Seq: m.Sequence, ID: h.Get(HeaderCallID), Function: h.Get(HeaderFunction), FailedAt: m.Time.UTC(), Size: len(m.Data)}
+	d := DeadLetter{Seq: m.Seq, ID: h.Get(HeaderCallID), Function: h.Get(HeaderFunction), FailedAt: m.Time.UTC(), Size: m.Size}
 	d.Attempts, _ = strconv.Atoi(h.Get(HeaderAttempts))
 	d.BodyDropped = h.Get(HeaderBodyDropped) != ""
 	d.SubmittedAt, _ = time.Parse(time.RFC3339Nano, h.Get(HeaderSubmitted))
@@ -52,7 +54,7 @@ func deadLetterOf(m *jetstream.RawStreamMsg) DeadLetter {
 }
 
 // DeadLetters lists the dead-lettered calls, oldest first, at most limit
-// of them (0: all).
+// of them (0: all). Like RecentDeadLetters, it reads their headers only.
 func DeadLetters(ctx context.Context, js jetstream.JetStream, limit int) ([]DeadLetter, error) {
 	s, err := js.Stream(ctx, DLQStream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -61,54 +63,30 @@ func DeadLetters(ctx context.Context, js jetstream.JetStream, limit int) ([]Dead
 	if err != nil {
 		return nil, fmt.Errorf("calls: open stream %s: %w", DLQStream, err)
 	}
-	want := int(s.CachedInfo().State.Msgs)
-	if limit > 0 {
-		want = min(want, limit)
-	}
-	if want == 0 {
+	st := s.CachedInfo().State
+	if st.Msgs == 0 {
 		return nil, nil
 	}
-	// One ordered consumer reads the stream in batches, stepping over
-	// the sequences retried, discarded or aged out, which reading message
-	// by message would ask for one request each.
-	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	var out []DeadLetter
+	err = scanHeaders(ctx, s, st.FirstSeq, st.LastSeq, func(m stored) bool {
+		out = append(out, deadLetterOf(m))
+		return limit == 0 || len(out) < limit
+	})
 	if err != nil {
-		return nil, fmt.Errorf("calls: read stream %s: %w", DLQStream, err)
-	}
-	out := make([]DeadLetter, 0, want)
-	for len(out) < want {
-		batch, err := c.Fetch(min(want-len(out), 256), jetstream.FetchMaxWait(time.Second))
-		if err != nil {
-			return nil, fmt.Errorf("calls: read stream %s: %w", DLQStream, err)
-		}
-		n := 0
-		for msg := range batch.Messages() {
-			n++
-			meta, err := msg.Metadata()
-			if err != nil {
-				return nil, fmt.Errorf("calls: read stream %s: %w", DLQStream, err)
-			}
-			out = append(out, deadLetterOf(&jetstream.RawStreamMsg{
-				Subject: msg.Subject(), Sequence: meta.Sequence.Stream, Header: msg.Headers(), Data: msg.Data(), Time: meta.Timestamp,
-			}))
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			return nil, fmt.Errorf("calls: read stream %s: %w", DLQStream, err)
-		}
-		if n == 0 {
-			break // fewer than counted: some were removed meanwhile
-		}
+		return nil, err
 	}
 	return out, nil
 }
 
 // RecentDeadLetters lists the dead-lettered calls newest first, as a
 // console shows them: at most limit of them (1 to MaxRecent, else
-// ErrBadLimit). It reads the dead-letter stream backwards from its last
-// message and, like Queue.Recent, reads at most 20×limit sequences back:
-// the calls re-driven or discarded among the newest leave gaps that count,
-// so after many of those it may return fewer than limit while older ones
-// remain, which DeadLetters lists (oldest first).
+// ErrBadLimit). It reads the headers only of the dead-letter stream's
+// last messages, which hold all a DeadLetter says, never the requests'
+// bodies, which may be MiBs each. Like Queue.Recent, it reads at most
+// 20×limit sequences back: the calls re-driven or discarded among the
+// newest leave gaps that count, so after many of those it may return
+// fewer than limit while older ones remain, which DeadLetters lists
+// (oldest first).
 func RecentDeadLetters(ctx context.Context, js jetstream.JetStream, limit int) ([]DeadLetter, error) {
 	if err := checkLimit(limit); err != nil {
 		return nil, err
@@ -120,13 +98,13 @@ func RecentDeadLetters(ctx context.Context, js jetstream.JetStream, limit int) (
 	if err != nil {
 		return nil, fmt.Errorf("calls: open stream %s: %w", DLQStream, err)
 	}
-	var out []DeadLetter
-	err = scanBack(ctx, s, recentScan*limit, func(m *jetstream.RawStreamMsg) (bool, error) {
-		out = append(out, deadLetterOf(m))
-		return len(out) < limit, nil
-	})
+	last, err := scanBack(ctx, s, recentScan*limit)
 	if err != nil {
 		return nil, err
+	}
+	out := make([]DeadLetter, 0, min(limit, len(last)))
+	for _, m := range last[:min(limit, len(last))] {
+		out = append(out, deadLetterOf(m))
 	}
 	return out, nil
 }
@@ -161,7 +139,7 @@ func Retry(ctx context.Context, js jetstream.JetStream, id string) (*DeadLetter,
 	if err != nil {
 		return nil, err
 	}
-	d := deadLetterOf(m)
+	d := deadLetterOf(storedOf(m))
 	if d.BodyDropped {
 		return nil, fmt.Errorf("calls: call %s cannot be re-driven: %w", id, ErrBodyDropped)
 	}
@@ -206,7 +184,7 @@ func Discard(ctx context.Context, js jetstream.JetStream, id string) (*DeadLette
 	if err != nil {
 		return nil, err
 	}
-	d := deadLetterOf(m)
+	d := deadLetterOf(storedOf(m))
 	if err := s.DeleteMsg(ctx, m.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, fmt.Errorf("calls: remove dead letter %d: %w", m.Sequence, err)
 	}

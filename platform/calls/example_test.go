@@ -81,13 +81,13 @@ func ExampleQueue_Recent() {
 		}
 	}
 	for _, function := range []string{"", "resize"} {
-		recs, err := q.Recent(ctx, 50, function)
+		l, err := q.Recent(ctx, 50, function)
 		if err != nil {
 			fmt.Println(err)
 			return
 		}
 		var list []string
-		for _, r := range recs {
+		for _, r := range l.Records {
 			list = append(list, r.Function+" "+string(r.Status))
 		}
 		fmt.Println(strings.Join(list, ", "))

@@ -1,13 +1,16 @@
 package calls_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/shoal-dev/shoal/manifest"
@@ -39,12 +42,15 @@ func (e *env) put(t *testing.T, rec *calls.Record) {
 // recentIDs is the ids of Recent's records, in order.
 func (e *env) recentIDs(t *testing.T, limit int, function string) []string {
 	t.Helper()
-	recs, err := e.q.Recent(e.ctx, limit, function)
+	l, err := e.q.Recent(e.ctx, limit, function)
 	if err != nil {
 		t.Fatalf("Recent(%d, %q): %v", limit, function, err)
 	}
+	if l.Truncated || l.Skipped != 0 {
+		t.Errorf("Recent(%d, %q): truncated %v, %d skipped; want neither", limit, function, l.Truncated, l.Skipped)
+	}
 	ids := []string{}
-	for _, r := range recs {
+	for _, r := range l.Records {
 		ids = append(ids, r.ID)
 	}
 	return ids
@@ -87,7 +93,8 @@ func TestRecent(t *testing.T) {
 		})
 	}
 	t.Run("the newest revision", func(t *testing.T) {
-		recs, err := e.q.Recent(e.ctx, 1, "")
+		l, err := e.q.Recent(e.ctx, 1, "")
+		recs := l.Records
 		if err != nil || len(recs) != 1 || recs[0].Status != calls.Running || recs[0].Attempts != 1 || recs[0].Function != "f" {
 			t.Errorf("Recent(1) = %+v, %v; want call a running", recs, err)
 		}
@@ -111,10 +118,11 @@ func TestRecentWorker(t *testing.T) {
 		e.waitStatus(t, id, calls.Succeeded)
 	}
 	kv := e.bucket(t)
-	recs, err := e.q.Recent(e.ctx, 50, "")
+	l, err := e.q.Recent(e.ctx, 50, "")
 	if err != nil {
 		t.Fatal(err)
 	}
+	recs := l.Records
 	var ids []string
 	var last uint64
 	for i, r := range recs {
@@ -140,8 +148,8 @@ func TestRecentWorker(t *testing.T) {
 	if !slices.Equal(ids, all) {
 		t.Errorf("Recent listed %v, want each of the %d calls once: %v", ids, len(all), all)
 	}
-	if recs, err := e.q.Recent(e.ctx, 50, "f"); err != nil || len(recs) != len(fs) {
-		t.Errorf("Recent of f = %d records, %v; want %d", len(recs), err, len(fs))
+	if l, err := e.q.Recent(e.ctx, 50, "f"); err != nil || len(l.Records) != len(fs) {
+		t.Errorf("Recent of f = %d records, %v; want %d", len(l.Records), err, len(fs))
 	}
 }
 
@@ -309,8 +317,199 @@ func TestRecentHistory(t *testing.T) {
 	if err := e.bucket(t).Delete(e.ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	recs, err := e.q.Recent(e.ctx, 10, "")
+	l, err := e.q.Recent(e.ctx, 10, "")
+	recs := l.Records
 	if err != nil || len(recs) != 1 || recs[0].ID != a.ID || recs[0].Status != calls.Succeeded {
 		t.Errorf("Recent = %+v, %v; want only call a, succeeded", recs, err)
+	}
+}
+
+// inBytes is how many bytes nc has received so far.
+func inBytes(nc *nats.Conn) uint64 { return nc.Stats().InBytes }
+
+// TestRecentLargeRecords: records holding answers of 1 MiB are listed
+// whole, but only those wanted are read, and no more bytes than the
+// budget, past which the listing says it is truncated.
+func TestRecentLargeRecords(t *testing.T) {
+	e := setup(t, calls.DefaultLimits())
+	// Decoding MiBs of base64 takes seconds under the race detector.
+	var cancel context.CancelFunc
+	e.ctx, cancel = context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const body = 1 << 20
+	var ids []string // newest first
+	var size int     // of a record
+	for i := range 12 {
+		rec := &calls.Record{ID: calls.NewID(), Function: []string{"f", "g"}[i%2], Status: calls.Succeeded,
+			Response: &calls.Response{Status: 200, Body: bytes.Repeat([]byte{'x'}, body)}}
+		e.put(t, rec)
+		ids = append([]string{rec.ID}, ids...)
+		data, err := json.Marshal(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		size = len(data)
+	}
+	every := func(from, step, n int) []string {
+		var out []string
+		for i := from; len(out) < n; i += step {
+			out = append(out, ids[i])
+		}
+		return out
+	}
+	tests := []struct {
+		name      string
+		limit     int
+		function  string
+		budget    int // 0: the default, 64 MiB
+		want      []string
+		truncated bool
+		// read is the most records read whole.
+		read int
+	}{
+		{"all", 20, "", 0, ids, false, 12},
+		{"the newest only: no more read than wanted", 3, "", 0, ids[:3], false, 3},
+		{"one function: the others' read too", 3, "g", 0, every(0, 2, 3), false, 8},
+		{"past the budget: truncated", 20, "", 5 * size, ids[:5], true, 5},
+		{"one function past the budget: truncated", 10, "f", 4 * size, every(1, 2, 2), true, 4},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			js := newJS(t, e.s)
+			q := calls.NewQueue(js)
+			if tt.budget > 0 {
+				calls.SetRecentBudget(q, tt.budget)
+			}
+			before := inBytes(js.Conn())
+			l, err := q.Recent(e.ctx, tt.limit, tt.function)
+			read := inBytes(js.Conn()) - before
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, r := range l.Records {
+				got = append(got, r.ID)
+				if r.Response == nil || len(r.Response.Body) != body {
+					t.Errorf("call %s: response %+v, want its body of %d bytes", r.ID, r.Response != nil, body)
+				}
+			}
+			if !slices.Equal(got, tt.want) || l.Truncated != tt.truncated || l.Skipped != 0 {
+				t.Errorf("Recent(%d, %q) = %v, truncated %v, %d skipped; want %v, truncated %v", tt.limit, tt.function, got, l.Truncated, l.Skipped, tt.want, tt.truncated)
+			}
+			// The headers of the 12 messages are a few KiB.
+			if most := uint64(tt.read*size + 64<<10); read > most {
+				t.Errorf("Recent(%d, %q) read %d bytes, want at most %d: %d records of %d bytes and their headers", tt.limit, tt.function, read, most, tt.read, size)
+			}
+		})
+	}
+}
+
+// TestRecentDeadLettersLarge: listing dead letters of 1 MiB requests
+// reads their headers only, and says the size of each body.
+func TestRecentDeadLettersLarge(t *testing.T) {
+	e := setup(t, calls.DefaultLimits())
+	startWorker(t, e.s, "f", manifest.Async{MaxDeliver: 1}, 0, func(*calls.Call) calls.Result { return calls.Result{Status: 400} })
+	const body = 1 << 20
+	for range 20 {
+		e.submit(t, "f", strings.Repeat("x", body))
+	}
+	waitFor(t, "20 dead letters", func() bool { return e.streamMsgs(t, calls.DLQStream) == 20 })
+	lists := []struct {
+		name string
+		list func(js jetstream.JetStream) ([]calls.DeadLetter, error)
+		want int
+	}{
+		{"RecentDeadLetters", func(js jetstream.JetStream) ([]calls.DeadLetter, error) {
+			return calls.RecentDeadLetters(e.ctx, js, 10)
+		}, 10},
+		{"DeadLetters", func(js jetstream.JetStream) ([]calls.DeadLetter, error) { return calls.DeadLetters(e.ctx, js, 0) }, 20},
+	}
+	for _, l := range lists {
+		t.Run(l.name, func(t *testing.T) {
+			js := newJS(t, e.s)
+			before := inBytes(js.Conn())
+			dls, err := l.list(js)
+			read := inBytes(js.Conn()) - before
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(dls) != l.want {
+				t.Errorf("%s listed %d dead letters, want %d", l.name, len(dls), l.want)
+			}
+			for _, d := range dls {
+				if d.Size != body || d.BodyDropped || d.Function != "f" || d.Attempts != 1 || d.Error == nil || d.Error.Status != 400 {
+					t.Errorf("dead letter %+v, want one of f's, failed with 400, its body of %d bytes kept", d, body)
+				}
+			}
+			if read > 256<<10 {
+				t.Errorf("%s read %d bytes, want the headers only: under 256 KiB", l.name, read)
+			}
+		})
+	}
+}
+
+// TestRecentSkipsUndecodable: a record that does not decode is left out
+// and counted, and the listing goes on.
+func TestRecentSkipsUndecodable(t *testing.T) {
+	e := setup(t, calls.DefaultLimits())
+	a := e.submit(t, "f", "a").ID
+	if _, err := e.bucket(t).Put(e.ctx, "garbage", []byte("{not json")); err != nil {
+		t.Fatal(err)
+	}
+	b := e.submit(t, "f", "b").ID
+	for _, function := range []string{"", "f"} {
+		l, err := e.q.Recent(e.ctx, 10, function)
+		var got []string
+		for _, r := range l.Records {
+			got = append(got, r.ID)
+		}
+		if err != nil || !slices.Equal(got, []string{b, a}) || l.Skipped != 1 || l.Truncated {
+			t.Errorf("Recent(10, %q) = %v, %d skipped, truncated %v, %v; want [%s %s], 1 skipped", function, got, l.Skipped, l.Truncated, err, b, a)
+		}
+	}
+}
+
+// TestRecentLeavesNoConsumers: the consumers the listings read with are
+// deleted when they are done, not left to the server's clean-up of
+// idle ones, as a console polls.
+func TestRecentLeavesNoConsumers(t *testing.T) {
+	e := setup(t, calls.DefaultLimits())
+	startWorker(t, e.s, "f", manifest.Async{MaxDeliver: 1}, 0, func(*calls.Call) calls.Result { return calls.Result{Status: 400} })
+	for range 3 {
+		e.submit(t, "f", "")
+	}
+	waitFor(t, "3 dead letters", func() bool { return e.streamMsgs(t, calls.DLQStream) == 3 })
+	for range 10 {
+		if _, err := e.q.Recent(e.ctx, 10, ""); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.q.Recent(e.ctx, 1, "nope"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := calls.RecentDeadLetters(e.ctx, e.js, 10); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := calls.DeadLetters(e.ctx, e.js, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"KV_" + calls.Bucket, calls.DLQStream} {
+		s, err := e.js.Stream(e.ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			info, err := s.Info(e.ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n = info.State.Consumers; n == 0 || time.Now().After(deadline) {
+				break
+			}
+		}
+		if n != 0 {
+			t.Errorf("stream %s has %d consumers 2 s after 40 listings, want none", name, n)
+		}
 	}
 }

@@ -695,6 +695,23 @@ functions:
 		t.Error("the gateway role re-drove a dead letter")
 	}
 
+	// The gateway role lists the calls (the console's GET /system/calls):
+	// the headers of the bucket's stream through an ordered consumer,
+	// which it deletes, then the records.
+	lctx, lcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer lcancel()
+	if l, err := calls.NewQueue(gjs).Recent(lctx, 10, ""); err != nil || len(l.Records) == 0 {
+		t.Errorf("the gateway role lists the calls: %+v, %v", l, err)
+	}
+	bucket, err := admin.Stream(ctx, "KV_"+calls.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor("the listing's consumer was left on the bucket's stream", func() bool {
+		info, err := bucket.Info(ctx)
+		return err == nil && info.State.Consumers == 0
+	})
+
 	// What the roles forbid (a refused publish goes unanswered: each
 	// attempt waits out its own short deadline).
 	for role, js := range map[string]jetstream.JetStream{"client": cjs, "gateway": gjs} {

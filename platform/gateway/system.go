@@ -178,7 +178,9 @@ func (g *Gateway) callsError(w http.ResponseWriter, r *http.Request, op, id stri
 }
 
 // serveCalls answers GET /system/calls: the records of the calls changed
-// most recently, newest first, of one function or all.
+// most recently, newest first, of one function or all; "truncated" when
+// the listing stopped at its budget of bytes read (the records hold the
+// answers' bodies), and "skipped" the records that did not decode.
 func (g *Gateway) serveCalls(w http.ResponseWriter, r *http.Request) {
 	if g.authorizeSystem(w, r, g.systemPerms) == nil || g.callsUnavailable(w) {
 		return
@@ -190,24 +192,26 @@ func (g *Gateway) serveCalls(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), systemTimeout)
 	defer cancel()
-	recs, err := g.calls.Recent(ctx, limit, r.URL.Query().Get("function"))
+	l, err := g.calls.Recent(ctx, limit, r.URL.Query().Get("function"))
 	if err != nil {
 		g.callsError(w, r, "list the calls", "", err)
 		return
 	}
-	if recs == nil {
-		recs = []calls.Record{}
+	if l.Records == nil {
+		l.Records = []calls.Record{}
 	}
 	// A list of records with their answers' bodies could run to
 	// hundreds of MiB: each is read whole at /calls/ID.
-	for i := range recs {
-		if recs[i].Response != nil {
-			recs[i].Response.Body = nil
+	for i := range l.Records {
+		if l.Records[i].Response != nil {
+			l.Records[i].Response.Body = nil
 		}
 	}
 	g.writeJSON(w, r, http.StatusOK, struct {
-		Calls []calls.Record `json:"calls"`
-	}{recs})
+		Calls     []calls.Record `json:"calls"`
+		Truncated bool           `json:"truncated,omitempty"`
+		Skipped   int            `json:"skipped,omitempty"`
+	}{l.Records, l.Truncated, l.Skipped})
 }
 
 // serveDLQ answers GET /system/dlq: the dead-lettered calls, newest first.

@@ -256,6 +256,27 @@ func TestSystemCalls(t *testing.T) {
 	if got := list("?function=nope"); len(got) != 0 {
 		t.Errorf("calls of a function that has none: %v", idsOf(got))
 	}
+	// A record that does not decode is left out and counted: "skipped",
+	// which, like "truncated", is absent when there is nothing to say.
+	if resp := p.get(t, "/system/calls", read); strings.Contains(resp.body, `"skipped"`) || strings.Contains(resp.body, `"truncated"`) {
+		t.Errorf("a whole listing says it skipped or truncated: %s", resp.body)
+	}
+	kv, err := p.js.KeyValue(t.Context(), calls.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(t.Context(), "garbage", []byte("{not json")); err != nil {
+		t.Fatal(err)
+	}
+	resp := p.get(t, "/system/calls", read)
+	var body struct {
+		Calls     []calls.Record `json:"calls"`
+		Truncated bool           `json:"truncated"`
+		Skipped   int            `json:"skipped"`
+	}
+	if err := json.Unmarshal([]byte(resp.body), &body); err != nil || resp.status != 200 || len(body.Calls) != 4 || body.Skipped != 1 || body.Truncated {
+		t.Errorf("GET /system/calls with a record that does not decode: %d %s, want the 4 calls and \"skipped\":1", resp.status, resp.body)
+	}
 
 	tests := []struct {
 		name, query, authorization string
