@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/platform/calls"
@@ -242,28 +243,30 @@ func (g *Gateway) serveDLQ(w http.ResponseWriter, r *http.Request) {
 // serveRetry answers POST /system/dlq/ID/retry: the dead-lettered call is
 // queued again under its id.
 func (g *Gateway) serveRetry(w http.ResponseWriter, r *http.Request) {
-	if g.authorizeSystem(w, r, g.systemWritePerms) == nil || g.callsUnavailable(w) || g.operatorUnavailable(w) {
-		return
-	}
-	id := chi.URLParam(r, "id")
-	if !calls.ValidID(id) {
-		invocation.Errorf(http.StatusNotFound, invocation.CodeCallNotFound, "no dead-lettered call %q", id).WriteHTTP(w)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), systemTimeout)
-	defer cancel()
-	d, err := calls.Retry(ctx, g.operator, id)
-	if err != nil {
-		g.callsError(w, r, "re-drive the call", id, err)
-		return
-	}
-	g.log.Info("dead-lettered call queued again", "call", id, "function", d.Function)
-	g.writeJSON(w, r, http.StatusOK, accepted{ID: id, Function: d.Function, Status: calls.Queued, URL: callsPrefix + id})
+	g.actOnDeadLetter(w, r, "re-drive the call", calls.Retry, func(id string, d *calls.DeadLetter) any {
+		g.log.Info("dead-lettered call queued again", "call", id, "function", d.Function)
+		return accepted{ID: id, Function: d.Function, Status: calls.Queued, URL: callsPrefix + id}
+	})
 }
 
 // serveDiscard answers DELETE /system/dlq/ID: the dead-lettered call is
 // dropped for good.
 func (g *Gateway) serveDiscard(w http.ResponseWriter, r *http.Request) {
+	g.actOnDeadLetter(w, r, "discard the call", calls.Discard, func(id string, d *calls.DeadLetter) any {
+		g.log.Info("dead-lettered call discarded", "call", id, "function", d.Function)
+		return struct {
+			ID        string `json:"id"`
+			Function  string `json:"function"`
+			Discarded bool   `json:"discarded"`
+		}{id, d.Function, true}
+	})
+}
+
+// actOnDeadLetter does act (op, for errors) to the dead letter the route
+// names, for a token holding the write permission, through the operator
+// connection, and answers what answer makes of it.
+func (g *Gateway) actOnDeadLetter(w http.ResponseWriter, r *http.Request, op string,
+	act func(context.Context, jetstream.JetStream, string) (*calls.DeadLetter, error), answer func(string, *calls.DeadLetter) any) {
 	if g.authorizeSystem(w, r, g.systemWritePerms) == nil || g.callsUnavailable(w) || g.operatorUnavailable(w) {
 		return
 	}
@@ -274,17 +277,12 @@ func (g *Gateway) serveDiscard(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), systemTimeout)
 	defer cancel()
-	d, err := calls.Discard(ctx, g.operator, id)
+	d, err := act(ctx, g.operator, id)
 	if err != nil {
-		g.callsError(w, r, "discard the call", id, err)
+		g.callsError(w, r, op, id, err)
 		return
 	}
-	g.log.Info("dead-lettered call discarded", "call", id, "function", d.Function)
-	g.writeJSON(w, r, http.StatusOK, struct {
-		ID        string `json:"id"`
-		Function  string `json:"function"`
-		Discarded bool   `json:"discarded"`
-	}{id, d.Function, true})
+	g.writeJSON(w, r, http.StatusOK, answer(id, d))
 }
 
 // serveStats answers GET /system/stats: each deployed function's live
