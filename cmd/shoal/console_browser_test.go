@@ -566,12 +566,19 @@ func TestConsoleDeadLetters(t *testing.T) {
 		}
 		ids = append(ids, m[1])
 	}
-	// deadLetters waits for the listed dead letters to be exactly want.
+	// deadLetters waits for the listed dead letters to be exactly want,
+	// pressing Refresh every second as someone waiting would (the tab
+	// reads them by itself every 10 s).
 	deadLetters := func(what string, want ...string) {
 		t.Helper()
 		b.waitFor(what, `(() => {
 			const ids = [...document.querySelectorAll("#dlq-table tbody tr")].map((r) => r.cells[0].textContent).sort().join(" ");
-			return !document.getElementById("dlq-table").hidden && ids === `+jsString(strings.Join(slices.Sorted(slices.Values(want)), " "))+` ? "yes" : "";
+			if (!document.getElementById("dlq-table").hidden && ids === `+jsString(strings.Join(slices.Sorted(slices.Values(want)), " "))+`) return "yes";
+			if (!(Date.now() - window.__refreshed < 1000)) {
+				window.__refreshed = Date.now();
+				document.getElementById("calls-refresh").click();
+			}
+			return "";
 		})()`)
 	}
 	row := func(id string) string { return `#dlq-table tr[data-id="` + id + `"]` }
