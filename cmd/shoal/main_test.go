@@ -36,7 +36,7 @@ import (
 const beShoal = "SHOAL_TEST_BE_SHOAL"
 
 // testFunctions, set to 1 with beShoal, adds the test functions crash,
-// sleep, fail and record to the built-ins.
+// sleep, fail, record, html and refuse to the built-ins.
 const testFunctions = "SHOAL_TEST_FUNCTIONS"
 
 func TestMain(m *testing.M) {
@@ -52,6 +52,20 @@ func TestMain(m *testing.M) {
 				}),
 				// record notes each execution in a file (async_test.go).
 				"record": http.HandlerFunc(recordCall),
+				// html answers the request's body verbatim as HTML, with
+				// markup in a header too: what the console must show as
+				// text (console_browser_test.go).
+				"html": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					body, _ := io.ReadAll(r.Body)
+					w.Header().Set("Content-Type", "text/html; charset=utf-8")
+					w.Header().Set("X-Markup", markupHeader)
+					_, _ = w.Write(body)
+				}),
+				// refuse answers 401 invalid_token, the gateway's refusal of a
+				// token, from the function's own code.
+				"refuse": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+					invocation.Errorf(http.StatusUnauthorized, invocation.CodeInvalidToken, "refused by the function itself").WriteHTTP(w)
+				}),
 			}
 		}
 		main()

@@ -21,8 +21,9 @@
 // # Headers
 //
 // Every answer carries [ContentSecurityPolicy], which lets the page load
-// scripts, styles and images from the gateway only and run no inline
-// script or style, plus nosniff, no referrer and no framing. Files are
+// scripts, styles and images from the gateway only, run no inline script
+// or style and hand no string to an HTML or script sink, plus nosniff, no
+// referrer and no framing. Files are
 // revalidated on every load (Cache-Control: no-cache) against a strong
 // ETag, the SHA-256 of their content, so a new binary's console is picked
 // up at once and an unchanged one costs a 304.
@@ -47,8 +48,9 @@ const Prefix = "/ui/"
 
 // ContentSecurityPolicy is the Content-Security-Policy of every answer of
 // the console: nothing inline, nothing from elsewhere, no forms posted,
-// no framing.
-const ContentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+// no framing, and (Trusted Types) every DOM sink that parses a string as
+// HTML or script, such as innerHTML, throws instead.
+const ContentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; require-trusted-types-for 'script'"
 
 //go:embed static
 var static embed.FS

@@ -45,7 +45,7 @@ func serve(t *testing.T, method, path string, header http.Header) *httptest.Resp
 func checkSecurityHeaders(t *testing.T, w *httptest.ResponseRecorder) {
 	t.Helper()
 	want := map[string]string{
-		"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+		"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; require-trusted-types-for 'script'",
 		"X-Content-Type-Options":  "nosniff",
 		"Referrer-Policy":         "no-referrer",
 		"X-Frame-Options":         "DENY",
@@ -237,7 +237,9 @@ func TestIndexHasNothingInline(t *testing.T) {
 }
 
 // TestScriptWritesNoHTML: the console renders every value as text; none
-// of these ever parses a string as markup or code.
+// of these ever parses a string as markup or code. It creates no Trusted
+// Types policy either, so the policy's require-trusted-types-for keeps
+// every such sink closed.
 func TestScriptWritesNoHTML(t *testing.T) {
 	err := fs.WalkDir(os.DirFS("static"), ".", func(name string, d fs.DirEntry, err error) error {
 		if err != nil || !strings.HasSuffix(name, ".js") {
@@ -247,7 +249,8 @@ func TestScriptWritesNoHTML(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		for _, bad := range []string{"innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function", "localStorage", "document.cookie"} {
+		for _, bad := range []string{"innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function", "localStorage", "document.cookie",
+			"createContextualFragment", "DOMParser", "srcdoc", "setHTMLUnsafe", "parseHTMLUnsafe", "trustedTypes"} {
 			if strings.Contains(string(b), bad) {
 				t.Errorf("%s uses %s", name, bad)
 			}

@@ -11,9 +11,12 @@ const TOKEN_KEY = "shoal.token";
 const STATS_WINDOW = 300; // seconds of history shown
 const STATS_STEP = 5; // seconds per point
 const POLL_MS = 2000;
-const FUNCTIONS_EVERY = 5; // list functions (a runner discovery) every 5th poll
+const FUNCTIONS_MS = 10000; // list functions (a runner discovery) at most every 10 s
+const CALLS_MS = 10000; // list calls and dead letters at most every 10 s unless asked
 const CALL_POLL_MS = 500;
 const CALL_POLL_MAX = 240; // follow an async call for at most 2 minutes
+// CALL_URL is what a call's record URL may be: a path of this origin.
+const CALL_URL = /^\/calls\/(?!\.\.?$)[A-Za-z0-9._-]+$/;
 const SVG = "http://www.w3.org/2000/svg";
 
 const $ = (id) => document.getElementById(id);
@@ -23,9 +26,13 @@ const state = {
   token: null,
   who: null, // GET /system/whoami
   view: "functions",
+  session: 0, // bumps at each login and logout: a late answer of another session is dropped
   functions: null, // GET /system/functions
+  functionsAt: 0, // when it was last asked for (Date.now())
+  callsAt: 0, // when /system/calls and /system/dlq were last asked for
+  forceCalls: false, // the next refresh of Calls asks at once (tab opened, Refresh)
+  authTouched: false, // "Send my token" was set by hand for the function in the form
   cards: new Map(), // function name → its card's live parts
-  tick: 0,
   polling: false,
   again: false, // a refresh waits for the one running
   followSeq: 0, // bumps to abandon following an async call
@@ -128,9 +135,26 @@ function authHeaders(extra) {
   return h;
 }
 
+// staleError is what api throws when the session changed (a logout, a
+// new login) while it waited: the answer belongs to a session that is
+// over, and nothing may be shown or kept from it.
+function staleError() {
+  const err = new APIError(0, "stale", "the session changed");
+  err.stale = true;
+  return err;
+}
+
+// fatal reports whether err must end a refresh rather than be shown in
+// it: the token was refused, or the session changed.
+function fatal(err) {
+  return err.status === 401 || err.stale === true;
+}
+
 // api calls a JSON route of the gateway with the token. A 401 ends the
-// session; other failures throw an APIError.
+// session; other failures throw an APIError; an answer that arrives after
+// the session changed throws staleError.
 async function api(method, path, body) {
+  const session = state.session;
   const init = { method, headers: authHeaders({ Accept: "application/json" }), cache: "no-store", credentials: "omit" };
   if (body !== undefined) {
     init.headers.set("Content-Type", "application/json");
@@ -140,14 +164,19 @@ async function api(method, path, body) {
   try {
     res = await fetch(path, init);
   } catch (e) {
+    if (session !== state.session) throw staleError();
     throw new APIError(0, "network", "cannot reach the gateway: " + e.message);
   }
+  if (session !== state.session) throw staleError();
   if (!res.ok) {
     const err = await readError(res);
+    if (session !== state.session) throw staleError();
     if (res.status === 401 && state.token) logout("Logged out: " + err.message);
     throw err;
   }
-  return res.json();
+  const data = await res.json();
+  if (session !== state.session) throw staleError();
+  return data;
 }
 
 // describe words an error for people; operator routes get their
@@ -187,11 +216,13 @@ async function login(username, password) {
 
 // begin checks token with whoami and, if it is good, opens the console.
 async function begin(token) {
+  state.session++;
   state.token = token;
   let who;
   try {
     who = await api("GET", "/system/whoami");
   } catch (err) {
+    if (err.stale) return; // another login or a logout came first
     state.token = null;
     sessionStorage.removeItem(TOKEN_KEY);
     throw err;
@@ -232,26 +263,26 @@ function updateExpiry() {
 }
 
 // logout forgets the token and everything read with it.
+// Answers still on their way are dropped when they arrive (state.session).
 function logout(reason) {
   clearInterval(expiryTimer);
+  state.session++;
   state.token = null;
   state.who = null;
-  state.functions = null;
   state.followSeq++;
   state.lastRender = {};
+  state.callsAt = 0;
+  state.forceCalls = false;
   sessionStorage.removeItem(TOKEN_KEY);
-  for (const c of state.cards.values()) c.root.remove();
-  state.cards.clear();
-  clear($("inv-fns"));
+  forgetFunctions();
   clear($("inv-result")).appendChild(el("p", { className: "hint" }, "The answer appears here."));
   // Nothing read or typed under this token stays for the next one.
-  $("inv-headers").value = "";
-  $("inv-body").value = "";
-  for (const id of ["wk-table", "calls-table", "dlq-table"]) {
-    clear($(id).tBodies[0]);
-    show($(id), false);
-  }
-  for (const id of ["fn-note", "wk-note", "calls-note", "dlq-note"]) note(id, "");
+  for (const id of ["inv-fn", "inv-path", "inv-headers", "inv-body"]) $(id).value = "";
+  $("inv-url").textContent = "";
+  state.authTouched = false;
+  authDefault();
+  hideTables("wk-table", "calls-table", "dlq-table");
+  for (const id of ["fn-note", "wk-note", "calls-note", "calls-partial", "dlq-note"]) note(id, "");
   show($("session"), false);
   show($("tabs"), false);
   for (const v of document.querySelectorAll(".view")) show(v, false);
@@ -270,8 +301,9 @@ const views = {
 };
 
 function selectView(name) {
-  if (!views[name]) name = "functions";
+  if (!Object.hasOwn(views, name)) name = "functions";
   state.view = name;
+  if (name === "calls") state.forceCalls = true;
   for (const b of document.querySelectorAll("#tabs button")) {
     const on = b.dataset.view === name;
     b.setAttribute("aria-selected", String(on));
@@ -279,7 +311,6 @@ function selectView(name) {
   }
   for (const v of document.querySelectorAll(".view")) show(v, v.id === "view-" + name);
   if (location.hash !== "#" + name) history.replaceState(null, "", "#" + name);
-  state.tick = 0;
   poll(true);
 }
 
@@ -294,12 +325,11 @@ async function poll(now) {
   }
   state.polling = true;
   try {
-    await views[state.view](now === true || state.tick % FUNCTIONS_EVERY === 0);
+    await views[state.view]();
   } catch (err) {
-    if (state.token) setStatus(describe(err), "error", "poll");
+    if (state.token && !err.stale) setStatus(describe(err), "error", "poll");
   } finally {
     state.polling = false;
-    state.tick++;
   }
   if (state.again) {
     state.again = false;
@@ -315,14 +345,27 @@ function changed(part, data) {
   return true;
 }
 
-// note shows a message in a view's note, or hides it for "".
-// A quiet note (quiet true) states a fact, such as an empty list; the
-// others say what is wrong or missing.
+// note shows a message in a view's note, or hides it for "". msg is a
+// string or an array of strings and elements. A quiet note (quiet true)
+// states a fact, such as an empty list; the others say what is wrong or
+// missing.
 function note(id, msg, quiet) {
   const n = $(id);
-  n.textContent = msg || "";
+  const parts = Array.isArray(msg) ? msg : [msg];
+  clear(n);
+  append(n, parts);
   n.className = quiet ? "note quiet" : "note";
-  show(n, !!msg);
+  show(n, parts.some((p) => p));
+}
+
+// hideTables empties and hides tables, so that nothing read by one
+// session is on the page for the next.
+function hideTables(...ids) {
+  for (const id of ids) {
+    clear($(id).tBodies[0]);
+    show($(id), false);
+    delete state.lastRender[id.replace(/-table$/, "")];
+  }
 }
 
 function operatorRead() {
@@ -331,7 +374,11 @@ function operatorRead() {
 
 // ---- Functions -----------------------------------------------------------
 
+// loadFunctions reads the catalog, at most every FUNCTIONS_MS: listing
+// asks every runner. Until the first answer state.functions stays null.
 async function loadFunctions() {
+  if (Date.now() - state.functionsAt < FUNCTIONS_MS) return;
+  state.functionsAt = Date.now();
   const fns = await api("GET", "/system/functions");
   state.functions = Array.isArray(fns) ? fns : [];
   const dl = $("inv-fns");
@@ -339,30 +386,43 @@ async function loadFunctions() {
     clear(dl);
     for (const f of state.functions) dl.appendChild(el("option", { value: f.name }));
   }
-  return state.functions;
+  authDefault();
 }
 
-async function refreshFunctions(full) {
+// forgetFunctions drops the catalog and everything drawn from it.
+function forgetFunctions() {
+  state.functions = null;
+  state.functionsAt = 0;
+  for (const c of state.cards.values()) c.root.remove();
+  state.cards.clear();
+  clear($("inv-fns"));
+  delete state.lastRender.datalist;
+}
+
+async function refreshFunctions() {
   show($("fn-window"), operatorRead());
   if (!operatorRead()) {
+    forgetFunctions();
     note("fn-note", "Listing functions needs the system:read permission. You can still invoke the functions your token allows in Invoke.");
     return;
   }
   try {
-    if (full || !state.functions) await loadFunctions();
+    await loadFunctions();
   } catch (err) {
+    if (fatal(err)) throw err;
     if (err.status === 403) {
       note("fn-note", "Listing functions " + describe(err, "system:read") + ". You can still invoke the functions your token allows in Invoke.");
       return;
     }
     throw err;
   }
+  if (!state.functions) return; // the last listing failed; the next is due within FUNCTIONS_MS
   let stats = null;
   let statsErr = "";
   try {
     stats = await api("GET", "/system/stats?window=" + STATS_WINDOW + "&step=" + STATS_STEP);
   } catch (err) {
-    if (err.status === 401) throw err;
+    if (fatal(err)) throw err;
     statsErr = "Live figures are unavailable: " + describe(err, "system:read");
   }
   note("fn-note", statsErr || (state.functions.length ? "" : "No function is deployed."), !statsErr);
@@ -493,21 +553,39 @@ function niceMax(v) {
 
 // ---- Invoke --------------------------------------------------------------
 
-async function refreshInvoke(full) {
-  if (full && !state.functions && operatorRead()) {
-    try {
-      await loadFunctions();
-    } catch (err) {
-      if (err.status === 401) throw err;
-      // the picker stays a free text field
-    }
+// refreshInvoke reads the catalog for the function picker and for the
+// default of "Send my token", when the token may.
+async function refreshInvoke() {
+  if (state.functions || !operatorRead()) return;
+  try {
+    await loadFunctions();
+  } catch (err) {
+    if (fatal(err)) throw err;
+    // the picker stays a free text field
   }
 }
 
 function pickFunction(name) {
   $("inv-fn").value = name;
+  state.authTouched = false;
+  authDefault();
   selectView("invoke");
   $("inv-path").focus();
+}
+
+// authDefault sets "Send my token" for the function in the form, unless
+// it was set by hand since the function was chosen: off for a function
+// the catalog says is public, whose code would receive the token (one
+// that may hold system:write) without needing it; on for any other, and
+// when the catalog is unknown (a token without system:read), since the
+// token is what lets its user invoke anything.
+function authDefault() {
+  if (state.authTouched) return;
+  const name = $("inv-fn").value.trim();
+  const f = state.functions && state.functions.find((x) => x.name === name);
+  const pub = !!(f && f.public);
+  $("inv-auth").checked = !pub;
+  $("inv-auth-why").textContent = pub ? name + " is public: it needs no token." : "";
 }
 
 // request reads the Invoke form into a fetch request for prefix
@@ -530,13 +608,15 @@ function request(prefix) {
       throw new Error("Headers, line " + (i + 1) + ": " + e.message);
     }
   });
-  const init = { method, headers: authHeaders(headers), cache: "no-store", credentials: "omit", redirect: "manual" };
+  // A typed Authorization header wins over the box.
+  const token = $("inv-auth").checked && !headers.has("Authorization");
+  const init = { method, headers: token ? authHeaders(headers) : headers, cache: "no-store", credentials: "omit", redirect: "manual" };
   const body = $("inv-body").value;
   if (body) {
     if (method === "GET" || method === "HEAD") throw new Error(method + " requests carry no body: pick POST, PUT or PATCH, or clear the body.");
     init.body = body;
   }
-  return { url: prefix + encodeURIComponent(name) + sub, init, name };
+  return { url: prefix + encodeURIComponent(name) + sub, init, name, token };
 }
 
 async function invoke(async) {
@@ -567,10 +647,6 @@ async function invoke(async) {
   const took = performance.now() - started;
   if (seq !== state.followSeq) return;
   clearStatus("invoke");
-  if (res.status === 401 && errorCode(text) === "invalid_token") {
-    logout("Logged out: the gateway refused the token.");
-    return;
-  }
   const headers = [...res.headers].map(([k, v]) => k + ": " + v).join("\n");
   clear(out);
   append(out, [
@@ -584,6 +660,12 @@ async function invoke(async) {
     el("h3", null, "Body"),
     el("pre", { id: async ? "inv-sub-body" : "inv-body-out" }, text === "" ? "(empty)" : text),
   ]);
+  // A 401 invalid_token may be the function's own answer, not the
+  // gateway's: the session ends only if the gateway refuses the token too.
+  if (res.status === 401 && req.token && errorCode(text) === "invalid_token") {
+    api("GET", "/system/whoami").catch(() => {}); // api logs out on a 401
+    return;
+  }
   if (async && res.status === 202) {
     let accepted = null;
     try {
@@ -595,6 +677,13 @@ async function invoke(async) {
   }
 }
 
+// callURL is where the record of an accepted call is read, with the
+// token: only ever a /calls/ path of this origin.
+function callURL(accepted) {
+  const url = accepted.url === undefined ? "/calls/" + encodeURIComponent(String(accepted.id)) : accepted.url;
+  return typeof url === "string" && CALL_URL.test(url) ? url : "";
+}
+
 // follow polls an accepted asynchronous call until it ends, then shows
 // its result.
 async function follow(accepted, seq, out) {
@@ -602,7 +691,11 @@ async function follow(accepted, seq, out) {
   const stateLine = el("p", { className: "hint", id: "inv-call-state" }, "Call " + accepted.id + ": queued");
   box.append(el("h3", null, "Result of the call"), stateLine);
   out.prepend(box);
-  const url = accepted.url || "/calls/" + encodeURIComponent(accepted.id);
+  const url = callURL(accepted);
+  if (!url) {
+    stateLine.textContent = "Not following call " + accepted.id + ": its URL is not a /calls/ path of this gateway.";
+    return;
+  }
   const started = performance.now();
   for (let i = 0; i < CALL_POLL_MAX; i++) {
     await sleep(i === 0 ? 100 : CALL_POLL_MS);
@@ -611,8 +704,12 @@ async function follow(accepted, seq, out) {
     try {
       rec = await api("GET", url);
     } catch (err) {
+      if (err.stale || seq !== state.followSeq) return;
       stateLine.textContent = "Cannot read the call: " + describe(err);
-      if (err.status === 401 || err.status === 404) return;
+      // 4xx: unknown or expired (404), refused (401, 403), asking again
+      // will not change it. 5xx and the network: retry within the bound.
+      if (err.status >= 400 && err.status < 500) return;
+      stateLine.textContent += "; retrying";
       continue;
     }
     if (seq !== state.followSeq) return;
@@ -680,6 +777,7 @@ function statusClass(s) {
 
 async function refreshWorkers() {
   if (!operatorRead()) {
+    hideTables("wk-table");
     note("wk-note", "Workers: needs the system:read permission");
     return;
   }
@@ -687,16 +785,15 @@ async function refreshWorkers() {
   try {
     ws = await api("GET", "/system/workers");
   } catch (err) {
-    if (err.status === 401) throw err;
-    show($("wk-table"), false);
-    state.lastRender.workers = "";
+    if (fatal(err)) throw err;
+    hideTables("wk-table");
     if (err.status === 404 && err.code === "not_found") note("wk-note", "This gateway does not supervise workers (not shoal up).");
     else note("wk-note", "Workers: " + describe(err, "system:read"));
     return;
   }
   note("wk-note", ws.length ? "" : "No worker.", true);
   clearStatus("poll");
-  if (!changed("workers", ws)) return;
+  if (!changed("wk", ws)) return;
   const tb = clear($("wk-table").tBodies[0]);
   for (const w of ws) {
     tb.appendChild(el("tr", null,
@@ -713,28 +810,45 @@ async function refreshWorkers() {
 
 // ---- Calls ---------------------------------------------------------------
 
+// refreshCalls lists the recent calls and the dead letters, which can be
+// expensive to read: when the tab opens, on Refresh and after a
+// dead-letter action, otherwise at most every CALLS_MS.
 async function refreshCalls() {
+  const force = state.forceCalls;
+  state.forceCalls = false;
   if (!operatorRead()) {
+    hideTables("calls-table", "dlq-table");
     note("calls-note", "Recent calls: needs the system:read permission");
+    note("calls-partial", "");
     note("dlq-note", "Dead letters: needs the system:read permission");
     return;
   }
+  if (!force && Date.now() - state.callsAt < CALLS_MS) return;
+  state.callsAt = Date.now();
   const [calls, dlq] = await Promise.allSettled([api("GET", "/system/calls?limit=50"), api("GET", "/system/dlq")]);
-  for (const r of [calls, dlq]) if (r.status === "rejected" && r.reason.status === 401) throw r.reason;
+  for (const r of [calls, dlq]) if (r.status === "rejected" && fatal(r.reason)) throw r.reason;
   if (calls.status === "rejected") {
-    show($("calls-table"), false);
-    state.lastRender.calls = "";
+    hideTables("calls-table");
     note("calls-note", "Recent calls: " + describe(calls.reason, "system:read"));
+    note("calls-partial", "");
   } else {
     const list = calls.value.calls || [];
-    note("calls-note", list.length ? "" : "No asynchronous call yet.", true);
+    // The gateway may leave records out of the list, and says so.
+    const partial = [];
+    if (calls.value.truncated) partial.push("list truncated: records too large");
+    if (calls.value.skipped > 0) partial.push(plural(calls.value.skipped, "record") + " could not be read");
+    note("calls-note", list.length || partial.length ? "" : "No asynchronous call yet.", true);
+    note("calls-partial", partial.join("; "), true);
     if (changed("calls", list)) renderCalls(list);
     show($("calls-table"), list.length > 0);
   }
   if (dlq.status === "rejected") {
-    show($("dlq-table"), false);
-    state.lastRender.dlq = "";
-    note("dlq-note", "Dead letters: " + describe(dlq.reason, "system:read"));
+    hideTables("dlq-table");
+    if (dlq.reason.status === 501 && dlq.reason.code === "not_implemented") {
+      note("dlq-note", ["Dead letters are managed with ", el("code", null, "shoal calls dlq"), " on this deployment (this gateway cannot read them)."], true);
+    } else {
+      note("dlq-note", "Dead letters: " + describe(dlq.reason, "system:read"));
+    }
   } else {
     const list = dlq.value.dead_letters || [];
     const ro = state.who && state.who.operator && state.who.operator.write === false;
@@ -788,10 +902,12 @@ async function dlqAction(d, action) {
       setStatus("Dead letter " + d.id + " discarded.", "ok", "dlq");
     }
   } catch (err) {
+    if (err.stale) return;
     const verb = action === "retry" ? "Retry" : "Discard";
     setStatus(verb + " of " + d.id + " failed: " + (err.code === "insufficient_scope" ? "needs system:write" : err.message), "error", "dlq");
   }
   state.lastRender.dlq = "";
+  state.forceCalls = true;
   poll(true);
 }
 
@@ -873,8 +989,17 @@ function start() {
     invoke(false);
   });
   $("inv-async").addEventListener("click", () => invoke(true));
+  $("inv-fn").addEventListener("input", () => {
+    state.authTouched = false;
+    authDefault();
+  });
+  $("inv-auth").addEventListener("change", () => {
+    state.authTouched = true;
+    $("inv-auth-why").textContent = "";
+  });
   $("calls-refresh").addEventListener("click", () => {
     state.lastRender.calls = state.lastRender.dlq = "";
+    state.forceCalls = true;
     poll(true);
   });
   document.addEventListener("visibilitychange", () => {
@@ -883,7 +1008,7 @@ function start() {
   setInterval(poll, POLL_MS);
 
   const hash = location.hash.slice(1);
-  if (views[hash]) state.view = hash;
+  if (Object.hasOwn(views, hash)) state.view = hash;
   const saved = sessionStorage.getItem(TOKEN_KEY);
   if (saved) {
     begin(saved).catch((err) => logout("Logged out: " + err.message));
