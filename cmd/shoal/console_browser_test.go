@@ -386,6 +386,17 @@ func addUser(t *testing.T, data, natsURL, name, password, perms string) {
 // system:read invokes echo and is told what the operator views need. The
 // token never leaves session storage, and the page throws nothing and
 // breaks none of its Content-Security-Policy.
+// skipUnderRace skips a browser test of the page's own behaviour under
+// the race detector: what it checks happens in the browser, and
+// TestConsole drives shoal up under the detector already. The plain test
+// run (go test ./..., the README's command) runs them.
+func skipUnderRace(t *testing.T) {
+	t.Helper()
+	if raceDetector {
+		t.Skip("the page's behaviour does not depend on Go's race detector, and TestConsole covers shoal up under it: run without -race")
+	}
+}
+
 func TestConsole(t *testing.T) {
 	b := openBrowser(t)
 	data := t.TempDir()
@@ -543,6 +554,7 @@ functions:
 // sees the dead letters and is told Retry needs system:write; an operator
 // (system:write) discards one after confirming, and retries the other.
 func TestConsoleDeadLetters(t *testing.T) {
+	skipUnderRace(t)
 	b := openBrowser(t)
 	// The reader's refused retry is a failed request the browser logs.
 	b.expectNetwork = regexp.MustCompile(`status of 403 .*/system/dlq/[a-z0-9]+/retry$`)
@@ -736,6 +748,7 @@ func (b *tab) echoedAuthorization(id string) string {
 //   - A fragment naming a property of every object (#constructor,
 //     #__proto__) opens the Functions view.
 func TestConsoleInvoke(t *testing.T) {
+	skipUnderRace(t)
 	b := openBrowser(t)
 	b.expectNetwork = regexp.MustCompile(`status of 401 .*/function/refuse$`)
 	gw, _ := startConsoleShoal(t, invokeManifest)
@@ -899,6 +912,7 @@ func (b *tab) waitHeld(what string, held <-chan *fetch.EventRequestPaused) *fetc
 // system:read: neither the calls and dead letters nor the catalog (the
 // function picker, the cards). Logging out clears the Invoke form.
 func TestConsoleLogoutDropsLateAnswers(t *testing.T) {
+	skipUnderRace(t)
 	b := openBrowser(t)
 	gw, data := startConsoleShoal(t, invokeManifest)
 	dev := devToken(t, data)
@@ -972,6 +986,7 @@ func TestConsoleLogoutDropsLateAnswers(t *testing.T) {
 //   - Following an async call stops at a 4xx, retries a 5xx, and never
 //     fetches a call URL that is not a /calls/ path of the gateway.
 func TestConsoleCallsPolling(t *testing.T) {
+	skipUnderRace(t)
 	b := openBrowser(t)
 	b.expectNetwork = regexp.MustCompile(`status of (501 .*/system/dlq|403 .*/calls/[a-z0-9]+|503 .*/calls/[a-z0-9]+)$`)
 	gw, _ := startConsoleShoal(t, invokeManifest)
