@@ -93,9 +93,14 @@ type Listing struct {
 // calls, whole and newest first, until it has limit of function's: at
 // most 16 at once and 16 MiB at once (but always one), and 64 MiB in all,
 // past which it returns what it has, Truncated, for the records hold the
-// functions' answers, up to the NATS max payload each. A call changed
-// while Recent reads is listed as last written, in the place of the
-// change Recent saw; one deleted meanwhile is left out.
+// functions' answers, up to the NATS max payload each. Each is read at
+// the revision the scan saw, whose size it knows; a call rewritten since
+// is read at its newest revision, one such at a time, and listed as last
+// written, in the place of the change Recent saw; one deleted meanwhile
+// is left out. The scan also takes the messages written while it runs,
+// up to as many again as it set out to read, so that a call rewritten
+// during the scan (its older revision removed before the scan reached
+// it) is still listed; under a stream of rewrites a few may be missed.
 //
 // "Recent" is best effort: Recent reads at most 20×limit sequences back
 // (10,000 at MaxRecent), each message removed since (by a newer revision,
@@ -146,12 +151,16 @@ func readRecords(ctx context.Context, s jetstream.Stream, newest []stored, limit
 	type read struct {
 		m   *jetstream.RawStreamMsg
 		err error
+		// newer is set when m is a revision newer than the scan's.
+		newer bool
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel() // before the wait: the reads not taken end
 	reads := make([]chan read, len(newest))
+	// newer serializes the reads of revisions newer than the scan's.
+	var newer sync.Mutex
 	var l Listing
 	// The records from started on are not asked for yet; inFlight bytes
 	// of those before it are being read, total in all.
@@ -171,12 +180,20 @@ func readRecords(ctx context.Context, s jetstream.Stream, newest []stored, limit
 			inFlight, total = inFlight+size, total+size
 			ch := make(chan read, 1)
 			reads[started] = ch
-			// The call's newest revision, which may be newer than the
-			// message the scan saw.
-			subject := newest[started].Subject
+			// The revision the scan saw, whose size is known; if it was
+			// replaced since, the call's newest, whose size is not:
+			// those are read one at a time.
+			subject, seq := newest[started].Subject, newest[started].Seq
 			wg.Go(func() {
-				m, err := s.GetLastMsgForSubject(ctx, subject)
-				ch <- read{m, err}
+				m, err := s.GetMsg(ctx, seq)
+				if !errors.Is(err, jetstream.ErrMsgNotFound) {
+					ch <- read{m: m, err: err}
+					return
+				}
+				newer.Lock()
+				m, err = s.GetLastMsgForSubject(ctx, subject)
+				newer.Unlock()
+				ch <- read{m: m, err: err, newer: true}
 			})
 			started++
 		}
@@ -185,6 +202,9 @@ func readRecords(ctx context.Context, s jetstream.Stream, newest []stored, limit
 		}
 		r := <-reads[next]
 		inFlight -= newest[next].Size
+		if r.newer && r.m != nil {
+			total += len(r.m.Data) - newest[next].Size
+		}
 		id := strings.TrimPrefix(newest[next].Subject, bucketSubject)
 		if errors.Is(r.err, jetstream.ErrMsgNotFound) {
 			continue // purged and gone since the scan
@@ -291,9 +311,28 @@ func scanHeaders(ctx context.Context, s jetstream.Stream, first, last uint64, ta
 		return fmt.Errorf("calls: read stream %s: %w", name, err)
 	}
 	defer it.Stop()
+	// Messages written since the scan began are taken too, up to as many
+	// again as the range: a call rewritten meanwhile has its older
+	// revision removed before the consumer reaches it, and only its new
+	// one, past last, to be listed by.
+	end := last + (last - first + 1)
 	for {
-		msg, err := it.Next(jetstream.NextContext(ctx))
-		if err != nil {
+		wait := scanIdle
+		if dl, ok := ctx.Deadline(); ok {
+			wait = min(wait, time.Until(dl))
+		}
+		if wait <= 0 {
+			return fmt.Errorf("calls: read stream %s: %w", name, context.DeadlineExceeded)
+		}
+		msg, err := it.Next(jetstream.NextMaxWait(wait))
+		switch {
+		case ctx.Err() != nil:
+			return fmt.Errorf("calls: read stream %s: %w", name, ctx.Err())
+		case errors.Is(err, nats.ErrTimeout):
+			// The messages still pending when the last one came were
+			// removed since: there is nothing more.
+			return nil
+		case err != nil:
 			return fmt.Errorf("calls: read stream %s: %w", name, err)
 		}
 		meta, err := msg.Metadata()
@@ -301,14 +340,16 @@ func scanHeaders(ctx context.Context, s jetstream.Stream, first, last uint64, ta
 			return fmt.Errorf("calls: read stream %s: %w", name, err)
 		}
 		seq := meta.Sequence.Stream
-		if seq > last {
-			return nil // written since: last was removed
-		}
 		h := msg.Headers()
 		size, _ := strconv.Atoi(h.Get(nats.MsgSize))
 		if !take(stored{Subject: msg.Subject(), Seq: seq, Time: meta.Timestamp, Header: h, Size: size}) ||
-			seq == last || meta.NumPending == 0 {
+			seq >= end || meta.NumPending == 0 {
 			return nil
 		}
 	}
 }
+
+// scanIdle is how long scanHeaders waits for the next message before it
+// takes the stream to have no more: the messages counted pending may be
+// removed before the server sends them.
+const scanIdle = time.Second

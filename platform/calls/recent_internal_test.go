@@ -20,12 +20,25 @@ import (
 // Each read takes a while, so that those readRecords starts at once
 // overlap, and it counts how many, and how many bytes, were read at once.
 type recordStream struct {
-	jetstream.Stream // nil: readRecords only reads last messages
+	jetstream.Stream // nil: readRecords reads by sequence and last messages only
 	sizes            map[string]int
+	// subjects are the subjects by sequence.
+	subjects map[uint64]string
 
 	mu                         sync.Mutex
 	reads, n, bytes            int
 	maxN, maxBytes, totalBytes int
+}
+
+// GetMsg reads the message at seq as the last of its subject: the scan
+// saw the newest revision, except of "gone" calls, whose message at seq
+// is gone (and then their last one too).
+func (s *recordStream) GetMsg(ctx context.Context, seq uint64, _ ...jetstream.GetMsgOpt) (*jetstream.RawStreamMsg, error) {
+	subject := s.subjects[seq]
+	if strings.HasPrefix(subject, bucketSubject+"gone-") {
+		return nil, jetstream.ErrMsgNotFound
+	}
+	return s.GetLastMsgForSubject(ctx, subject)
 }
 
 func (s *recordStream) GetLastMsgForSubject(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error) {
@@ -108,20 +121,23 @@ func TestReadRecords(t *testing.T) {
 			records: 3, maxN: 3},
 		{name: "one function's, up to the budget", calls: []calls{{"g", 10, MiB}, {"f", 3, MiB}}, limit: 3, function: "f", budget: 8 * MiB,
 			records: 0, reads: 8, maxN: 3, truncated: true},
+		// The gone ones' newest revisions are read one at a time.
 		{name: "gone and deleted since the scan: left out", calls: []calls{{"gone", 2, 10}, {"f", 1, 10}, {"deleted", 2, 10}, {"f", 1, 10}}, limit: 10, budget: recentBudget,
-			records: 2, reads: 6, maxN: 6},
+			records: 2, reads: 6, maxN: 5},
 		{name: "undecodable: skipped", calls: []calls{{"garbage", 2, 10}, {"f", 3, 10}}, limit: 10, budget: recentBudget,
 			records: 3, reads: 5, maxN: 5, skipped: 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := &recordStream{sizes: map[string]int{}}
+			s := &recordStream{sizes: map[string]int{}, subjects: map[uint64]string{}}
 			var newest []stored
 			for _, c := range tt.calls {
 				for range c.n {
 					subject := fmt.Sprintf("%s%s-%d", bucketSubject, c.function, len(newest))
 					s.sizes[subject] = c.size
-					newest = append(newest, stored{Subject: subject, Size: c.size})
+					seq := uint64(len(newest) + 1)
+					s.subjects[seq] = subject
+					newest = append(newest, stored{Subject: subject, Seq: seq, Size: c.size})
 				}
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

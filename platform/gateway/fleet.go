@@ -64,6 +64,13 @@ const (
 	statsMaxWait  = 500 * time.Millisecond
 )
 
+// statsMaxGateways bounds the other gateways' replies one GET
+// /system/stats merges: more is no fleet Shoal runs, but a flood of
+// replies under made-up ids, which would hold memory and could push the
+// sums past what the figures are computed in. Past it, the answer is
+// partial.
+const statsMaxGateways = 255
+
 // statsHeaderRoom is kept free of counts in a reply, under the
 // connection's max payload, for the reply's headers.
 const statsHeaderRoom = 1 << 10
@@ -140,6 +147,12 @@ func (g *Gateway) fleetSnapshot(ctx context.Context, names []string, window, ste
 		return nil, fmt.Errorf("read the gateway's counts: %w", err)
 	}
 	for _, o := range others {
+		// A gateway whose clock is a step or more off counts steps
+		// outside this window, which Merge leaves out.
+		if skew := o.counts.Now().Sub(own.Now()).Abs(); skew >= step {
+			g.log.Warn("a gateway's clock is off; its figures are in part left out", "gateway", o.gateway, "skew", skew)
+			partial = true
+		}
 		if err := own.Merge(o.counts); err != nil {
 			g.log.Warn("a gateway's counts do not merge", "gateway", o.gateway, "error", err)
 			partial = true
@@ -209,6 +222,9 @@ func (g *Gateway) gatherCounts(ctx context.Context, names []string, window, step
 			partial = true
 		case seen[id]:
 			g.log.Warn("a second stats reply from one gateway left out", "gateway", id)
+		case len(out) == statsMaxGateways:
+			g.log.Warn("stats replies past the most gateways merged left out", "gateway", id, "most", statsMaxGateways)
+			partial = true
 		default:
 			seen[id] = true
 			out = append(out, gatewayCounts{gateway: id, counts: c})

@@ -590,3 +590,39 @@ func TestFleetStatsNATSDown(t *testing.T) {
 		t.Errorf("answered in %s; with NATS down there is no one to wait for", took)
 	}
 }
+
+// TestFleetStatsFlood: a flood of replies under made-up gateway ids is
+// merged up to the most gateways one answer takes, and marks it partial.
+func TestFleetStatsFlood(t *testing.T) {
+	f := startFleet(t, fleetOptions{gateways: 1})
+	r := traffic.New()
+	r.Series("ping").Observe(time.Now(), 200, time.Millisecond)
+	nc := f.connect()
+	sub, err := nc.Subscribe(gateway.StatsSubject, func(req *nats.Msg) {
+		var q gateway.StatsRequest
+		if err := json.Unmarshal(req.Data, &q); err != nil {
+			t.Error(err)
+			return
+		}
+		c, err := r.Counts(q.Functions, time.Duration(q.Window)*time.Second, time.Duration(q.Step)*time.Second)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		data, _ := c.MarshalJSON()
+		for i := range 300 {
+			_ = nc.PublishMsg(&nats.Msg{Subject: req.Reply, Header: nats.Header{gateway.HeaderGateway: {fmt.Sprint("fake-", i)}}, Data: data})
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := f.gateways[0].stats(t, f.read())
+	if s.Gateways != 256 || !s.Partial {
+		t.Errorf("%d gateways, partial %v; want 256 (255 others at most), partial", s.Gateways, s.Partial)
+	}
+}

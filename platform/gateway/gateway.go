@@ -238,6 +238,7 @@ func New(cfg Config) (*Gateway, error) {
 	g.replies = replies
 	g.id = nuid.Next()
 	if err := g.subscribeStats(); err != nil {
+		_ = replies.sub.Unsubscribe() // the error that matters is err
 		return nil, err
 	}
 	if mp := g.nc.MaxPayload(); mp > 0 && mp < g.maxBody {

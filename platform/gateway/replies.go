@@ -65,6 +65,8 @@ type replyMux struct {
 	next   atomic.Uint64
 	// closed is closed when the subscription ends with the connection.
 	closed chan struct{}
+	// sub is the subscription to the inbox.
+	sub *nats.Subscription
 
 	mu    sync.Mutex
 	calls map[string]*call
@@ -102,6 +104,7 @@ func newReplyMux(nc *nats.Conn, acks bool) (*replyMux, error) {
 	// Called once the subscription's last message has been handled, when
 	// the connection closes: the calls still waiting would wait in vain.
 	sub.SetClosedHandler(func(string) { close(m.closed) })
+	m.sub = sub
 	return m, nil
 }
 

@@ -22,8 +22,9 @@ var ErrBadCounts = errors.New("bad counts")
 
 // maxStepRequests bounds the requests of one step of a decoded Counts: a
 // recorder counts at most 60 one-second slots of 2^32-1 requests in a
-// step, under 2^38. With each step under 2^40, 2^23 Counts merge without
-// a sum overflowing.
+// step, under 2^38. With each step under 2^40, a total over the 600 steps
+// of the longest window stays under 2^50, and 2^14 Counts merge without
+// a sum overflowing (the gateway merges at most 256).
 const maxStepRequests = 1 << 40
 
 // Counts are the raw counts behind a Snapshot: per function and per step,

@@ -156,7 +156,10 @@ func (h *hist) figures(seconds float64) Figures {
 // than its square root (11.8%) when the bucket holds one request.
 func (h *hist) percentiles(p1, p2 uint64) (v1, v2 float64) {
 	n := h.requests
-	k1, k2 := max((p1*n+99)/100, 1), max((p2*n+99)/100, 1)
+	// The rank ceil(p*n/100), without computing p*n, which overflows
+	// past 2^64/100 requests (counts merged from many gateways).
+	rank := func(p uint64) uint64 { return max(n/100*p+(n%100*p+99)/100, 1) }
+	k1, k2 := rank(p1), rank(p2)
 	var cum uint64
 	for i, c := range &h.counts {
 		if c == 0 {

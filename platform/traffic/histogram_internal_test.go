@@ -117,3 +117,20 @@ func TestReleaseIdle(t *testing.T) {
 		t.Fatal("Retain kept a ring idle for MaxWindow")
 	}
 }
+
+// TestPercentilesOfHugeCounts: counts merged from many gateways can pass
+// 2^64/100 requests, where p*n would overflow; the ranks must not.
+func TestPercentilesOfHugeCounts(t *testing.T) {
+	var h hist
+	h.counts[10], h.counts[40] = 1<<61, 1<<58 // p50 in bucket 10, p99 in bucket 40
+	h.requests = h.counts[10] + h.counts[40]
+	h.minMicros, h.maxMicros, h.seen = 60, 10_000_000, true
+	p50, p99 := h.percentiles(50, 99)
+	lo, hi := float64(bound[9])/1e6, float64(bound[10])/1e6
+	if p50 < lo || p50 > hi {
+		t.Errorf("p50 %v ms, want within bucket 10, [%v, %v] ms", p50, lo, hi)
+	}
+	if lo, hi := float64(bound[39])/1e6, float64(bound[40])/1e6; p99 < lo || p99 > hi {
+		t.Errorf("p99 %v ms, want within bucket 40, [%v, %v] ms", p99, lo, hi)
+	}
+}
