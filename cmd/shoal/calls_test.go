@@ -53,7 +53,7 @@ functions:
 	}{
 		{"submit prints the call id", append([]string{"invoke", "--async", "ping"}, viaGateway...), 0, `^` + id + `\n$`, `^$`},
 		{"-i shows the 202 first", append([]string{"invoke", "--async", "-i", "ping"}, viaGateway...), 0,
-			`(?s)^202 Accepted\n.*Location: /calls/` + id + `\n.*X-Call-Id: ` + id + `\nX-Request-Id: [0-9a-f]{32}\n\n` + id + `\n$`, `^$`},
+			`(?s)^202 Accepted\n.*Location: /calls/` + id + `\n.*X-Call-Id: ` + id + `\n.*X-Request-Id: [0-9a-f]{32}\n\n` + id + `\n$`, `^$`},
 		{"--wait prints the answer", append([]string{"invoke", "--async", "--wait", "ping"}, viaGateway...), 0,
 			`^pong!$`, `(?m)^call ` + id + ` of ping submitted\n(call ` + id + `: (queued|running \(attempt 1 of 3\))\n)*call ` + id + `: succeeded \(attempt 1 of 3\)$`},
 		{"--wait reads the record with the call's token", append([]string{"invoke", "--async", "--wait", "echo", "--token", tok, "-d", "hi", "-X", "PUT"}, viaGateway...), 0,

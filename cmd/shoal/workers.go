@@ -324,7 +324,7 @@ func (s *systemInfo) served(ctx context.Context) map[string]uint64 {
 }
 
 // systemPermission is the permission a token needs for /system/ routes.
-const systemPermission = "system:read"
+const systemPermission = gateway.DefaultSystemPermission
 
 func newPSCmd() *cobra.Command {
 	var (

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -114,13 +113,10 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request, tr *invocation.
 	if sub.Record != nil {
 		st = sub.Record.Status
 	}
-	body, _ := json.Marshal(accepted{ID: sub.ID, Function: name, Status: st, Duplicate: sub.Duplicate, URL: callsPrefix + sub.ID}) // strings only
 	h := w.Header()
-	h.Set("Content-Type", "application/json")
 	h.Set(HeaderCallID, sub.ID)
 	h.Set("Location", callsPrefix+sub.ID)
-	w.WriteHeader(http.StatusAccepted)
-	_, _ = w.Write(append(body, '\n')) // the client went away; nothing to do
+	g.writeJSON(w, r, http.StatusAccepted, accepted{ID: sub.ID, Function: name, Status: st, Duplicate: sub.Duplicate, URL: callsPrefix + sub.ID})
 }
 
 // submitError maps a failed submission to its answer.
@@ -184,16 +180,7 @@ func (g *Gateway) serveCall(w http.ResponseWriter, r *http.Request, tr *invocati
 		ierr.WriteHTTP(w)
 		return
 	}
-	body, err := json.Marshal(rec)
-	if err != nil {
-		g.log.Error("encode a call's record", "call", id, "error", err, tr.LogAttr())
-		invocation.Errorf(http.StatusInternalServerError, invocation.CodeInternal, "cannot encode the call's record").WriteHTTP(w)
-		return
-	}
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	_, _ = w.Write(append(body, '\n')) // the client went away; nothing to do
+	g.writeJSON(w, r, http.StatusOK, rec)
 }
 
 // authorizeCall checks that the caller may read rec.
@@ -209,9 +196,6 @@ func (g *Gateway) authorizeCall(r *http.Request, rec *calls.Record) *invocation.
 	if ok {
 		perms = rt.fn.Permissions
 	}
-	if _, aerr := g.verifier.AuthorizeHeader(r.Context(), r.Header["Authorization"], perms); aerr != nil {
-		g.metrics.authFailure(aerr)
-		return authError(aerr)
-	}
-	return nil
+	_, ierr := g.authorize(r, perms)
+	return ierr
 }

@@ -89,10 +89,9 @@ func (g *Gateway) route(w http.ResponseWriter, r *http.Request, prefix string) (
 		return nil, "", nil, false
 	}
 	if !rt.fn.Public {
-		c, aerr := g.verifier.AuthorizeHeader(r.Context(), r.Header["Authorization"], rt.fn.Permissions)
-		if aerr != nil {
-			g.metrics.authFailure(aerr)
-			authError(aerr).WriteHTTP(w)
+		c, ierr := g.authorize(r, rt.fn.Permissions)
+		if ierr != nil {
+			ierr.WriteHTTP(w)
 			return nil, "", nil, false
 		}
 		claims = c
@@ -138,6 +137,18 @@ func (g *Gateway) admit(w http.ResponseWriter, r *http.Request) (buf *bytes.Buff
 func (g *Gateway) release(buf *bytes.Buffer) {
 	g.inFlight.Add(-1)
 	putBuffer(buf)
+}
+
+// authorize checks the request's token against perms; a refusal is
+// counted in the metrics, and returned as the answer to write. The
+// gateway must have a verifier.
+func (g *Gateway) authorize(r *http.Request, perms []string) (*token.Claims, *invocation.Error) {
+	c, aerr := g.verifier.AuthorizeHeader(r.Context(), r.Header["Authorization"], perms)
+	if aerr != nil {
+		g.metrics.authFailure(aerr)
+		return nil, authError(aerr)
+	}
+	return c, nil
 }
 
 // authError is the answer to a request refused for its token.

@@ -36,16 +36,16 @@ func (g *Gateway) authorizeSystem(w http.ResponseWriter, r *http.Request, perms 
 		invocation.Errorf(http.StatusNotFound, invocation.CodeNotFound, "no route for %s %s: this gateway verifies no tokens", r.Method, r.URL.Path).WriteHTTP(w)
 		return nil
 	}
-	c, aerr := g.verifier.AuthorizeHeader(r.Context(), r.Header["Authorization"], perms)
-	if aerr != nil {
-		g.metrics.authFailure(aerr)
-		authError(aerr).WriteHTTP(w)
+	c, ierr := g.authorize(r, perms)
+	if ierr != nil {
+		ierr.WriteHTTP(w)
 		return nil
 	}
 	return c
 }
 
-// writeJSON answers v as JSON, never cached.
+// writeJSON answers v as JSON, never cached: the gateway's own JSON
+// answers (system routes, call records, 202 of submissions).
 func (g *Gateway) writeJSON(w http.ResponseWriter, r *http.Request, status int, v any) {
 	body, err := json.Marshal(v)
 	if err != nil {
