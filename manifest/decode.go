@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -128,6 +131,7 @@ func (d *decoder) functions(n *yaml.Node) []Function {
 func (d *decoder) function(n *yaml.Node, path string) Function {
 	fn := Function{Timeout: DefaultTimeout, Concurrency: DefaultConcurrency}
 	var permsNode *yaml.Node
+	processNodes := map[string]*yaml.Node{}
 	d.mapping(n, path, []field{
 		{name: "description", decode: func(v *yaml.Node) {
 			s, ok := d.str(v, path+".description")
@@ -167,11 +171,217 @@ func (d *decoder) function(n *yaml.Node, path string) Function {
 		{name: "async", decode: func(v *yaml.Node) {
 			fn.Async = d.async(v, path+".async")
 		}},
+		{name: "source", decode: func(v *yaml.Node) {
+			processNodes["source"] = v
+			fn.Process.Source = d.source(v, path+".source")
+		}},
+		{name: "build", decode: func(v *yaml.Node) {
+			processNodes["build"] = v
+			fn.Process.Build = d.command(v, path+".build")
+		}},
+		{name: "env", decode: func(v *yaml.Node) {
+			processNodes["env"] = v
+			fn.Process.Env = d.env(v, path+".env")
+		}},
+		{name: "secrets", decode: func(v *yaml.Node) {
+			processNodes["secrets"] = v
+			fn.Process.Secrets = d.secrets(v, path+".secrets")
+		}},
+		{name: "workdir", decode: func(v *yaml.Node) {
+			processNodes["workdir"] = v
+			if s, ok := d.str(v, path+".workdir"); ok {
+				if p := workdirProblem(s); p != "" {
+					d.errorf(v, path+".workdir", "%s", p)
+					return
+				}
+				fn.Process.Workdir = filepath.ToSlash(filepath.Clean(s))
+			}
+		}},
+		{name: "limits", decode: func(v *yaml.Node) {
+			processNodes["limits"] = v
+			fn.Process.Limits = d.limits(v, path+".limits")
+		}},
 	})
 	if fn.Public && len(fn.Permissions) > 0 {
 		d.errorf(permsNode, path+".permissions", "a public function cannot require permissions; remove public: true or the permissions")
 	}
+	d.processFields(n, path, fn, processNodes)
 	return fn
+}
+
+// processFields checks that the settings of functions run as processes
+// are given exactly to those: a source for http and exec handlers, and
+// none of them for a built-in.
+func (d *decoder) processFields(n *yaml.Node, path string, fn Function, nodes map[string]*yaml.Node) {
+	if n.Kind != yaml.MappingNode {
+		return
+	}
+	switch {
+	case fn.Handler.RunsProcess():
+		if _, ok := nodes["source"]; !ok {
+			d.errorf(n, path+".source", "missing required key: an %s handler runs the code in a source directory, which shoal deploy uploads", fn.Handler.Kind())
+		}
+		for k, v := range fn.Process.Secrets {
+			if _, dup := fn.Process.Env[k]; dup {
+				d.errorf(nodes["secrets"], path+".secrets", "%s is set in both env and secrets; keep one", v)
+			}
+		}
+		if len(fn.Process.Env)+len(fn.Process.Secrets) > MaxEnv {
+			d.errorf(nodes["env"], path+".env", "%d variables in env and secrets, more than %d", len(fn.Process.Env)+len(fn.Process.Secrets), MaxEnv)
+		}
+	case fn.Handler.Builtin != "":
+		for _, k := range slices.Sorted(maps.Keys(nodes)) {
+			d.errorf(nodes[k], path+"."+k, "only http and exec handlers take %s; a built-in runs inside the runner", k)
+		}
+	}
+}
+
+// source resolves a source directory relative to the manifest's own
+// directory and checks that it is one.
+func (d *decoder) source(n *yaml.Node, path string) string {
+	s, ok := d.str(n, path)
+	if !ok {
+		return ""
+	}
+	if s == "" {
+		d.errorf(n, path, "empty; give the directory holding the function's code, relative to this file")
+		return ""
+	}
+	dir := s
+	if !filepath.IsAbs(dir) {
+		dir = filepath.Join(filepath.Dir(d.file), dir)
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		d.errorf(n, path, "cannot resolve %q: %v", s, err)
+		return ""
+	}
+	st, err := os.Stat(abs)
+	switch {
+	case err != nil:
+		d.errorf(n, path, "the source directory %s cannot be read: %v", abs, errors.Unwrap(err))
+		return ""
+	case !st.IsDir():
+		d.errorf(n, path, "%s is not a directory", abs)
+		return ""
+	}
+	return abs
+}
+
+// command decodes an argv list.
+func (d *decoder) command(n *yaml.Node, path string) []string {
+	if n.Kind != yaml.SequenceNode {
+		d.errorf(n, path, "expected a list: the program and its arguments, like [node, index.js], got %s", describe(n))
+		return nil
+	}
+	argv := make([]string, 0, len(n.Content))
+	for _, item := range n.Content {
+		item = deref(item)
+		if a, ok := d.str(item, path); ok {
+			argv = append(argv, a)
+		}
+	}
+	if len(argv) == len(n.Content) {
+		if p := commandProblem(argv); p != "" {
+			d.errorf(n, path, "%s", p)
+		}
+	}
+	return argv
+}
+
+// stringMap decodes a mapping of names to strings, checking each name
+// with problem and each value with valueProblem.
+func (d *decoder) stringMap(n *yaml.Node, path string, problem, valueProblem func(string) string) map[string]string {
+	if n.Kind != yaml.MappingNode {
+		d.errorf(n, path, "expected a mapping of names to strings, got %s", describe(n))
+		return nil
+	}
+	out := map[string]string{}
+	d.pairs(n, path, func(key, val *yaml.Node) {
+		p := join(path, key.Value)
+		if msg := problem(key.Value); msg != "" {
+			d.errorf(key, p, "%s", msg)
+			return
+		}
+		v, ok := d.str(val, p)
+		if !ok {
+			return
+		}
+		if msg := valueProblem(v); msg != "" {
+			d.errorf(val, p, "%s", msg)
+			return
+		}
+		out[key.Value] = v
+	})
+	return out
+}
+
+func (d *decoder) env(n *yaml.Node, path string) map[string]string {
+	return d.stringMap(n, path, envNameProblem, func(v string) string {
+		if strings.ContainsRune(v, 0) {
+			return "the value contains a NUL byte"
+		}
+		return ""
+	})
+}
+
+func (d *decoder) secrets(n *yaml.Node, path string) map[string]string {
+	return d.stringMap(n, path, envNameProblem, func(v string) string {
+		if !ValidSecretName(v) {
+			return fmt.Sprintf("invalid secret name %q: use 1 to 128 lowercase letters, digits and . _ -, starting and ending with a letter or digit (the value itself goes in with shoal secret set)", v)
+		}
+		return ""
+	})
+}
+
+func (d *decoder) limits(n *yaml.Node, path string) Limits {
+	var l Limits
+	d.mapping(n, path, []field{
+		{name: "memory", decode: func(v *yaml.Node) {
+			var s string
+			switch {
+			case v.Kind == yaml.ScalarNode && v.Tag == "!!int":
+				s = v.Value
+			default:
+				var ok bool
+				if s, ok = d.str(v, path+".memory"); !ok {
+					return
+				}
+			}
+			m, err := ParseMemory(s)
+			if err != nil {
+				d.errorf(v, path+".memory", "%v", err)
+				return
+			}
+			if m < MinMemory {
+				d.errorf(v, path+".memory", "%s is below the minimum of %s", s, FormatMemory(MinMemory))
+				return
+			}
+			l.Memory = m
+		}},
+		{name: "cpu", decode: func(v *yaml.Node) {
+			var c float64
+			if v.Kind != yaml.ScalarNode || (v.Tag != "!!int" && v.Tag != "!!float") || v.Decode(&c) != nil {
+				d.errorf(v, path+".cpu", "expected a number of cores, like 0.5 or 2, got %s", describe(v))
+				return
+			}
+			if c <= 0 || c > MaxCPU {
+				d.errorf(v, path+".cpu", "%s is out of range; expected more than 0 and at most %d cores", v.Value, MaxCPU)
+				return
+			}
+			l.CPU = c
+		}},
+		{name: "open_files", decode: func(v *yaml.Node) {
+			if c, ok := d.integer(v, path+".open_files"); ok {
+				if c < MinOpenFiles || c > MaxOpenFiles {
+					d.errorf(v, path+".open_files", "%d is out of range; expected %d to %d", c, MinOpenFiles, MaxOpenFiles)
+					return
+				}
+				l.OpenFiles = uint64(c)
+			}
+		}},
+	})
+	return l
 }
 
 func (d *decoder) async(n *yaml.Node, path string) Async {
@@ -223,7 +433,7 @@ func (d *decoder) backoff(n *yaml.Node, path string) []time.Duration {
 }
 
 // handlerKinds lists the keys of the handler mapping, one per handler kind.
-var handlerKinds = []string{"builtin"}
+var handlerKinds = []string{"builtin", "http", "exec"}
 
 func (d *decoder) handler(n *yaml.Node, path string) Handler {
 	var h Handler
@@ -241,10 +451,72 @@ func (d *decoder) handler(n *yaml.Node, path string) Handler {
 			}
 			h.Builtin = name
 		}},
+		{name: "http", decode: func(v *yaml.Node) {
+			set++
+			h.HTTP = d.httpHandler(v, path+".http")
+		}},
+		{name: "exec", decode: func(v *yaml.Node) {
+			set++
+			e := &ExecHandler{}
+			d.mapping(v, path+".exec", []field{
+				{name: "command", required: true, decode: func(v *yaml.Node) {
+					e.Command = d.command(v, path+".exec.command")
+				}},
+			})
+			h.Exec = e
+		}},
 	})
 	if n.Kind == yaml.MappingNode && set != 1 {
 		d.errorf(n, path, "set exactly one handler kind, one of: %s", strings.Join(handlerKinds, ", "))
 	}
+	return h
+}
+
+func (d *decoder) httpHandler(n *yaml.Node, path string) *HTTPHandler {
+	h := &HTTPHandler{Listen: ListenPort, StartTimeout: DefaultStartTimeout}
+	d.mapping(n, path, []field{
+		{name: "command", required: true, decode: func(v *yaml.Node) {
+			h.Command = d.command(v, path+".command")
+		}},
+		{name: "listen", decode: func(v *yaml.Node) {
+			if s, ok := d.str(v, path+".listen"); ok {
+				if s != ListenPort && s != ListenUnix {
+					d.errorf(v, path+".listen", "unknown %q; expected port (the server listens on $PORT) or unix (on the socket $SHOAL_SOCKET)", s)
+					return
+				}
+				h.Listen = s
+			}
+		}},
+		{name: "readiness", decode: func(v *yaml.Node) {
+			if s, ok := d.str(v, path+".readiness"); ok {
+				if !strings.HasPrefix(s, "/") || strings.ContainsAny(s, " \t\r\n#") {
+					d.errorf(v, path+".readiness", "%q is not a URL path; expected one starting with /, like /healthz", s)
+					return
+				}
+				h.Readiness = s
+			}
+		}},
+		{name: "processes", decode: func(v *yaml.Node) {
+			if s, ok := d.str(v, path+".processes"); ok {
+				switch s {
+				case "shared":
+				case "per-slot":
+					h.PerSlot = true
+				default:
+					d.errorf(v, path+".processes", "unknown %q; expected shared (one process takes every invocation) or per-slot (one invocation at a time per process)", s)
+				}
+			}
+		}},
+		{name: "start_timeout", decode: func(v *yaml.Node) {
+			if t, ok := d.duration(v, path+".start_timeout"); ok {
+				if t <= 0 || t > MaxStartTimeout {
+					d.errorf(v, path+".start_timeout", "%s is out of range; expected more than 0s and at most %s", t, MaxStartTimeout)
+					return
+				}
+				h.StartTimeout = t
+			}
+		}},
+	})
 	return h
 }
 

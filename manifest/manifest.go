@@ -16,6 +16,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -70,6 +71,9 @@ type Function struct {
 	Permissions []string
 	// Async configures asynchronous calls (POST /async-function/NAME).
 	Async Async
+	// Process holds the settings of a function run as processes (http
+	// and exec handlers); zero for a built-in.
+	Process Process
 	// Pos is where the function is declared.
 	Pos Position
 }
@@ -129,20 +133,32 @@ func (a Async) same(b Async) bool {
 type Handler struct {
 	// Builtin names a Go function compiled into the shoal binary.
 	Builtin string
+	// HTTP runs the function's own web server.
+	HTTP *HTTPHandler
+	// Exec runs a command per invocation.
+	Exec *ExecHandler
 }
 
 // Kind names the handler kind that is set, as written in fn.yaml.
 func (h Handler) Kind() string {
-	if h.Builtin != "" {
+	switch {
+	case h.Builtin != "":
 		return "builtin"
+	case h.HTTP != nil:
+		return "http"
+	case h.Exec != nil:
+		return "exec"
 	}
 	return ""
 }
 
 // String describes the handler as it is written in fn.yaml.
 func (h Handler) String() string {
-	if h.Builtin != "" {
+	switch {
+	case h.Builtin != "":
 		return "builtin:" + h.Builtin
+	case h.RunsProcess():
+		return h.Kind() + ":" + strings.Join(h.Command(), " ")
 	}
 	return "none"
 }

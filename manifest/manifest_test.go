@@ -210,7 +210,7 @@ functions:
 		{
 			name: "unknown function key",
 			src:  "version: 1\nfunctions:\n  ping:\n    handler: {builtin: ping}\n    timeuot: 5s\n",
-			want: []string{`fn.yaml:5:5: functions.ping.timeuot: unknown key (did you mean "timeout"?); expected one of: description, handler, timeout, concurrency, public, permissions, async`},
+			want: []string{`fn.yaml:5:5: functions.ping.timeuot: unknown key (did you mean "timeout"?); expected one of: description, handler, timeout, concurrency, public, permissions, async, source, build, env, secrets, workdir, limits`},
 		},
 		{
 			name: "missing handler",
@@ -226,8 +226,8 @@ functions:
 			name: "handler of unknown kind",
 			src:  "version: 1\nfunctions:\n  ping:\n    handler:\n      lambda: arn\n",
 			want: []string{
-				"fn.yaml:5:7: functions.ping.handler.lambda: unknown key; expected one of: builtin",
-				"fn.yaml:5:7: functions.ping.handler: set exactly one handler kind, one of: builtin",
+				"fn.yaml:5:7: functions.ping.handler.lambda: unknown key; expected one of: builtin, http, exec",
+				"fn.yaml:5:7: functions.ping.handler: set exactly one handler kind, one of: builtin, http, exec",
 			},
 		},
 		{

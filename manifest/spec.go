@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -25,6 +27,40 @@ type Spec struct {
 	Permissions []string `json:"permissions,omitempty"`
 	// Async is left out when the function keeps the default setting.
 	Async *AsyncSpec `json:"async,omitempty"`
+	// The rest is only for functions run as processes (http, exec).
+	Code    *CodeSpec         `json:"code,omitempty"`
+	Env     map[string]string `json:"env,omitempty"`
+	Secrets map[string]string `json:"secrets,omitempty"`
+	Workdir string            `json:"workdir,omitempty"`
+	Limits  *LimitsSpec       `json:"limits,omitempty"`
+}
+
+// CodeSpec is the uploaded code of a Spec.
+type CodeSpec struct {
+	Digest string `json:"digest"`
+	Size   int64  `json:"size"`
+}
+
+// LimitsSpec is the limits of a Spec; memory in bytes, cpu in cores.
+type LimitsSpec struct {
+	Memory    int64   `json:"memory,omitempty"`
+	CPU       float64 `json:"cpu,omitempty"`
+	OpenFiles uint64  `json:"open_files,omitempty"`
+}
+
+// HTTPSpec is an http handler of a Spec; start_timeout is a Go duration,
+// processes "shared" or "per-slot".
+type HTTPSpec struct {
+	Command      []string `json:"command"`
+	Listen       string   `json:"listen"`
+	Readiness    string   `json:"readiness,omitempty"`
+	Processes    string   `json:"processes"`
+	StartTimeout string   `json:"start_timeout"`
+}
+
+// ExecSpec is an exec handler of a Spec.
+type ExecSpec struct {
+	Command []string `json:"command"`
 }
 
 // AsyncSpec is the async setting of a Spec, in full; delays are Go
@@ -37,7 +73,9 @@ type AsyncSpec struct {
 
 // HandlerSpec is the handler of a Spec; exactly one kind is set.
 type HandlerSpec struct {
-	Builtin string `json:"builtin,omitempty"`
+	Builtin string    `json:"builtin,omitempty"`
+	HTTP    *HTTPSpec `json:"http,omitempty"`
+	Exec    *ExecSpec `json:"exec,omitempty"`
 }
 
 // Spec returns the function's definition as JSON-ready data.
@@ -51,7 +89,7 @@ func (f Function) Spec() Spec {
 		}
 		async = &AsyncSpec{Enabled: !f.Async.Disabled, MaxDeliver: f.Async.Attempts(), Backoff: backoff}
 	}
-	return Spec{
+	s := Spec{
 		Name:        f.Name,
 		Description: f.Description,
 		Handler:     HandlerSpec{Builtin: f.Handler.Builtin},
@@ -61,6 +99,26 @@ func (f Function) Spec() Spec {
 		Permissions: f.Permissions,
 		Async:       async,
 	}
+	if h := f.Handler.HTTP; h != nil {
+		processes := "shared"
+		if h.PerSlot {
+			processes = "per-slot"
+		}
+		s.Handler.HTTP = &HTTPSpec{Command: h.Command, Listen: h.Listen, Readiness: h.Readiness, Processes: processes, StartTimeout: h.StartTimeout.String()}
+	}
+	if h := f.Handler.Exec; h != nil {
+		s.Handler.Exec = &ExecSpec{Command: h.Command}
+	}
+	if p := f.Process; f.Handler.RunsProcess() {
+		if p.Code != (CodeRef{}) {
+			s.Code = &CodeSpec{Digest: p.Code.Digest, Size: p.Code.Size}
+		}
+		s.Env, s.Secrets, s.Workdir = p.Env, p.Secrets, p.Workdir
+		if p.Limits != (Limits{}) {
+			s.Limits = &LimitsSpec{Memory: p.Limits.Memory, CPU: p.Limits.CPU, OpenFiles: p.Limits.OpenFiles}
+		}
+	}
+	return s
 }
 
 // Function checks a definition with the rules fn.yaml follows and returns
@@ -75,9 +133,7 @@ func (s Spec) Function() (Function, error) {
 	if len(s.Description) > maxDescription {
 		bad("description too long (%d bytes)", len(s.Description))
 	}
-	if s.Handler.Builtin == "" {
-		bad("no handler")
-	}
+	handler, process := s.process(bad)
 	timeout, err := time.ParseDuration(s.Timeout)
 	switch {
 	case err != nil:
@@ -122,13 +178,111 @@ func (s Spec) Function() (Function, error) {
 	return Function{
 		Name:        s.Name,
 		Description: s.Description,
-		Handler:     Handler{Builtin: s.Handler.Builtin},
+		Handler:     handler,
 		Timeout:     timeout,
 		Concurrency: s.Concurrency,
 		Public:      s.Public,
 		Permissions: slices.Clone(s.Permissions),
 		Async:       async,
+		Process:     process,
 	}, nil
+}
+
+// process checks the handler and the settings of a function run as
+// processes, reporting problems to bad.
+func (s Spec) process(bad func(string, ...any)) (Handler, Process) {
+	h := s.Handler
+	kinds := 0
+	for _, set := range []bool{h.Builtin != "", h.HTTP != nil, h.Exec != nil} {
+		if set {
+			kinds++
+		}
+	}
+	if kinds == 0 {
+		bad("no handler: set one of %s", strings.Join(handlerKinds, ", "))
+		return Handler{}, Process{}
+	}
+	if kinds > 1 {
+		bad("set exactly one handler kind, one of: %s", strings.Join(handlerKinds, ", "))
+		return Handler{}, Process{}
+	}
+	handler := Handler{Builtin: h.Builtin}
+	switch {
+	case h.HTTP != nil:
+		hh := &HTTPHandler{Command: slices.Clone(h.HTTP.Command), Listen: h.HTTP.Listen, Readiness: h.HTTP.Readiness}
+		if h.HTTP.Listen != ListenPort && h.HTTP.Listen != ListenUnix {
+			bad("invalid http listen %q", h.HTTP.Listen)
+		}
+		if h.HTTP.Readiness != "" && !strings.HasPrefix(h.HTTP.Readiness, "/") {
+			bad("invalid http readiness path %q", h.HTTP.Readiness)
+		}
+		switch h.HTTP.Processes {
+		case "shared":
+		case "per-slot":
+			hh.PerSlot = true
+		default:
+			bad("invalid http processes %q", h.HTTP.Processes)
+		}
+		t, err := time.ParseDuration(h.HTTP.StartTimeout)
+		if err != nil || t <= 0 || t > MaxStartTimeout {
+			bad("invalid http start_timeout %q", h.HTTP.StartTimeout)
+		}
+		hh.StartTimeout = t
+		handler.HTTP = hh
+	case h.Exec != nil:
+		handler.Exec = &ExecHandler{Command: slices.Clone(h.Exec.Command)}
+	}
+	if !handler.RunsProcess() {
+		if s.Code != nil || s.Env != nil || s.Secrets != nil || s.Workdir != "" || s.Limits != nil {
+			bad("a built-in takes no code, env, secrets, workdir or limits")
+		}
+		return handler, Process{}
+	}
+	if p := commandProblem(handler.Command()); p != "" {
+		bad("%s", p)
+	}
+	var p Process
+	switch {
+	case s.Code == nil:
+		bad("no code: an %s handler needs the digest of its uploaded source (shoal deploy uploads it)", handler.Kind())
+	case !ValidDigest(s.Code.Digest) || s.Code.Size <= 0:
+		bad("invalid code digest %q or size %d", s.Code.Digest, s.Code.Size)
+	default:
+		p.Code = CodeRef{Digest: s.Code.Digest, Size: s.Code.Size}
+	}
+	for k, v := range s.Env {
+		if msg := envNameProblem(k); msg != "" {
+			bad("env: %s", msg)
+		} else if strings.ContainsRune(v, 0) {
+			bad("env %s: the value contains a NUL byte", k)
+		}
+	}
+	for k, v := range s.Secrets {
+		if msg := envNameProblem(k); msg != "" {
+			bad("secrets: %s", msg)
+		} else if !ValidSecretName(v) {
+			bad("secrets %s: invalid secret name %q", k, v)
+		} else if _, dup := s.Env[k]; dup {
+			bad("%s is set in both env and secrets", k)
+		}
+	}
+	if len(s.Env)+len(s.Secrets) > MaxEnv {
+		bad("%d variables in env and secrets, more than %d", len(s.Env)+len(s.Secrets), MaxEnv)
+	}
+	if msg := workdirProblem(s.Workdir); s.Workdir != "" && msg != "" {
+		bad("%s", msg)
+	}
+	p.Env, p.Secrets, p.Workdir = maps.Clone(s.Env), maps.Clone(s.Secrets), s.Workdir
+	if l := s.Limits; l != nil {
+		p.Limits = Limits{Memory: l.Memory, CPU: l.CPU, OpenFiles: l.OpenFiles}
+		for _, msg := range limitsProblems(p.Limits) {
+			bad("limits: %s", msg)
+		}
+		if l.Memory < 0 {
+			bad("limits: negative memory")
+		}
+	}
+	return handler, p
 }
 
 // MarshalSpec encodes a function's definition as JSON.
@@ -159,8 +313,8 @@ func UnmarshalSpec(data []byte) (Function, error) {
 // SameDefinition reports whether two functions are defined alike, whatever
 // file or line declared them.
 func SameDefinition(a, b Function) bool {
-	return a.Name == b.Name && a.Description == b.Description && a.Handler == b.Handler &&
+	return a.Name == b.Name && a.Description == b.Description && a.Handler.same(b.Handler) &&
 		a.Timeout == b.Timeout && a.Concurrency == b.Concurrency && a.Public == b.Public &&
 		slices.Equal(a.Permissions, b.Permissions) &&
-		a.Async.same(b.Async)
+		a.Async.same(b.Async) && a.Process.same(b.Process)
 }
