@@ -35,8 +35,9 @@ const (
 	RoleGateway Role = "gateway"
 	// RoleRunner may take invocations from the queue groups, answer them,
 	// pull and settle asynchronous calls (records, dead letters, results,
-	// callbacks), and read the function catalog and the public signing
-	// keys. It cannot read users: runners run function code.
+	// callbacks), read the function catalog and the public signing keys,
+	// and read functions' code (shoal_code) and secrets (shoal_secrets)
+	// to run them. It cannot read users: runners run function code.
 	RoleRunner Role = "runner"
 	// RoleAuth is a runner that also serves the auth function: it may
 	// read users and count failed logins too.
@@ -80,7 +81,16 @@ const (
 	callsStream     = "SHOAL_CALLS"
 	clientStream    = "SHOAL_CALLS_NATS"
 	callbackStream  = "SHOAL_CALLBACKS"
+	// codeBucket is the object store of functions' code (platform/bundle),
+	// secretsBucket the KV bucket of their secrets (platform/secrets).
+	codeBucket    = "shoal_code"
+	secretsBucket = "shoal_secrets"
 )
+
+// runCode is what a runner needs to run functions deployed as code: to
+// fetch their bundles from the object store and to read their secrets.
+// Only runners may read secrets; gateways and clients may not.
+var runCode = concat(streamRead("OBJ_"+codeBucket), kvRead(secretsBucket))
 
 // submitCalls is what the gateway's asynchronous calls take: publishing
 // on calls.NAME (two tokens: not calls.NAME.retry, where re-driven calls
@@ -145,7 +155,7 @@ func Permissions(role Role) *server.Permissions {
 		}
 	case RoleRunner:
 		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: concat(callerInboxes, kvRead(keysBucket), kvRead(functionsBucket), runCalls)},
+			Publish:   &server.SubjectPermission{Allow: concat(callerInboxes, kvRead(keysBucket), kvRead(functionsBucket), runCalls, runCode)},
 			Subscribe: &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>"}, inbox)},
 		}
 	case RoleAuth:
@@ -157,6 +167,7 @@ func Permissions(role Role) *server.Permissions {
 				kvRead(usersBucket),
 				kvRead(failuresBucket),
 				runCalls,
+				runCode,
 				[]string{
 					"$KV." + failuresBucket + ".>",
 					// A runner that serves the auth function creates its
@@ -187,8 +198,12 @@ func Permissions(role Role) *server.Permissions {
 
 // kvRead is what reading and watching a KV bucket takes: stream info,
 // direct and classic gets, and an ordered consumer for watches.
-func kvRead(bucket string) []string {
-	stream := "KV_" + bucket
+func kvRead(bucket string) []string { return streamRead("KV_" + bucket) }
+
+// streamRead is what reading a KV or object store's stream takes: its
+// info, direct and classic gets of one message, and ordered consumers
+// (watches, object chunks).
+func streamRead(stream string) []string {
 	return []string{
 		"$JS.API.INFO",
 		"$JS.API.STREAM.INFO." + stream,

@@ -71,6 +71,21 @@ func TestRolePermissions(t *testing.T) {
 		{broker.RoleGateway, false, "shoal.stats.reply.x", true},
 		{broker.RoleGateway, true, "shoal.>", false},
 		{broker.RoleGateway, false, "_INBOX_gateway.x", false}, // another gateway's invocation replies
+		// Functions' code and secrets: runners read both; only the
+		// admin writes them, and gateways and clients read neither.
+		{broker.RoleRunner, false, "$JS.API.STREAM.INFO.OBJ_shoal_code", true},
+		{broker.RoleRunner, false, "$JS.API.DIRECT.GET.OBJ_shoal_code.$O.shoal_code.M.x", true},
+		{broker.RoleRunner, false, "$JS.API.CONSUMER.CREATE.OBJ_shoal_code.x.$O.shoal_code.C.y", true},
+		{broker.RoleRunner, false, "$JS.API.DIRECT.GET.KV_shoal_secrets.$KV.shoal_secrets.db", true},
+		{broker.RoleAuth, false, "$JS.API.DIRECT.GET.KV_shoal_secrets.$KV.shoal_secrets.db", true},
+		{broker.RoleRunner, false, "$O.shoal_code.C.x", false},
+		{broker.RoleRunner, false, "$KV.shoal_secrets.db", false},
+		{broker.RoleRunner, false, "$JS.API.STREAM.CREATE.OBJ_shoal_code", false},
+		{broker.RoleGateway, false, "$JS.API.DIRECT.GET.KV_shoal_secrets.$KV.shoal_secrets.db", false},
+		{broker.RoleGateway, false, "$JS.API.STREAM.INFO.KV_shoal_secrets", false},
+		{broker.RoleGateway, false, "$JS.API.CONSUMER.CREATE.KV_shoal_secrets", false},
+		{broker.RoleClient, false, "$JS.API.DIRECT.GET.KV_shoal_secrets.$KV.shoal_secrets.db", false},
+		{broker.RoleGateway, false, "$JS.API.STREAM.INFO.OBJ_shoal_code", false},
 		// Nobody else takes part: no reading the figures, no feeding
 		// false ones.
 		{broker.RoleClient, true, "shoal.stats", false},
