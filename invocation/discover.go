@@ -15,6 +15,12 @@ import (
 // each time; this one stays for the runner's life.
 const RunnerMetadata = "runner"
 
+// UnservableMetadata is the service metadata key under which a runner
+// lists the functions it cannot serve, with why ("name: why; ..."): a
+// runtime missing on its machine, code it cannot fetch, processes that
+// do not start.
+const UnservableMetadata = "unservable"
+
 // quietGap ends discovery early: once runners have answered, a gap this
 // long without another answer means they all have (it allows for runners
 // attached to other nodes of a cluster, one route hop further).

@@ -50,6 +50,7 @@ type endpoint struct {
 type definition struct {
 	fn      manifest.Function
 	handler http.Handler
+	lifecycle
 }
 
 // Handle admits an invocation and runs it on its own goroutine. micro calls
@@ -67,6 +68,7 @@ func (e *endpoint) Handle(req micro.Request) {
 		return
 	}
 	e.r.unanswered.Add(1)
+	d.acquire()
 	header := nats.Header(req.Headers())
 	ack := ""
 	if reply := req.Reply(); reply != "" && invocation.WantsAck(header) {
@@ -155,6 +157,7 @@ func (e *endpoint) invoke(d *definition, reply string, header nats.Header, data 
 	})
 
 	w, ierr := e.run(ctx, d, header, data, tr)
+	d.release()
 	// The function has returned: its concurrency slot is free before its
 	// caller hears back, so that a caller's next invocation never finds
 	// it taken (429) by the one just answered.
@@ -219,12 +222,14 @@ func (e *endpoint) takeCall(c *calls.Call) {
 func (e *endpoint) runCall(c *calls.Call) {
 	defer e.r.unanswered.Add(-1)
 	d := e.def.Load()
+	d.acquire()
 	ran := false
 	e.r.worker.Run(c, d.fn.Async, func() calls.Result {
 		ran = true
 		return e.execCall(d, c)
 	})
 	if !ran {
+		d.release()
 		e.release()
 	}
 }
@@ -246,6 +251,7 @@ func (e *endpoint) execCall(d *definition, c *calls.Call) calls.Result {
 	header, tr := invocation.ReceiveTrace(header)
 	go func() {
 		w, ierr := e.run(token.AsOf(ctx, c.Submitted), d, header, c.Data, tr)
+		d.release()
 		e.release()
 		done <- outcome{w, ierr}
 	}()

@@ -52,6 +52,9 @@ type Config struct {
 	Manifest *manifest.Manifest
 	// Builtins are the built-in functions by handler name.
 	Builtins map[string]http.Handler
+	// Processes starts the functions that run as processes (http and
+	// exec handlers); without it, those are not served.
+	Processes ProcessStarter
 	// Verifier checks the bearer token of every invocation of a function
 	// that is not public, again after the gateway: callers may come
 	// straight over NATS. Without one, functions that are not public are
@@ -98,8 +101,20 @@ type Runner struct {
 	// maxBody bounds a buffered answer so that it fits in a NATS message.
 	maxBody int
 
+	processes ProcessStarter
+	// applying serializes SetFunctions, which starts processes before it
+	// takes mu.
+	applying sync.Mutex
 	// mu serializes changes of the served functions with Stop.
 	mu sync.Mutex
+	// fns are the functions last asked for; unservable, those of them
+	// that run as processes this runner could not start, with why.
+	fns        []manifest.Function
+	unservable map[string]string
+	// retiring tracks the closes of replaced process handlers; loops,
+	// the retry loop.
+	retiring sync.WaitGroup
+	loops    sync.WaitGroup
 	// svc is the current registration; SetFunctions replaces it.
 	svc micro.Service
 	// stale are earlier registrations whose drain failed; each
@@ -160,15 +175,16 @@ func Start(nc *nats.Conn, cfg Config) (*Runner, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Runner{
-		nc:       nc,
-		verifier: cfg.Verifier,
-		builtins: cfg.Builtins,
-		log:      log,
-		maxBody:  max(int(nc.MaxPayload())-replyHeaderRoom, 0),
-		id:       nuid.Next(),
-		ackDelay: cmp.Or(cfg.AckDelay, DefaultAckDelay),
-		ctx:      ctx,
-		cancel:   cancel,
+		nc:        nc,
+		verifier:  cfg.Verifier,
+		builtins:  cfg.Builtins,
+		processes: cfg.Processes,
+		log:       log,
+		maxBody:   max(int(nc.MaxPayload())-replyHeaderRoom, 0),
+		id:        nuid.Next(),
+		ackDelay:  cmp.Or(cfg.AckDelay, DefaultAckDelay),
+		ctx:       ctx,
+		cancel:    cancel,
 	}
 	r.ackHeader = invocation.NewAckMsg("", r.id).Header
 	r.meta = map[string]string{"pid": strconv.Itoa(os.Getpid()), invocation.RunnerMetadata: r.id}
@@ -186,16 +202,27 @@ func Start(nc *nats.Conn, cfg Config) (*Runner, error) {
 			return nil, fmt.Errorf("runner: function %q needs a token, and the runner has no token verifier configured", fn.Name)
 		}
 	}
-	eps, defs := r.endpoints(fns, map[string]*endpoint{})
+	empty := map[string]*endpoint{}
+	r.eps.Store(&empty)
+	procCtx, cancelProc := context.WithTimeout(ctx, manifest.MaxStartTimeout)
+	started, failed := r.startProcesses(procCtx, fns)
+	cancelProc()
+	eps, defs := r.endpoints(fns, empty, started, failed)
+	r.closeUnused(started, defs)
 	r.eps.Store(&eps)
+	r.fns, r.unservable = fns, failed
 	startCtx, cancelStart := context.WithTimeout(context.Background(), subscribeTimeout)
 	defer cancelStart()
 	svc, err := r.register(startCtx, eps, defs)
 	if err != nil {
+		r.closeUnused(started, nil)
 		cancel()
 		return nil, err
 	}
 	r.svc = svc
+	if r.processes != nil {
+		r.loops.Go(r.retryLoop)
+	}
 	if cfg.Async != nil {
 		if err := r.startAsync(cfg.Async); err != nil {
 			cancel()
@@ -262,16 +289,19 @@ func (r *Runner) pullFunctions(eps map[string]*endpoint) {
 // each one's definition; a new endpoint has its definition already, a
 // reused one keeps its current definition until the caller stores the
 // new one.
-func (r *Runner) endpoints(fns []manifest.Function, old map[string]*endpoint) (map[string]*endpoint, map[string]*definition) {
+func (r *Runner) endpoints(fns []manifest.Function, old map[string]*endpoint, started map[string]ProcessHandler, failed map[string]string) (map[string]*endpoint, map[string]*definition) {
 	eps := make(map[string]*endpoint, len(fns))
 	defs := make(map[string]*definition, len(fns))
 	for _, fn := range fns {
-		h, why := r.handler(fn)
-		if h == nil {
+		var d *definition
+		if ep, ok := old[fn.Name]; ok && fn.Handler.RunsProcess() && manifest.SameDefinition(ep.def.Load().fn, fn) {
+			d = ep.def.Load() // its processes serve on
+		} else if h, why := r.handler(fn, started, failed); h != nil {
+			d = &definition{fn: fn, handler: h, lifecycle: lifecycle{process: started[fn.Name], idle: make(chan struct{})}}
+		} else {
 			r.log.Warn("function not served: "+why, "function", fn.Name, "handler", fn.Handler.String())
 			continue
 		}
-		d := &definition{fn: fn, handler: h}
 		ep := old[fn.Name]
 		if ep == nil {
 			ep = &endpoint{r: r, name: fn.Name, wake: make(chan struct{}, 1)}
@@ -288,11 +318,16 @@ func (r *Runner) endpoints(fns []manifest.Function, old map[string]*endpoint) (m
 // described by defs, and waits until the server has its subscriptions, so
 // that an invocation sent after it returns finds this runner.
 func (r *Runner) register(ctx context.Context, eps map[string]*endpoint, defs map[string]*definition) (micro.Service, error) {
+	meta := r.meta
+	if len(r.unservable) > 0 {
+		meta = maps.Clone(r.meta)
+		meta[invocation.UnservableMetadata] = unservableSummary(r.unservable)
+	}
 	svc, err := micro.AddService(r.nc, micro.Config{
 		Name:         invocation.ServiceName,
 		Version:      shoal.Version,
 		Description:  "Shoal function runner",
-		Metadata:     r.meta,
+		Metadata:     meta,
 		QueueGroup:   invocation.QueueGroup,
 		StatsHandler: endpointStats,
 		ErrorHandler: func(_ micro.Service, err *micro.NATSError) {
@@ -333,14 +368,24 @@ func (r *Runner) register(ctx context.Context, eps map[string]*endpoint, defs ma
 // the old registration fails, the new one serves and the old one is
 // drained again at the next call (and at Stop); the error says so.
 func (r *Runner) SetFunctions(ctx context.Context, fns []manifest.Function) error {
+	r.applying.Lock()
+	defer r.applying.Unlock()
+	// Processes start before anything changes: a new version of a
+	// function serves once it is ready, and the old one until then.
+	started, failed := r.startProcesses(ctx, fns)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	used := map[string]*definition{}
+	defer func() { r.closeUnused(started, used) }()
 	if r.stopped {
-		return errors.New("runner: stopped")
+		return errStopped
 	}
+	r.fns = fns
+	unservableChanged := !maps.Equal(r.unservable, failed)
+	r.unservable = failed
 	staleErr := r.stopStale()
 	old := *r.eps.Load()
-	if r.sameFunctions(old, fns) {
+	if len(started) == 0 && !unservableChanged && r.sameFunctions(old, fns) {
 		// Nothing to change; a registration that still fails to drain
 		// is reported, so that the caller tries again.
 		return staleErr
@@ -348,18 +393,31 @@ func (r *Runner) SetFunctions(ctx context.Context, fns []manifest.Function) erro
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("runner: change of functions: %w", err)
 	}
-	eps, defs := r.endpoints(fns, old)
+	eps, defs := r.endpoints(fns, old, started, failed)
 	ctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
 	defer cancel()
 	svc, err := r.register(ctx, eps, defs)
 	if err != nil {
 		return err
 	}
-	// Registered: the new definitions apply from now on.
+	used = defs
+	// Registered: the new definitions apply from now on; the processes
+	// of those they replace close once their invocations end.
+	var replaced []*definition
+	for name, ep := range old {
+		if d := ep.def.Load(); defs[name] != d {
+			replaced = append(replaced, d)
+		}
+	}
 	for name, ep := range eps {
 		ep.def.Store(defs[name])
 	}
 	r.eps.Store(&eps)
+	defer func() {
+		for _, d := range replaced {
+			r.retire(d)
+		}
+	}()
 	r.pullFunctions(eps)
 	prev := r.svc
 	r.svc = svc
@@ -410,14 +468,24 @@ func (r *Runner) stopStale() error {
 }
 
 // handler returns the handler this runner serves fn with, or nil and why
-// it does not serve it.
-func (r *Runner) handler(fn manifest.Function) (http.Handler, string) {
-	h, ok := r.builtins[fn.Handler.Builtin]
-	switch {
-	case !ok:
-		return nil, "this runner has no handler for it"
-	case !fn.Public && r.verifier == nil:
+// it does not serve it. A function run as processes is served with the
+// handler started for it, if any.
+func (r *Runner) handler(fn manifest.Function, started map[string]ProcessHandler, failed map[string]string) (http.Handler, string) {
+	if !fn.Public && r.verifier == nil {
 		return nil, "it needs a token and this runner verifies none"
+	}
+	if fn.Handler.RunsProcess() {
+		if h, ok := started[fn.Name]; ok {
+			return h, ""
+		}
+		if why, ok := failed[fn.Name]; ok {
+			return nil, why
+		}
+		return nil, "this runner runs no processes"
+	}
+	h, ok := r.builtins[fn.Handler.Builtin]
+	if !ok {
+		return nil, "this runner has no handler for it"
 	}
 	return h, ""
 }
@@ -427,7 +495,11 @@ func (r *Runner) handler(fn manifest.Function) (http.Handler, string) {
 func (r *Runner) sameFunctions(eps map[string]*endpoint, fns []manifest.Function) bool {
 	n := 0
 	for _, fn := range fns {
-		if h, _ := r.handler(fn); h == nil {
+		if ep, ok := eps[fn.Name]; ok && fn.Handler.RunsProcess() && manifest.SameDefinition(ep.def.Load().fn, fn) {
+			n++
+			continue
+		}
+		if h, _ := r.handler(fn, nil, nil); h == nil {
 			continue
 		}
 		n++
@@ -576,7 +648,21 @@ func (r *Runner) stop(ctx context.Context) error {
 		cancel()
 		errs = append(errs, fmt.Errorf("%d invocations were still running and were answered 503", pending))
 	}
-	// 6. Send the last answers and close.
+	// 6. Stop the functions' processes, and the retry loop.
+	r.loops.Wait()
+	r.mu.Lock()
+	for _, ep := range *r.eps.Load() {
+		r.retire(ep.def.Load())
+	}
+	r.mu.Unlock()
+	retired := make(chan struct{})
+	go func() { r.retiring.Wait(); close(retired) }()
+	select {
+	case <-retired:
+	case <-time.After(retireTimeout + time.Second):
+		errs = append(errs, errors.New("functions' processes did not stop in time"))
+	}
+	// 7. Send the last answers and close.
 	if !r.nc.IsConnected() {
 		errs = append(errs, errors.New("not connected to NATS: answers not yet sent are lost"))
 	} else if err := r.nc.FlushTimeout(5 * time.Second); err != nil {
