@@ -16,7 +16,8 @@ import (
 const RunnerMetadata = "runner"
 
 // UnservableMetadata is the service metadata key under which a runner
-// lists the functions it cannot serve, with why ("name: why; ..."): a
+// lists the functions it cannot serve, with why, as a JSON object of
+// function names to reasons: a
 // runtime missing on its machine, code it cannot fetch, processes that
 // do not start.
 const UnservableMetadata = "unservable"

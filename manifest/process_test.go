@@ -209,13 +209,15 @@ func TestProcessSpecRoundTrip(t *testing.T) {
 func TestProcessSameDefinition(t *testing.T) {
 	base := processFunction()
 	changes := map[string]func(f *manifest.Function){
-		"digest":     func(f *manifest.Function) { f.Process.Code.Digest = "sha256:" + strings.Repeat("cd", 32) },
-		"env":        func(f *manifest.Function) { f.Process.Env = map[string]string{"A": "c"} },
-		"secret":     func(f *manifest.Function) { f.Process.Secrets = nil },
-		"workdir":    func(f *manifest.Function) { f.Process.Workdir = "" },
-		"memory":     func(f *manifest.Function) { f.Process.Limits.Memory = 128 << 20 },
-		"command":    func(f *manifest.Function) { f.Handler.HTTP = &manifest.HTTPHandler{Command: []string{"node", "x.js"}} },
-		"exec":       func(f *manifest.Function) { f.Handler = manifest.Handler{Exec: &manifest.ExecHandler{Command: []string{"node"}}} },
+		"digest":  func(f *manifest.Function) { f.Process.Code.Digest = "sha256:" + strings.Repeat("cd", 32) },
+		"env":     func(f *manifest.Function) { f.Process.Env = map[string]string{"A": "c"} },
+		"secret":  func(f *manifest.Function) { f.Process.Secrets = nil },
+		"workdir": func(f *manifest.Function) { f.Process.Workdir = "" },
+		"memory":  func(f *manifest.Function) { f.Process.Limits.Memory = 128 << 20 },
+		"command": func(f *manifest.Function) { f.Handler.HTTP = &manifest.HTTPHandler{Command: []string{"node", "x.js"}} },
+		"exec": func(f *manifest.Function) {
+			f.Handler = manifest.Handler{Exec: &manifest.ExecHandler{Command: []string{"node"}}}
+		},
 		"per-slot":   func(f *manifest.Function) { h := *f.Handler.HTTP; h.PerSlot = false; f.Handler.HTTP = &h },
 		"readiness":  func(f *manifest.Function) { h := *f.Handler.HTTP; h.Readiness = ""; f.Handler.HTTP = &h },
 		"start time": func(f *manifest.Function) { h := *f.Handler.HTTP; h.StartTimeout = time.Second; f.Handler.HTTP = &h },

@@ -309,7 +309,15 @@ no runner serves (0) answers 503 no_runner when invoked.`,
 				for _, name := range slices.Sorted(maps.Keys(bad)) {
 					fmt.Fprintf(tw, "%s\t\t0\t\t\tUNREADABLE: %v\n", name, bad[name])
 				}
-				return tw.Flush()
+				if err := tw.Flush(); err != nil {
+					return err
+				}
+				for _, s := range status {
+					for _, why := range s.Unservable {
+						fmt.Fprintf(cmd.OutOrStdout(), "%s is not servable on %s\n", s.Name, why)
+					}
+				}
+				return nil
 			})
 		},
 	}

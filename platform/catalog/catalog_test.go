@@ -640,14 +640,17 @@ func TestServing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return got
+		if len(got.Unservable) != 0 {
+			t.Errorf("Unservable = %v, want none", got.Unservable)
+		}
+		return got.Runners
 	}
 
 	t.Run("no runner", func(t *testing.T) {
 		s := brokertest.Start(t)
 		began := time.Now()
 		got, err := catalog.Serving(context.Background(), brokertest.Connect(t, s), 300*time.Millisecond)
-		if err != nil || len(got) != 0 {
+		if err != nil || len(got.Runners) != 0 {
 			t.Errorf("Serving = %v, %v; want nothing", got, err)
 		}
 		// NATS answers "no responders" at once; at worst the wait ends it.
@@ -755,7 +758,7 @@ func TestDescribe(t *testing.T) {
 		{Function: auth, Revision: 7, Deployed: deployed},
 		{Function: fn("ping"), Revision: 3},
 	}
-	got := catalog.Describe(entries, map[string]int{"ping": 2, "other": 9})
+	got := catalog.Describe(entries, catalog.Availability{Runners: map[string]int{"ping": 2, "other": 9}})
 	if len(got) != 2 {
 		t.Fatalf("Describe = %+v, want 2", got)
 	}
@@ -773,7 +776,7 @@ func TestDescribe(t *testing.T) {
 			t.Errorf("Describe: %+v, want %+v", g, w)
 		}
 	}
-	if got := catalog.Describe(nil, nil); got == nil || len(got) != 0 {
+	if got := catalog.Describe(nil, catalog.Availability{}); got == nil || len(got) != 0 {
 		t.Errorf("Describe(nil) = %#v, want an empty list (JSON [])", got)
 	}
 }

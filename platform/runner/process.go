@@ -2,11 +2,11 @@ package runner
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
-	"fmt"
 	"maps"
 	"net/http"
-	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -176,18 +176,20 @@ func (r *Runner) retryLoop() {
 // errStopped is SetFunctions' error once the runner stopped.
 var errStopped = errors.New("runner: stopped")
 
-// unservableSummary is the unservable functions as service metadata:
-// "name: why; name: why", cut to a size NATS services metadata carries.
+// unservableSummary is the unservable functions as service metadata: a
+// JSON object of names to why, each reason cut to 256 bytes so that the
+// metadata stays small.
 func unservableSummary(m map[string]string) string {
-	s := ""
-	for _, name := range slices.Sorted(maps.Keys(m)) {
-		if s != "" {
-			s += "; "
+	short := make(map[string]string, len(m))
+	for name, why := range m {
+		if len(why) > 256 {
+			why = strings.ToValidUTF8(why[:253], "") + "..."
 		}
-		s += fmt.Sprintf("%s: %s", name, m[name])
+		short[name] = why
 	}
-	if len(s) > 2048 {
-		s = s[:2045] + "..."
+	b, err := json.Marshal(short)
+	if err != nil {
+		return "" // strings always encode
 	}
-	return s
+	return string(b)
 }
