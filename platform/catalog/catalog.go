@@ -42,9 +42,14 @@ type Entry struct {
 	Deployed time.Time
 }
 
+// HistoryDepth is how many definitions of each function the catalog
+// keeps, the deployed one included: what a rollback can go back to.
+const HistoryDepth = 5
+
 // Catalog reads and writes the deployed functions.
 type Catalog struct {
 	kv jetstream.KeyValue
+	js jetstream.JetStream
 }
 
 // Create creates the bucket with the given number of replicas (1 on a
@@ -62,7 +67,7 @@ func Create(ctx context.Context, js jetstream.JetStream, replicas int) (*Catalog
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      Bucket,
 		Description: "Shoal: deployed functions by name (manifest.Spec JSON)",
-		History:     5,
+		History:     HistoryDepth,
 		Replicas:    max(replicas, 1),
 	})
 	if err != nil {
@@ -71,7 +76,7 @@ func Create(ctx context.Context, js jetstream.JetStream, replicas int) (*Catalog
 	if err := readable(ctx, kv); err != nil {
 		return nil, err
 	}
-	return &Catalog{kv: kv}, nil
+	return &Catalog{kv: kv, js: js}, nil
 }
 
 // readable waits until the bucket answers reads: a bucket just created
@@ -103,7 +108,7 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Catalog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("catalog: open bucket %s: %w", Bucket, err)
 	}
-	return &Catalog{kv: kv}, nil
+	return &Catalog{kv: kv, js: js}, nil
 }
 
 // List returns the deployed functions sorted by name. Entries that cannot

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -82,6 +84,26 @@ func (c *Catalog) Rollback(ctx context.Context, name string, revision uint64, ch
 	}
 	ch, err := c.put(ctx, target.Function)
 	return ch, *target, err
+}
+
+// Names lists every function the catalog keeps a history of, removed
+// ones included, sorted.
+func (c *Catalog) Names(ctx context.Context) ([]string, error) {
+	st, err := c.js.Stream(ctx, "KV_"+Bucket)
+	if err != nil {
+		return nil, fmt.Errorf("catalog: names: %w", err)
+	}
+	prefix := "$KV." + Bucket + "."
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
+	if err != nil {
+		return nil, fmt.Errorf("catalog: names: %w", err)
+	}
+	names := make([]string, 0, len(info.State.Subjects))
+	for subject := range info.State.Subjects {
+		names = append(names, strings.TrimPrefix(subject, prefix))
+	}
+	slices.Sort(names)
+	return names, nil
 }
 
 func revisions(hist []Entry) string {

@@ -2,6 +2,7 @@ package catalog_test
 
 import (
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -62,6 +63,9 @@ func TestRollback(t *testing.T) {
 	// A removed function comes back with its last definition.
 	if _, err := c.Remove(ctx, "web"); err != nil {
 		t.Fatal(err)
+	}
+	if names, err := c.Names(ctx); err != nil || !slices.Equal(names, []string{"other", "web"}) {
+		t.Errorf("Names with web removed = %v, %v", names, err)
 	}
 	if ch, _, err := c.Rollback(ctx, "web", 0, nil); err != nil || ch.Action != catalog.Created || current() != time.Second {
 		t.Errorf("Rollback of a removed function = %+v, %v", ch, err)
