@@ -79,7 +79,7 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&rootFlags.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.PersistentFlags().StringVar(&rootFlags.cpuProfile, "cpu-profile", "", "write this process's CPU profile to this file until it exits (shoal up: its workers' to FILE.worker-N)")
 	root.PersistentFlags().StringVar(&rootFlags.memProfile, "mem-profile", "", "write the profile of every allocation this process made to this file when it exits (shoal up: its workers' to FILE.worker-N)")
-	root.AddCommand(newUpCmd(), withEnv(newGatewayCmd()), withEnv(newRunnerCmd()), newInvokeCmd(), newValidateCmd(),
+	root.AddCommand(newUpCmd(), newNewCmd(), withEnv(newGatewayCmd()), withEnv(newRunnerCmd()), newInvokeCmd(), newValidateCmd(),
 		withEnv(newDeployCmd()), withEnv(newRemoveCmd()), withEnv(newListCmd()), withEnv(newCallsCmd()), withEnv(newInitCmd()), withEnv(newNATSCmd()),
 		newTokenCmd(), withEnv(newUserCmd()), withEnv(newSecretCmd()), withEnv(newKeyCmd()), newRestartCmd(), newPSCmd(), newVersionCmd(), newBenchCmd())
 	return root

@@ -1,0 +1,1 @@
+require('./server').listen(process.env.PORT)

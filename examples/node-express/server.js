@@ -1,0 +1,7 @@
+var app = require('express')()
+
+app.get('/ping', function(req, res) {
+  res.send('pong!')
+})
+
+module.exports = app
