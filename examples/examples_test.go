@@ -18,6 +18,7 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -30,6 +31,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-dev/shoal/functions"
+	"github.com/shoal-dev/shoal/manifest"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -140,13 +143,11 @@ func TestExamples(t *testing.T) {
 	if err := yaml.Unmarshal(data, &m); err != nil {
 		t.Fatalf("fn.yaml: %v", err)
 	}
-	for _, name := range slices.Sorted(func(yield func(string) bool) {
-		for name := range m.Functions {
-			if !yield(name) {
-				return
-			}
-		}
-	}) {
+	// The file is what shoal deploy reads, with its strict checks.
+	if _, err := manifest.Load("fn.yaml", manifest.Options{Builtins: functions.Names()}); err != nil {
+		t.Errorf("fn.yaml does not load: %v", err)
+	}
+	for _, name := range slices.Sorted(maps.Keys(m.Functions)) {
 		fn := m.Functions[name]
 		t.Run(name, func(t *testing.T) {
 			check, ok := answers[name]

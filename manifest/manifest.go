@@ -215,6 +215,11 @@ func Parse(file string, data []byte, opts Options) (*Manifest, error) {
 // Kubernetes object name.
 var nameRE = regexp.MustCompile(`^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
+// ValidName reports whether s may name a function: 1 to 63 lowercase
+// letters, digits and dashes, starting with a letter and not ending with
+// a dash (a DNS label).
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
 // ValidPermission reports whether p can name a permission: 1 to
 // MaxPermission letters, digits and . _ : / -, free of the separators used
 // on command lines (commas, spaces) and in token claims. The auth

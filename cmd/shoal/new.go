@@ -10,11 +10,11 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"text/template"
 
+	"github.com/shoal-dev/shoal/manifest"
 	"github.com/spf13/cobra"
 )
 
@@ -79,10 +79,6 @@ func languageNames() []string {
 	return names
 }
 
-// functionNameRE is the function name syntax, a DNS label. It mirrors the
-// manifest package's rule, which that package does not export.
-var functionNameRE = regexp.MustCompile(`^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$`)
-
 // newNewCmd is the scaffolding command. It does not read its flags from
 // the environment (no withEnv): SHOAL_FILE or SHOAL_DIR exported for
 // another command must not change where it writes.
@@ -121,7 +117,7 @@ you to add. A name the manifest already declares is refused.`,
 // runNew checks everything it can before it writes anything: the name,
 // the language, the directory and the manifest.
 func runNew(out io.Writer, name, lang, dir, file string) error {
-	if !functionNameRE.MatchString(name) {
+	if !manifest.ValidName(name) {
 		return fmt.Errorf("invalid function name %q: use 1 to 63 lowercase letters, digits and dashes, starting with a letter and not ending with a dash", name)
 	}
 	l, ok := languages[lang]

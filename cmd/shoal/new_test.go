@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-dev/shoal/functions"
+	"github.com/shoal-dev/shoal/manifest"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -284,6 +286,10 @@ func entryOf(t *testing.T, file, name string) fnEntry {
 	fn, ok := m.Functions[name]
 	if !ok {
 		t.Fatalf("%s declares no function %s", file, name)
+	}
+	// What shoal new writes is what shoal deploy reads.
+	if _, err := manifest.Load(file, manifest.Options{Builtins: functions.Names()}); err != nil {
+		t.Errorf("the manifest shoal new wrote does not load: %v", err)
 	}
 	return fn
 }
