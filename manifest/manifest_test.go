@@ -403,7 +403,10 @@ func TestDocumentedExamples(t *testing.T) {
 			t.Errorf("%s has no yaml example", doc)
 		}
 		for i, b := range blocks {
-			if _, err := manifest.Parse(fmt.Sprintf("%s example %d", doc, i+1), b[1], opts); err != nil {
+			// Named as if beside the repository's fn.yaml: sources are
+			// written relative to the repository's root.
+			name := filepath.Join("..", fmt.Sprintf("%s example %d", filepath.Base(doc), i+1))
+			if _, err := manifest.Parse(name, b[1], opts); err != nil {
 				t.Errorf("%v", err)
 			}
 		}
