@@ -16,30 +16,33 @@ type Code string
 
 // Error codes and the HTTP status each travels with.
 const (
-	CodeNotFound         Code = "not_found"           // 404: no such route on the gateway
-	CodeFunctionNotFound Code = "function_not_found"  // 404: the function is not declared
-	CodeCallNotFound     Code = "call_not_found"      // 404: no record of an asynchronous call of that id (never submitted, or expired)
-	CodeBadRequest       Code = "bad_request"         // 400: the invocation itself is malformed
-	CodeInvalidToken     Code = "invalid_token"       // 401: no bearer token, or one that does not verify
-	CodeBadCredentials   Code = "invalid_credentials" // 401: a login with a wrong username or password
-	CodeForbidden        Code = "insufficient_scope"  // 403: the token lacks a permission the function requires
-	CodeMethodNotAllowed Code = "method_not_allowed"  // 405: the function does not answer this method
-	CodeAsyncDisabled    Code = "async_disabled"      // 405: the function takes no asynchronous calls
-	CodeConflict         Code = "conflict"            // 409: the action cannot be done in the state the thing is in
-	CodePayloadTooLarge  Code = "payload_too_large"   // 413: request body over the limit
-	CodeOverloaded       Code = "overloaded"          // 429: every runner reached was at its concurrency limit
-	CodeTooManyAttempts  Code = "too_many_attempts"   // 429: too many failed logins; wait for Retry-After
-	CodeQueueFull        Code = "queue_full"          // 429: the queue of asynchronous calls is at its limit; nothing was queued
-	CodeFunctionPanic    Code = "function_panic"      // 500: the function panicked
-	CodeFunctionError    Code = "function_error"      // 4xx/5xx: in an asynchronous call's record, the function answered that error status
-	CodeResponseTooLarge Code = "response_too_large"  // 500: the answer does not fit in a NATS message
-	CodeInternal         Code = "internal"            // 500: a fault in Shoal itself
-	CodeNotImplemented   Code = "not_implemented"     // 501: the function does not offer this yet
-	CodeBadGateway       Code = "bad_gateway"         // 502: a runner answered in a way the protocol does not allow
-	CodeRunnerLost       Code = "runner_lost"         // 502: the runner running the invocation stopped before it answered
-	CodeNoRunner         Code = "no_runner"           // 503: no runner serves the function
-	CodeUnavailable      Code = "unavailable"         // 503: NATS unreachable, or the runner is shutting down
-	CodeTimeout          Code = "timeout"             // 504: the function did not answer within its timeout
+	CodeNotFound            Code = "not_found"            // 404: no such route on the gateway
+	CodeFunctionNotFound    Code = "function_not_found"   // 404: the function is not declared
+	CodeCallNotFound        Code = "call_not_found"       // 404: no record of an asynchronous call of that id (never submitted, or expired)
+	CodeBadRequest          Code = "bad_request"          // 400: the invocation itself is malformed
+	CodeInvalidToken        Code = "invalid_token"        // 401: no bearer token, or one that does not verify
+	CodeBadCredentials      Code = "invalid_credentials"  // 401: a login with a wrong username or password
+	CodeForbidden           Code = "insufficient_scope"   // 403: the token lacks a permission the function requires
+	CodeMethodNotAllowed    Code = "method_not_allowed"   // 405: the function does not answer this method
+	CodeAsyncDisabled       Code = "async_disabled"       // 405: the function takes no asynchronous calls
+	CodeConflict            Code = "conflict"             // 409: the action cannot be done in the state the thing is in
+	CodePayloadTooLarge     Code = "payload_too_large"    // 413: request body over the limit
+	CodeOverloaded          Code = "overloaded"           // 429: every runner reached was at its concurrency limit
+	CodeTooManyAttempts     Code = "too_many_attempts"    // 429: too many failed logins; wait for Retry-After
+	CodeQueueFull           Code = "queue_full"           // 429: the queue of asynchronous calls is at its limit; nothing was queued
+	CodeFunctionPanic       Code = "function_panic"       // 500: the function panicked
+	CodeFunctionFailed      Code = "function_failed"      // 500: the function's process (exec handler) exited with a status other than 0, or was killed
+	CodeFunctionError       Code = "function_error"       // 4xx/5xx: in an asynchronous call's record, the function answered that error status
+	CodeResponseTooLarge    Code = "response_too_large"   // 500: the answer does not fit in a NATS message
+	CodeInternal            Code = "internal"             // 500: a fault in Shoal itself
+	CodeNotImplemented      Code = "not_implemented"      // 501: the function does not offer this yet
+	CodeBadGateway          Code = "bad_gateway"          // 502: a runner answered in a way the protocol does not allow
+	CodeRunnerLost          Code = "runner_lost"          // 502: the runner running the invocation stopped before it answered
+	CodeFunctionCrashed     Code = "function_crashed"     // 502: the function's process (http handler) exited, or broke its connection, before it answered
+	CodeNoRunner            Code = "no_runner"            // 503: no runner serves the function
+	CodeUnavailable         Code = "unavailable"          // 503: NATS unreachable, or the runner is shutting down
+	CodeFunctionUnavailable Code = "function_unavailable" // 503: the function has no process ready (starting, restarting after a crash, shutting down) within the invocation's time
+	CodeTimeout             Code = "timeout"              // 504: the function did not answer within its timeout
 )
 
 // Error is a failed invocation, in the one shape every Shoal error has on
@@ -71,7 +74,7 @@ func (e *Error) retryAfter() string {
 		return strconv.FormatInt(int64((e.RetryAfter+time.Second-1)/time.Second), 10)
 	}
 	switch e.Code {
-	case CodeNoRunner, CodeOverloaded, CodeUnavailable:
+	case CodeNoRunner, CodeOverloaded, CodeUnavailable, CodeFunctionUnavailable:
 		return "1"
 	}
 	return ""
