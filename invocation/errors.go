@@ -95,6 +95,10 @@ func (e *Error) Body() []byte {
 
 // WriteHTTP writes the error as an HTTP response.
 func (e *Error) WriteHTTP(w http.ResponseWriter) {
+	if ew, ok := w.(ErrorWriter); ok {
+		ew.WriteError(e)
+		return
+	}
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("X-Content-Type-Options", "nosniff")
@@ -106,6 +110,15 @@ func (e *Error) WriteHTTP(w http.ResponseWriter) {
 	}
 	w.WriteHeader(e.Status)
 	_, _ = w.Write(e.Body()) // the client went away; nothing to do
+}
+
+// ErrorWriter is an http.ResponseWriter that carries a handler's failure
+// apart from its answers: the runner's, so that a function run as a
+// process whose process crashed (say) fails the invocation with the
+// error's Shoal-Error headers, and is counted as failed, rather than
+// answering as the function would. WriteHTTP uses it when w has it.
+type ErrorWriter interface {
+	WriteError(*Error)
 }
 
 // Header returns the NATS headers of an error reply: the NATS services

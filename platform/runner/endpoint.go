@@ -313,7 +313,10 @@ func (e *endpoint) run(ctx context.Context, d *definition, header nats.Header, d
 		}
 	}()
 	d.handler.ServeHTTP(w, req)
-	if w.overflow {
+	switch {
+	case w.failed != nil:
+		return w, w.failed
+	case w.overflow:
 		return w, e.tooLarge()
 	}
 	return w, nil

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net/http"
 	"sync"
+
+	"github.com/shoal-dev/shoal/invocation"
 )
 
 // responseWriter buffers a function's answer so that it travels as one
@@ -15,6 +17,8 @@ type responseWriter struct {
 	body     bytes.Buffer
 	limit    int
 	overflow bool
+	// failed is the handler's failure (invocation.ErrorWriter).
+	failed *invocation.Error
 }
 
 var writers = sync.Pool{New: func() any { return &responseWriter{header: make(http.Header, 4)} }}
@@ -35,6 +39,7 @@ func putWriter(w *responseWriter) {
 	w.status = 0
 	w.body.Reset()
 	w.overflow = false
+	w.failed = nil
 	writers.Put(w)
 }
 
@@ -43,6 +48,14 @@ func putWriter(w *responseWriter) {
 var errAnswerTooLarge = errors.New("shoal: the answer is larger than a NATS message can carry")
 
 func (w *responseWriter) Header() http.Header { return w.header }
+
+// WriteError records the handler's failure: the invocation fails with
+// it, whatever else the handler wrote.
+func (w *responseWriter) WriteError(e *invocation.Error) {
+	if w.failed == nil {
+		w.failed = e
+	}
+}
 
 // WriteHeader records the status, ignoring 1xx informational codes, which
 // have no meaning for a buffered answer, and every call after the first.
