@@ -126,8 +126,13 @@ func functionsStatus(nc *nats.Conn, entries func() []catalog.Entry) func(context
 // catalog, so when they go on, the others exist with their replicas
 // rather than being created with one by the first runner that serves
 // auth.
-func deployManifest(ctx context.Context, js jetstream.JetStream, m *manifest.Manifest, prune bool, limits calls.Limits) ([]catalog.Change, error) {
+func deployManifest(ctx context.Context, js jetstream.JetStream, m *manifest.Manifest, code *functionCode, prune bool, limits calls.Limits) ([]catalog.Change, error) {
 	replicas := limits.Replicas
+	// The code first: a definition in the catalog names code that is
+	// stored.
+	if err := code.upload(ctx, js, replicas, m); err != nil {
+		return nil, err
+	}
 	if _, err := keyring.Create(ctx, js, replicas); err != nil {
 		return nil, err
 	}
@@ -169,6 +174,7 @@ func newDeployCmd() *cobra.Command {
 		prune    bool
 		replicas int
 		al       asyncLimitFlags
+		noBuild  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "deploy",
@@ -178,6 +184,13 @@ catalog (NATS KV bucket ` + catalog.Bucket + `), which every gateway and runner
 follows: a new function is routable within a second, a changed one takes
 effect from the next request, all without a restart. Functions whose
 definition did not change are left alone and keep their revision.
+
+Functions with an http or exec handler run their own code: deploy first
+runs each one's build command (unless --no-build) in its source directory,
+then uploads the directory to the code store (object store bucket
+shoal_code) under the SHA-256 of its archive, and the definition names that
+digest. Runners fetch it, start the new version and roll over to it without
+dropping requests; unchanged code is not uploaded again.
 
 A manifest with errors changes nothing: every error is printed with its
 file:line:col. With --prune, deployed functions that are not in the manifest
@@ -193,6 +206,11 @@ are removed.`,
 			if err != nil {
 				return err
 			}
+			code, err := prepareCode(cmd.Context(), m, !noBuild, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			defer code.close()
 			limits, err := al.limits(replicas)
 			if err != nil {
 				return err
@@ -213,7 +231,7 @@ are removed.`,
 							return err
 						}
 					}
-					changes, err = deployManifest(ctx, js, m, prune, limits)
+					changes, err = deployManifest(ctx, js, m, code, prune, limits)
 					return err
 				})
 				printChanges(cmd.OutOrStdout(), changes)
@@ -224,6 +242,7 @@ are removed.`,
 	a.register(cmd)
 	cmd.Flags().StringVarP(&file, "file", "f", defaultManifest, "function manifest")
 	cmd.Flags().BoolVar(&prune, "prune", false, "also remove deployed functions that the manifest does not declare")
+	cmd.Flags().BoolVar(&noBuild, "no-build", false, "do not run the functions' build commands before uploading their code")
 	cmd.Flags().IntVar(&replicas, "replicas", 0, "replicas of the platform's buckets and streams: 1 on one server, 3 on a cluster (0: keep existing ones', 1 for new ones)")
 	al.register(cmd.Flags())
 	return cmd

@@ -81,7 +81,7 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&rootFlags.memProfile, "mem-profile", "", "write the profile of every allocation this process made to this file when it exits (shoal up: its workers' to FILE.worker-N)")
 	root.AddCommand(newUpCmd(), newNewCmd(), withEnv(newGatewayCmd()), withEnv(newRunnerCmd()), newInvokeCmd(), newValidateCmd(),
 		withEnv(newDeployCmd()), withEnv(newRemoveCmd()), withEnv(newListCmd()), withEnv(newCallsCmd()), withEnv(newInitCmd()), withEnv(newNATSCmd()),
-		newTokenCmd(), withEnv(newUserCmd()), withEnv(newSecretCmd()), withEnv(newKeyCmd()), newRestartCmd(), newPSCmd(), newVersionCmd(), newBenchCmd())
+		newTokenCmd(), withEnv(newUserCmd()), withEnv(newSecretCmd()), withEnv(newRollbackCmd()), withEnv(newCodeCmd()), withEnv(newKeyCmd()), newRestartCmd(), newPSCmd(), newVersionCmd(), newBenchCmd())
 	return root
 }
 

@@ -25,6 +25,7 @@ import (
 	"github.com/shoal-dev/shoal/platform/calls"
 	"github.com/shoal-dev/shoal/platform/catalog"
 	"github.com/shoal-dev/shoal/platform/gateway"
+	"github.com/shoal-dev/shoal/platform/launcher"
 	"github.com/shoal-dev/shoal/platform/runner"
 	"github.com/shoal-dev/shoal/platform/supervisor"
 	"github.com/shoal-dev/shoal/token"
@@ -207,6 +208,8 @@ type runnerEnv struct {
 	auth *auth.Config
 	// async configures asynchronous calls; nil turns them off.
 	async *runner.AsyncConfig
+	// processes starts functions run as processes; nil serves none.
+	processes *launcher.Launcher
 }
 
 // startRunner starts a runner that owns nc, serving the functions of m
@@ -224,9 +227,13 @@ func startRunner(nc *nats.Conn, m *manifest.Manifest, worker int, env runnerEnv)
 	if env.auth != nil {
 		deps.Auth = *env.auth
 	}
-	r, err := runner.Start(nc, runner.Config{
+	cfg := runner.Config{
 		Manifest: m, Builtins: builtins(deps), Verifier: env.trust.verifier, Metadata: meta, Logger: log, Async: env.async,
-	})
+	}
+	if env.processes != nil {
+		cfg.Processes = env.processes
+	}
+	r, err := runner.Start(nc, cfg)
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -379,6 +386,7 @@ func newRunnerCmd() *cobra.Command {
 		drain      time.Duration
 		worker     int
 		ra         runnerAsyncFlags
+		pf         processFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "runner",
@@ -470,6 +478,9 @@ GET /metrics gives the runner's Prometheus metrics (docs/metrics.md).`,
 				asyncCfg.NATS = snc
 			}
 			env := runnerEnv{trust: tr, async: asyncCfg}
+			if env.processes, err = pf.launcher(snc); err != nil {
+				return err
+			}
 			if signer != nil {
 				if env.auth, err = authConfig(cmd.Context(), snc, signer, af); err != nil {
 					return err
@@ -549,6 +560,7 @@ GET /metrics gives the runner's Prometheus metrics (docs/metrics.md).`,
 	_ = cmd.Flags().MarkHidden("health-fd")
 	cmd.Flags().DurationVar(&drain, "drain-timeout", defaultDrainTimeout, "how long shutdown waits for in-flight invocations")
 	ra.register(cmd.Flags())
+	pf.register(cmd.Flags(), "directory of the functions' unpacked code, shared by the runners of a machine (default: shoal/code in the user's cache directory)")
 	cmd.Flags().IntVar(&worker, "worker", 0, "worker slot, when run by shoal up's supervisor (shown in the service metadata)")
 	_ = cmd.Flags().MarkHidden("worker")
 	return cmd

@@ -47,6 +47,8 @@ type upOptions struct {
 	natsSync    syncPolicy
 	async       runnerAsyncFlags
 	asyncLimits asyncLimitFlags
+	processes   processFlags
+	noBuild     bool
 }
 
 func newUpCmd() *cobra.Command {
@@ -87,6 +89,8 @@ the nats CLI, with the client role's credentials.`,
 	o.auth.register(f, false)
 	o.async.register(f)
 	o.asyncLimits.register(f)
+	o.processes.register(f, "directory of the functions' unpacked code (default DATA/code)")
+	f.BoolVar(&o.noBuild, "no-build", false, "do not run the manifest's build commands before uploading functions' code")
 	return cmd
 }
 
@@ -117,6 +121,17 @@ func up(ctx context.Context, o upOptions) error {
 	m, err := loadManifest(o.file)
 	if err != nil {
 		return err
+	}
+	code, err := prepareCode(ctx, m, !o.noBuild, os.Stderr)
+	if err != nil {
+		return err
+	}
+	defer code.close()
+	if o.processes.cacheDir == "" {
+		o.processes.cacheDir = filepath.Join(o.dataDir, "code")
+	}
+	if o.processes.cacheDir, err = filepath.Abs(o.processes.cacheDir); err != nil {
+		return fmt.Errorf("--code-cache: %w", err)
 	}
 	creds, err := broker.EnsureCredentials(credentialsPath(o.dataDir))
 	if err != nil {
@@ -152,7 +167,7 @@ func up(ctx context.Context, o upOptions) error {
 		return err
 	}
 	defer anc.Close()
-	if err := prepareStores(ctx, anc, keys, o.auth.limits, asyncLimits, m); err != nil {
+	if err := prepareStores(ctx, anc, keys, o.auth.limits, asyncLimits, m, code); err != nil {
 		return err
 	}
 	tr, err := buildTrust(ctx, anc, &o.trust, keys, needsTokens(m))
@@ -261,7 +276,7 @@ func up(ctx context.Context, o upOptions) error {
 // publishes the public signing keys. The manifest is this machine's source
 // of truth: it is deployed with prune, removing what it does not declare;
 // shoal deploy and shoal rm change the catalog live afterwards.
-func prepareStores(ctx context.Context, nc *nats.Conn, keys []jwkset.JWK, limits auth.Limits, asyncLimits calls.Limits, m *manifest.Manifest) error {
+func prepareStores(ctx context.Context, nc *nats.Conn, keys []jwkset.JWK, limits auth.Limits, asyncLimits calls.Limits, m *manifest.Manifest, code *functionCode) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	js, err := jetstream.New(nc)
@@ -273,7 +288,7 @@ func prepareStores(ctx context.Context, nc *nats.Conn, keys []jwkset.JWK, limits
 	if _, err := auth.CreateLimiter(ctx, js, limits, 1); err != nil {
 		return err
 	}
-	changes, err := deployManifest(ctx, js, m, true, asyncLimits)
+	changes, err := deployManifest(ctx, js, m, code, true, asyncLimits)
 	if err != nil {
 		return fmt.Errorf("deploy %s: %w", m.File, err)
 	}

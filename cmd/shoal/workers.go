@@ -68,6 +68,7 @@ func newWorkerCommand(o upOptions, url string, creds *broker.Credentials, keyFil
 		"--login-window", o.auth.limits.Window.String(),
 	}
 	args = append(args, o.async.args()...)
+	args = append(args, o.processes.args()...)
 	// The key file's own shared secrets reach the workers through --key.
 	if o.trust.hsKeys != "" {
 		args = append(args, "--hs256-keys", o.trust.hsKeys)
