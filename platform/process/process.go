@@ -53,8 +53,9 @@
 // memory and cpu controllers (cgroup.subtree_control). The process is
 // started inside it (clone3 CLONE_INTO_CGROUP), with memory.max and
 // cpu.max set, and the cgroup is removed once the process has exited.
-// Otherwise they are rlimits, set on the process just after it started
-// (so a process may run for a few microseconds without them): memory as
+// Otherwise they are rlimits, set before the program runs by a trampoline
+// (the process starts as the runner's own binary, which sets them and
+// execs the program; see sys_linux.go): memory as
 // RLIMIT_AS, which caps virtual memory, not resident memory — runtimes
 // that reserve large address spaces (Node.js, the JVM, Go) need a limit
 // well above what they use — and cpu is not enforced (logged once).
