@@ -294,11 +294,21 @@ func (r *Runner) endpoints(fns []manifest.Function, old map[string]*endpoint, st
 	defs := make(map[string]*definition, len(fns))
 	for _, fn := range fns {
 		var d *definition
-		if ep, ok := old[fn.Name]; ok && fn.Handler.RunsProcess() && manifest.SameDefinition(ep.def.Load().fn, fn) {
-			d = ep.def.Load() // its processes serve on
-		} else if h, why := r.handler(fn, started, failed); h != nil {
+		prev := old[fn.Name]
+		h, why := r.handler(fn, started, failed)
+		switch {
+		case prev != nil && fn.Handler.RunsProcess() && manifest.SameDefinition(prev.def.Load().fn, fn):
+			d = prev.def.Load() // its processes serve on
+		case h != nil:
 			d = &definition{fn: fn, handler: h, lifecycle: lifecycle{process: started[fn.Name], idle: make(chan struct{})}}
-		} else {
+		case prev != nil && keepsServing(prev.def.Load(), fn):
+			// A new version that does not start (its code crashes, a
+			// secret is missing) leaves the running one serving, as a
+			// rolling update that stalls does; it is tried again.
+			d = prev.def.Load()
+			r.log.Warn("the function's new version does not start; the previous one serves on: "+why,
+				"function", fn.Name, "code", fn.Process.Code.Digest, "serving", d.fn.Process.Code.Digest)
+		default:
 			r.log.Warn("function not served: "+why, "function", fn.Name, "handler", fn.Handler.String())
 			continue
 		}
@@ -312,6 +322,14 @@ func (r *Runner) endpoints(fns []manifest.Function, old map[string]*endpoint, st
 		defs[fn.Name] = d
 	}
 	return eps, defs
+}
+
+// keepsServing reports whether the running version d of a function may
+// serve on while its new definition fn cannot start: both run as
+// processes and the new one grants the same access (a new version that
+// changes who may call it never leaves the old one serving).
+func keepsServing(d *definition, fn manifest.Function) bool {
+	return d.process != nil && fn.Handler.RunsProcess() && d.fn.Public == fn.Public && slices.Equal(d.fn.Permissions, fn.Permissions)
 }
 
 // register registers a service instance with one endpoint per function,
@@ -495,9 +513,13 @@ func (r *Runner) handler(fn manifest.Function, started map[string]ProcessHandler
 func (r *Runner) sameFunctions(eps map[string]*endpoint, fns []manifest.Function) bool {
 	n := 0
 	for _, fn := range fns {
-		if ep, ok := eps[fn.Name]; ok && fn.Handler.RunsProcess() && manifest.SameDefinition(ep.def.Load().fn, fn) {
-			n++
-			continue
+		if ep, ok := eps[fn.Name]; ok && fn.Handler.RunsProcess() {
+			d := ep.def.Load()
+			_, failing := r.unservable[fn.Name]
+			if manifest.SameDefinition(d.fn, fn) || (failing && keepsServing(d, fn)) {
+				n++
+				continue
+			}
 		}
 		if h, _ := r.handler(fn, nil, nil); h == nil {
 			continue
