@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"errors"
 	"maps"
 	"net/http"
@@ -112,7 +113,11 @@ func (r *Runner) startProcesses(ctx context.Context, fns []manifest.Function) (m
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
-				failed[fn.Name] = err.Error()
+				why := err.Error()
+				if ep, ok := eps[fn.Name]; ok && keepsServing(ep.def.Load(), fn) {
+					why = fmt.Sprintf("its new version (code %s) does not start, the previous one serves on: %s", fn.Process.Code.Digest, why)
+				}
+				failed[fn.Name] = why
 				return
 			}
 			r.log.Info("function's processes started", "function", fn.Name, "handler", fn.Handler.String(),
