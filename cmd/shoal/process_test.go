@@ -1,0 +1,488 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// copyTree copies the directory src to dst, leaving out what builds make
+// (node_modules, the Go example's binary), so that tests build their own
+// copy and never write into the repository.
+func copyTree(t *testing.T, src, dst string) {
+	t.Helper()
+	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, path)
+		if d.IsDir() && d.Name() == "node_modules" || rel == filepath.Join("go", "hello") {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		target := filepath.Join(dst, rel)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return os.MkdirAll(target, 0o755)
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(target, data, info.Mode().Perm())
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runtimeFor reports whether the tools a language needs are installed. It
+// skips (or, with SHOAL_REQUIRE_RUNTIMES=1, fails) the part of a test that
+// needs them, by saying so and returning false.
+func runtimeFor(t *testing.T, what string, tools ...string) bool {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("SHOAL_REQUIRE_RUNTIMES") == "1" {
+				t.Errorf("%s: %s not found, and SHOAL_REQUIRE_RUNTIMES=1", what, tool)
+			} else {
+				t.Logf("SKIP %s: %s not found (install it to run this part)", what, tool)
+			}
+			return false
+		}
+	}
+	return true
+}
+
+// processTree lists the live processes descending from pid, by pid, with
+// their command names; zombies are left out: they have exited.
+func processTree(pid int) map[int]string {
+	parent := map[int]int{}
+	name := map[int]string{}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+		s := string(stat)
+		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || end < 0 {
+			continue
+		}
+		fields := strings.Fields(s[end+1:])
+		if len(fields) < 2 || fields[0] == "Z" || fields[0] == "X" {
+			continue
+		}
+		ppid, _ := strconv.Atoi(fields[1])
+		parent[p], name[p] = ppid, s[open+1:end]
+	}
+	out := map[int]string{}
+	for p := range parent {
+		for q := parent[p]; q > 1; q = parent[q] {
+			if q == pid {
+				out[p] = name[p]
+				break
+			}
+		}
+	}
+	return out
+}
+
+// alive reports whether pid runs and is not a zombie.
+func alive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(stat)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	return len(fields) > 0 && fields[0] != "Z" && fields[0] != "X"
+}
+
+// waitGone waits up to 10 s for every pid to be gone.
+func waitGone(t *testing.T, what string, pids map[int]string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var left []string
+		for pid, name := range pids {
+			if alive(pid) {
+				left = append(left, fmt.Sprintf("%d (%s)", pid, name))
+			}
+		}
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("%s: processes still running after 10 s: %s", what, strings.Join(left, ", "))
+			for pid := range pids {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// functionProcesses are the processes of tree that are functions': not
+// shoal itself.
+func functionProcesses(tree map[int]string, self string) map[int]string {
+	out := map[int]string{}
+	for pid, name := range tree {
+		if name != self {
+			out[pid] = name
+		}
+	}
+	return out
+}
+
+// TestUpRunsFunctionsInAnyLanguage runs the examples (bash and Go always,
+// Python and Node.js when installed) through `shoal up` as a real process:
+// code built and uploaded by up, fetched by digest by each worker, run as
+// processes. Then: a runtime missing and a secret not set are reported;
+// a new version of the Go server rolls over under load without a failed
+// request; rollback; a killed worker's function processes die with it; a
+// stop leaves no function process behind.
+func TestUpRunsFunctionsInAnyLanguage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the examples")
+	}
+	dir, data := t.TempDir(), t.TempDir()
+	copyTree(t, "../../examples", filepath.Join(dir, "examples"))
+	if err := os.MkdirAll(filepath.Join(dir, "extra"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "extra"), "secret.sh", "#!/usr/bin/env bash\nprintf 'password is %s' \"$DB_PASSWORD\"\n")
+	withPython := runtimeFor(t, "the Python example", "python3")
+	withNode := runtimeFor(t, "the Express example", "node", "npm")
+
+	manifest := func(goSource, greeting string) string {
+		m := `version: 1
+functions:
+  ping: {handler: {builtin: ping}, public: true}
+  hello-bash:
+    source: examples/bash
+    handler: {exec: {command: [bash, handler.sh]}}
+    env: {GREETING: "` + greeting + `"}
+    public: true
+  hello-go:
+    source: ` + goSource + `
+    build: [go, build, -o, hello, .]
+    handler: {http: {command: [./hello], listen: unix, readiness: /}}
+    timeout: 10s
+    public: true
+  secret-bash:
+    source: extra
+    handler: {exec: {command: [bash, secret.sh]}}
+    secrets: {DB_PASSWORD: db-password}
+    public: true
+  missing-runtime:
+    source: extra
+    handler: {http: {command: [shoal-test-no-such-runtime, app.js]}}
+    public: true
+`
+		if withPython {
+			m += "  hello-python:\n    source: examples/python\n    handler: {http: {command: [python3, serve.py], readiness: /}}\n    public: true\n"
+		}
+		if withNode {
+			m += "  hello-node:\n    source: examples/node-express\n    build: [npm, ci, --omit=dev, --no-audit, --no-fund]\n    handler: {http: {command: [node, index.js], readiness: /ping}}\n    public: true\n"
+		}
+		return m
+	}
+	v1 := writeFile(t, dir, "fn.yaml", manifest("examples/go", "v1"))
+	p := startShoal(t, "up", "-f", v1, "--http", "127.0.0.1:0", "--nats", "127.0.0.1:0", "--data", data, "--workers", "2")
+	natsURL := p.waitLog(`msg="nats listening" url=(\S+)`)[1]
+	p.waitLog(`msg="runners serving" workers=2`)
+	gw := p.waitLog(`msg="gateway listening" url=(\S+)`)[1]
+	admin := []string{"--data", data, "--nats", natsURL}
+	shoal := func(args ...string) string {
+		t.Helper()
+		out, errOut, code := runShoal(t, dir, append(args, admin...)...)
+		if code != 0 {
+			t.Fatalf("shoal %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
+		}
+		return out
+	}
+	call := func(method, path, body string) (int, http.Header, string) {
+		t.Helper()
+		req, err := http.NewRequest(method, gw+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, resp.Header, string(b)
+	}
+	// Every worker starts the functions as it loads the catalog; wait
+	// until both serve the Go server.
+	waitServed := func(name string, runners int) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			out := shoal("list", "--json")
+			var list []struct {
+				Name    string `json:"name"`
+				Runners int    `json:"runners"`
+			}
+			if err := json.Unmarshal([]byte(out), &list); err != nil {
+				t.Fatalf("shoal list --json: %v\n%s", err, out)
+			}
+			for _, f := range list {
+				if f.Name == name && f.Runners == runners {
+					return
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not served by %d runners within 30 s:\n%s", name, runners, out)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitServed("hello-go", 2)
+
+	t.Run("examples", func(t *testing.T) {
+		status, _, body := call("POST", "/function/hello-bash/y?b=2", "body!")
+		for _, want := range []string{"Hello, world, from bash!", "method: POST", "path: /y", "query: b=2", "body:\nbody!"} {
+			if status != 200 || !strings.Contains(body, want) {
+				t.Errorf("hello-bash: %d %q lacks %q", status, body, want)
+			}
+		}
+		status, h, body := call("GET", "/function/hello-bash/?fail=1", "")
+		if status != 500 || h.Get("Content-Type") != "application/json" || !strings.Contains(body, `"code":"function_failed"`) ||
+			!strings.Contains(body, "exit status 1: handler.sh: failing on purpose") {
+			t.Errorf("hello-bash ?fail=1: %d %s %s", status, h, body)
+		}
+		if status, _, body := call("GET", "/function/hello-go/", ""); status != 200 || body != "Hello, world! (GET /, function \"hello-go\")\n" {
+			t.Errorf("hello-go: %d %q", status, body)
+		}
+		if withPython {
+			status, _, body := call("GET", "/function/hello-python/x?name=Ada", "")
+			if status != 200 || !strings.Contains(body, `"path": "/x"`) || !strings.Contains(body, `"function": "hello-python"`) {
+				t.Errorf("hello-python: %d %s", status, body)
+			}
+		}
+		if withNode {
+			if status, _, body := call("GET", "/function/hello-node/ping", ""); status != 200 || body != "pong!" {
+				t.Errorf("hello-node /ping: %d %q", status, body)
+			}
+		}
+	})
+
+	t.Run("not servable", func(t *testing.T) {
+		out := shoal("list")
+		for _, want := range []string{
+			"missing-runtime is not servable on runner ",
+			"runtime missing: shoal-test-no-such-runtime is not installed on this runner",
+			"secret-bash is not servable on runner ",
+			`DB_PASSWORD: secret "db-password": secret not set`,
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("shoal list does not say %q:\n%s", want, out)
+			}
+		}
+		if status, _, body := call("GET", "/function/missing-runtime", ""); status != 503 || !strings.Contains(body, "no_runner") {
+			t.Errorf("missing-runtime: %d %s", status, body)
+		}
+	})
+
+	// The secret is set; the next change of the catalog (the rollover
+	// below) makes the runners try the function again.
+	if out, errOut, code := runShoalIn(t, dir, "hunter2", append([]string{"secret", "set", "db-password"}, admin...)...); code != 0 {
+		t.Fatalf("shoal secret set: %d %s%s", code, out, errOut)
+	}
+	if out := shoal("secret", "ls"); out != "db-password\n" {
+		t.Errorf("shoal secret ls = %q", out)
+	}
+
+	t.Run("rollover under load", func(t *testing.T) {
+		// Version 2 of the Go server: other code, so another digest.
+		goV2 := filepath.Join(dir, "go-v2")
+		copyTree(t, filepath.Join(dir, "examples", "go"), goV2)
+		src := filepath.Join(goV2, "main.go")
+		code, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(src, bytes.Replace(code, []byte(`"Hello, %s!`), []byte(`"Howdy, %s!`), 1), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		before := functionProcesses(processTree(p.cmd.Process.Pid), "shoal.test")
+		v2 := writeFile(t, dir, "v2.yaml", manifest("go-v2", "v2"))
+		var (
+			stop              atomic.Bool
+			wg                sync.WaitGroup
+			mu                sync.Mutex
+			ok, failed, howdy int
+			failed1           string
+		)
+		// Until the deploy has returned, bounded in count and time.
+		loadEnds := time.Now().Add(time.Minute)
+		for range 4 {
+			wg.Go(func() {
+				for i := 0; i < 50000 && !stop.Load() && time.Now().Before(loadEnds); i++ {
+					// Not call: t.Fatal is for the test's goroutine.
+					status, body := 0, ""
+					resp, err := http.Get(gw + "/function/hello-go/")
+					if err != nil {
+						body = err.Error()
+					} else {
+						b, _ := io.ReadAll(resp.Body)
+						resp.Body.Close()
+						status, body = resp.StatusCode, string(b)
+					}
+					mu.Lock()
+					if status == 200 {
+						ok++
+						if strings.HasPrefix(body, "Howdy") {
+							howdy++
+						}
+					} else {
+						failed++
+						failed1 = fmt.Sprintf("%d %s", status, body)
+					}
+					mu.Unlock()
+				}
+			})
+		}
+		out := shoal("deploy", "-f", v2)
+		time.Sleep(300 * time.Millisecond)
+		stop.Store(true)
+		wg.Wait()
+		if !strings.Contains(out, "updated   hello-go") || !strings.Contains(out, "updated   hello-bash") {
+			t.Errorf("deploy of v2:\n%s", out)
+		}
+		t.Logf("during the rollover: %d answered 200 (%d by version 2), %d failed", ok, howdy, failed)
+		if failed > 0 || howdy == 0 || howdy == ok {
+			t.Errorf("%d invocations failed during the rollover (first: %s), %d succeeded, %d of them by version 2: the load must span the switch", failed, failed1, ok, howdy)
+		}
+		// Each worker answers with the new version once its deploy is
+		// seen; both have by the time the old processes are gone.
+		oldGo := map[int]string{}
+		for pid, name := range before {
+			if name == "hello" {
+				oldGo[pid] = name
+			}
+		}
+		if len(oldGo) != 2 {
+			t.Errorf("before the rollover, Go servers %v in %v, want one per worker", oldGo, before)
+		}
+		waitGone(t, "the Go servers of version 1", oldGo)
+		for range 4 {
+			if status, _, body := call("GET", "/function/hello-go/", ""); status != 200 || body != "Howdy, world! (GET /, function \"hello-go\")\n" {
+				t.Errorf("hello-go after the rollover: %d %q", status, body)
+			}
+		}
+	})
+
+	t.Run("secret", func(t *testing.T) {
+		waitServed("secret-bash", 2)
+		if status, _, body := call("GET", "/function/secret-bash", ""); status != 200 || body != "password is hunter2" {
+			t.Errorf("secret-bash: %d %q", status, body)
+		}
+		if out := shoal("list", "--json"); strings.Contains(out, "hunter2") || !strings.Contains(out, `"DB_PASSWORD": "db-password"`) {
+			t.Errorf("shoal list --json shows the secret's value, or not its name:\n%s", out)
+		}
+	})
+
+	t.Run("rollback", func(t *testing.T) {
+		out := shoal("rollback", "hello-go")
+		if !strings.Contains(out, "updated   hello-go") {
+			t.Fatalf("shoal rollback: %s", out)
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			status, _, body := call("GET", "/function/hello-go/", "")
+			if status == 200 && strings.HasPrefix(body, "Hello, world!") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("hello-go still answers %d %q 20 s after the rollback", status, body)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if list := shoal("rollback", "hello-go", "--list"); strings.Count(list, "http:./hello") != 3 {
+			t.Errorf("shoal rollback --list:\n%s", list)
+		}
+		// Both versions' code is in use by the kept definitions: gc keeps
+		// it.
+		if out := shoal("code", "gc", "--dry-run"); out != "" {
+			t.Errorf("shoal code gc would remove code in use:\n%s", out)
+		}
+		if out := shoal("code", "ls"); strings.Count(out, "hello-go") != 2 {
+			t.Errorf("shoal code ls:\n%s", out)
+		}
+	})
+
+	t.Run("killed worker", func(t *testing.T) {
+		tree := processTree(p.cmd.Process.Pid)
+		var worker int
+		for pid, name := range tree {
+			if name == "shoal.test" {
+				if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); bytes.Contains(cmdline, []byte("--worker\x001\x00")) {
+					worker = pid
+				}
+			}
+		}
+		if worker == 0 {
+			t.Fatalf("no worker 1 among %v", tree)
+		}
+		children := functionProcesses(processTree(worker), "shoal.test")
+		if len(children) == 0 {
+			t.Fatalf("worker %d runs no function process", worker)
+		}
+		if err := syscall.Kill(worker, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		waitGone(t, "the function processes of a worker killed with SIGKILL", children)
+	})
+
+	// A stop drains and leaves no function process behind.
+	left := functionProcesses(processTree(p.cmd.Process.Pid), "shoal.test")
+	if len(left) == 0 {
+		t.Error("no function process runs before the stop")
+	}
+	if err := p.stop(syscall.SIGTERM); err != nil {
+		t.Errorf("shoal up exited with %v", err)
+	}
+	waitGone(t, "the function processes after shoal up stopped", left)
+	logText := p.output()
+	if strings.Contains(logText, "hunter2") {
+		t.Error("the log holds the secret's value")
+	}
+	sc := bufio.NewScanner(strings.NewReader(logText))
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), "DATA RACE") {
+			t.Errorf("data race in shoal up:\n%s", logText)
+			break
+		}
+	}
+}
