@@ -52,16 +52,14 @@ type Launcher struct {
 	log *slog.Logger
 }
 
-// New returns a launcher; it creates the cache directory.
+// New returns a launcher. The cache directory is created at the first
+// start, so that a runner serving only built-ins needs no writable disk.
 func New(cfg Config) (*Launcher, error) {
 	if cfg.JetStream == nil {
 		return nil, errors.New("launcher: no JetStream")
 	}
 	if cfg.CacheDir == "" {
 		return nil, errors.New("launcher: no cache directory")
-	}
-	if err := os.MkdirAll(cfg.CacheDir, 0o700); err != nil {
-		return nil, fmt.Errorf("launcher: code cache: %w", err)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -97,6 +95,9 @@ func (l *Launcher) Start(ctx context.Context, fn manifest.Function) (runner.Proc
 	d, err := bundle.ParseDigest(fn.Process.Code.Digest)
 	if err != nil {
 		return nil, fmt.Errorf("function %q: %w", fn.Name, err)
+	}
+	if err := os.MkdirAll(l.cfg.CacheDir, 0o700); err != nil {
+		return nil, fmt.Errorf("code cache: %w", err)
 	}
 	code, err := bundle.Open(ctx, l.cfg.JetStream)
 	if err != nil {
