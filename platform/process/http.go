@@ -237,6 +237,19 @@ func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			ErrorHandler: func(_ http.ResponseWriter, _ *http.Request, err error) { failed = err },
 		}
 		rp.ServeHTTP(w, out)
+		if h.cfg.PerSlot && errors.Is(ctx.Err(), context.DeadlineExceeded) && !p.exited() {
+			// The process took the invocation and did not answer in
+			// time: it is this invocation's alone, so its timeout ends
+			// it, as an exec function's does, rather than leave a stuck
+			// process in the pool. It is started again.
+			h.log.Warn("killing a process at its invocation's timeout", "pid", p.pid)
+			h.mu.Lock()
+			if inst.proc == p {
+				inst.proc = nil // no other invocation is sent to it
+			}
+			h.mu.Unlock()
+			p.signal(syscall.SIGKILL)
+		}
 		h.release(inst)
 		if failed == nil {
 			return

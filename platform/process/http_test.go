@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -344,5 +345,33 @@ func TestProcessOutlivesEndingThreads(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if got := pidOf(t, call(h, "GET", "/pid", nil, 5*time.Second)); got != pid {
 		t.Fatalf("served by %d, want %d: the process died with a thread", got, pid)
+	}
+}
+
+// A per-slot process that does not answer within its invocation's
+// deadline is killed, as its invocation's alone, and started again; a
+// shared one serves on, since other invocations use it.
+func TestHTTPTimeoutKillsPerSlotProcess(t *testing.T) {
+	t.Parallel()
+	for _, perSlot := range []bool{true, false} {
+		t.Run(fmt.Sprintf("per-slot=%v", perSlot), func(t *testing.T) {
+			t.Parallel()
+			cfg := serverConfig(t)
+			cfg.PerSlot, cfg.Slots = perSlot, 1
+			h := startHTTP(t, cfg)
+			before, _ := strconv.Atoi(call(h, "GET", "/pid", nil, 10*time.Second).Body.String())
+			if rec := call(h, "GET", "/pid?sleep=30s", nil, 300*time.Millisecond); rec.Code != http.StatusGatewayTimeout {
+				t.Fatalf("a stuck invocation: %d %s, want 504", rec.Code, rec.Body)
+			}
+			after, _ := strconv.Atoi(call(h, "GET", "/pid", nil, 10*time.Second).Body.String())
+			switch {
+			case before == 0 || after == 0:
+				t.Fatalf("pids before %d, after %d", before, after)
+			case perSlot && (after == before || alive(before)):
+				t.Errorf("per-slot: the stuck process %d still serves or runs (now %d)", before, after)
+			case !perSlot && after != before:
+				t.Errorf("shared: the process was replaced (%d, then %d)", before, after)
+			}
+		})
 	}
 }
