@@ -533,10 +533,19 @@ func TestStatsReplyTooLarge(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := nc.PublishRequest(gateway.StatsSubject, replies.Subject, data); err != nil {
-		t.Fatal(err)
+	// The gateway may still be subscribing to shoal.stats: no responders
+	// then, and the request is sent again (for at most 5 s).
+	var reply *nats.Msg
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if err := nc.PublishRequest(gateway.StatsSubject, replies.Subject, data); err != nil {
+			t.Fatal(err)
+		}
+		reply, err = replies.NextMsg(5 * time.Second)
+		if !errors.Is(err, nats.ErrNoResponders) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	reply, err := replies.NextMsg(5 * time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
