@@ -7,13 +7,13 @@
 package launcher
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -86,10 +86,11 @@ func (l *Launcher) Start(ctx context.Context, fn manifest.Function) (runner.Proc
 		return nil, fmt.Errorf("function %q does not run as processes", fn.Name)
 	}
 	// A runtime named by the command (python3, node) is looked for
-	// first: without it, fetching the code is pointless.
+	// first, in the PATH the function gets: without it, fetching the
+	// code is pointless.
 	if !strings.Contains(argv[0], "/") {
-		if _, err := exec.LookPath(argv[0]); err != nil {
-			return nil, fmt.Errorf("%w: %s is not installed on this runner (not found in PATH %s)", process.ErrRuntimeMissing, argv[0], os.Getenv("PATH"))
+		if path := functionPath(fn); !inPath(argv[0], path) {
+			return nil, fmt.Errorf("%w: %s is not installed on this runner (not found in PATH %s)", process.ErrRuntimeMissing, argv[0], path)
 		}
 	}
 	d, err := bundle.ParseDigest(fn.Process.Code.Digest)
@@ -168,4 +169,29 @@ func (l *Launcher) env(ctx context.Context, fn manifest.Function) ([]string, err
 		env = append(env, k+"="+vars[k])
 	}
 	return env, nil
+}
+
+// functionPath is the PATH fn's processes get, which the process
+// package looks their command up in: the function's own, or else the
+// runner's (or a default when the runner has none).
+func functionPath(fn manifest.Function) string {
+	if p, ok := fn.Process.Env["PATH"]; ok {
+		return p
+	}
+	return cmp.Or(os.Getenv("PATH"), "/usr/local/bin:/usr/bin:/bin")
+}
+
+// inPath reports whether name is an executable file in one of the
+// absolute directories of path (relative ones would depend on the
+// working directory; the process package skips them too).
+func inPath(name, path string) bool {
+	for _, dir := range filepath.SplitList(path) {
+		if !filepath.IsAbs(dir) {
+			continue
+		}
+		if fi, err := os.Stat(filepath.Join(dir, name)); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return true
+		}
+	}
+	return false
 }

@@ -3,8 +3,8 @@ package runner
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"errors"
+	"fmt"
 	"maps"
 	"net/http"
 	"strings"
