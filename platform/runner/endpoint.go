@@ -59,8 +59,9 @@ type definition struct {
 // once, which the atomic counters allow.
 func (e *endpoint) Handle(req micro.Request) {
 	e.received.Add(1)
-	d := e.def.Load()
+	d := e.acquireCurrent()
 	if limit := int64(d.fn.Concurrency); e.inFlight.Add(1) > limit {
+		d.release()
 		e.inFlight.Add(-1)
 		e.rejected.Add(1)
 		e.refuse(req, invocation.Errorf(http.StatusTooManyRequests, invocation.CodeOverloaded,
@@ -68,13 +69,29 @@ func (e *endpoint) Handle(req micro.Request) {
 		return
 	}
 	e.r.unanswered.Add(1)
-	d.acquire()
 	header := nats.Header(req.Headers())
 	ack := ""
 	if reply := req.Reply(); reply != "" && invocation.WantsAck(header) {
 		ack = reply
 	}
 	go e.invoke(d, req.Reply(), header, req.Data(), ack)
+}
+
+// acquireCurrent returns the endpoint's definition, counted as used by
+// one more invocation (definition.acquire). A definition replaced and
+// retired between the read and the count is let go and the current one
+// read again, so that an invocation never starts on processes being
+// closed; a few tries bound the loop (the last definition is used as
+// it is: a function being removed answers 503 from its closed handler).
+func (e *endpoint) acquireCurrent() *definition {
+	for try := 1; ; try++ {
+		d := e.def.Load()
+		d.acquire()
+		if !d.retired.Load() || try == 3 {
+			return d
+		}
+		d.release()
+	}
 }
 
 // refuse answers on the handler's goroutine through micro, so that micro's
@@ -221,8 +238,7 @@ func (e *endpoint) takeCall(c *calls.Call) {
 // runCall runs an asynchronous call and settles it (calls.Worker.Run).
 func (e *endpoint) runCall(c *calls.Call) {
 	defer e.r.unanswered.Add(-1)
-	d := e.def.Load()
-	d.acquire()
+	d := e.acquireCurrent()
 	ran := false
 	e.r.worker.Run(c, d.fn.Async, func() calls.Result {
 		ran = true

@@ -399,7 +399,10 @@ func (r *Runner) SetFunctions(ctx context.Context, fns []manifest.Function) erro
 		return errStopped
 	}
 	r.fns = fns
-	unservableChanged := !maps.Equal(r.unservable, failed)
+	// The service metadata lists what is unservable: it is registered
+	// again when that list changes, not when only a reason does (one
+	// naming a pid changes at every retry).
+	unservableChanged := !slices.Equal(slices.Sorted(maps.Keys(r.unservable)), slices.Sorted(maps.Keys(failed)))
 	r.unservable = failed
 	staleErr := r.stopStale()
 	old := *r.eps.Load()
