@@ -1,14 +1,27 @@
 package gateway_test
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/shoal-dev/shoal/functions/ping"
+	"github.com/shoal-dev/shoal/manifest"
 	"github.com/shoal-dev/shoal/platform/broker/brokertest"
+	"github.com/shoal-dev/shoal/platform/bundle"
+	"github.com/shoal-dev/shoal/platform/gateway"
+	"github.com/shoal-dev/shoal/platform/launcher"
+	"github.com/shoal-dev/shoal/platform/runner"
+	"github.com/shoal-dev/shoal/platform/runner/runnertest"
 	"github.com/shoal-dev/shoal/token"
 )
 
@@ -103,6 +116,112 @@ func BenchmarkRoundTrip(b *testing.B) {
 		defer srv.Close()
 		benchHTTP(b, "http://"+ln.Addr().String()+"/")
 	})
+}
+
+// BenchmarkProcessRoundTrip measures GET -> pong! through the whole
+// platform (HTTP -> gateway -> NATS -> runner -> NATS -> gateway -> HTTP)
+// for the same function run three ways, side by side on one platform
+// started once, so that their ratios come from one run on one machine:
+//
+//   - builtin: the ping built-in, in the runner's process;
+//   - http-process: ping as an http function: this binary's own server
+//     (TestMain's ping mode), one process on a loopback port, that the
+//     runner forwards each invocation to;
+//   - exec-process: an exec function, `bash ping.sh` printing pong!,
+//     one process per invocation.
+//
+// The runner starts the process functions as shoal up does: with
+// platform/launcher, from code packed and stored in the code store
+// (platform/bundle) of the benchmark's NATS server.
+func BenchmarkProcessRoundTrip(b *testing.B) {
+	url := startProcessPlatform(b)
+	for _, fn := range []string{"builtin", "http-process", "exec-process"} {
+		b.Run(fn, func(b *testing.B) { benchHTTP(b, url+"/function/"+fn) })
+	}
+}
+
+// processManifest declares ping as each of BenchmarkProcessRoundTrip's
+// functions; %s is this binary's path, quoted.
+const processManifest = `version: 1
+functions:
+  builtin: {handler: {builtin: ping}, public: true, concurrency: 10000}
+  http-process:
+    handler: {http: {command: [%s]}}
+    source: code
+    env: {` + envMode + `: ping}
+    public: true
+    concurrency: 10000
+  exec-process:
+    handler: {exec: {command: [bash, ping.sh]}}
+    source: code
+    public: true
+    concurrency: 10000
+`
+
+// startProcessPlatform starts a NATS server, stores the code of
+// processManifest's functions, and starts a runner that serves them with
+// a launcher and a gateway; it returns the gateway's URL. Everything
+// stops when b ends.
+func startProcessPlatform(b *testing.B) string {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	code := filepath.Join(dir, "code")
+	if err := os.Mkdir(code, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(code, "ping.sh"), []byte("printf 'pong!'\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	m, err := manifest.Parse(filepath.Join(dir, "fn.yaml"), fmt.Appendf(nil, processManifest, strconv.Quote(exe)),
+		manifest.Options{Builtins: []string{"ping"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	s := brokertest.Start(b)
+	js, err := jetstream.New(brokertest.Connect(b, s))
+	if err != nil {
+		b.Fatal(err)
+	}
+	store, err := bundle.Create(ctx, js, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	bun, err := bundle.Pack(code, bundle.PackOptions{TempDir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bun.Close()
+	if _, err := store.Put(ctx, bun, "bench"); err != nil {
+		b.Fatal(err)
+	}
+	for i := range m.Functions {
+		if m.Functions[i].Handler.RunsProcess() {
+			m.Functions[i].Process.Code = manifest.CodeRef{Digest: string(bun.Digest), Size: bun.Size}
+		}
+	}
+
+	l, err := launcher.New(launcher.Config{JetStream: js, CacheDir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := runnertest.Start(b, s.ClientURL(), runner.Config{
+		Manifest: m, Builtins: map[string]http.Handler{"ping": ping.Handler()}, Processes: l,
+	})
+	if u := r.Unservable(); len(u) > 0 {
+		b.Fatalf("the runner cannot serve %v", u)
+	}
+	g, err := gateway.New(gateway.Config{NATS: brokertest.Connect(b, s), Manifest: m})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return serve(b, g)
 }
 
 // BenchmarkTokenCheck measures what token verification costs end to end:

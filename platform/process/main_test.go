@@ -81,6 +81,11 @@ func serve() {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 	})
+	// /ping is the benchmarks' function: a small constant answer.
+	mux.HandleFunc("/ping", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write(pong)
+	})
 	mux.HandleFunc("/pid", func(w http.ResponseWriter, r *http.Request) {
 		if d, _ := time.ParseDuration(r.URL.Query().Get("sleep")); d > 0 {
 			time.Sleep(d)
@@ -119,6 +124,9 @@ func serve() {
 	_ = http.Serve(l, mux)
 }
 
+// pong is what /ping answers.
+var pong = []byte("pong!")
+
 // parent starts an http function whose process it prints, then waits to
 // be killed.
 func parent() {
@@ -144,7 +152,7 @@ func parent() {
 }
 
 // testBinary is the command that runs this binary as a function.
-func testBinary(t *testing.T) []string {
+func testBinary(t testing.TB) []string {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -190,7 +198,7 @@ func (b *logBuffer) waitLog(t *testing.T, parts ...string) {
 	t.Fatalf("no log line with %q in:\n%s", parts, b.String())
 }
 
-func newLogger(t *testing.T) (*slog.Logger, *logBuffer) {
+func newLogger(t testing.TB) (*slog.Logger, *logBuffer) {
 	b := &logBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -201,7 +209,7 @@ func newLogger(t *testing.T) (*slog.Logger, *logBuffer) {
 }
 
 // serverConfig is the config of an http function run by this binary.
-func serverConfig(t *testing.T, env ...string) process.HTTPConfig {
+func serverConfig(t testing.TB, env ...string) process.HTTPConfig {
 	log, _ := newLogger(t)
 	return process.HTTPConfig{
 		Config: process.Config{
@@ -215,7 +223,7 @@ func serverConfig(t *testing.T, env ...string) process.HTTPConfig {
 	}
 }
 
-func startHTTP(t *testing.T, cfg process.HTTPConfig) *process.HTTP {
+func startHTTP(t testing.TB, cfg process.HTTPConfig) *process.HTTP {
 	t.Helper()
 	h, err := process.StartHTTP(context.Background(), cfg)
 	if err != nil {
