@@ -634,6 +634,10 @@ functions:
   open-echo: {handler: {builtin: echo}, public: true}
   html: {handler: {builtin: html}, public: true}
   refuse: {handler: {builtin: refuse}, public: true}
+  absent:
+    source: .
+    handler: {http: {command: [shoal-test-no-such-runtime, app.js]}}
+    public: true
 `
 
 // markupHeader is the header html answers with: markup, to be shown as text.
@@ -767,6 +771,19 @@ func TestConsoleInvoke(t *testing.T) {
 	)
 	functionsView("#__proto__ to open Functions")
 	token := eval[string](b, `sessionStorage.getItem("shoal.token")`)
+	// A function whose runtime the runner lacks: shown with its kind, and
+	// why it is not served, as text in a tooltip.
+	chips := b.waitFor("the chips of absent", `(() => {
+		const card = document.querySelector('article[data-fn="absent"]');
+		if (!card) return "";
+		const texts = [...card.querySelectorAll(".chip")].map(c => c.textContent + "|" + c.title);
+		return texts.some(x => x.startsWith("not servable")) ? texts.join("\n") : "";
+	})()`)
+	for _, want := range []string{"http|shoal-test-no-such-runtime app.js", "not servable on 1 runner|runner ", "runtime missing: shoal-test-no-such-runtime is not installed"} {
+		if !strings.Contains(chips, want) {
+			t.Errorf("the chips of absent do not say %q:\n%s", want, chips)
+		}
+	}
 
 	// A public function: the box is off, and the echo got no token.
 	b.do("open Invoke", chromedp.Click(chromedp.ID("tab-invoke")), chromedp.SetValue(chromedp.ID("inv-method"), "POST"))

@@ -488,6 +488,11 @@ function updateCard(c, f, s, stats) {
   if (!f.public && !perms.length) c.chips.appendChild(el("span", { className: "chip", title: "any valid token" }, "any token"));
   if (!f.runners) c.chips.appendChild(el("span", { className: "chip none", title: "invoking it answers 503 no_runner" }, "no runner"));
   if (f.async && f.async.enabled === false) c.chips.appendChild(el("span", { className: "chip" }, "sync only"));
+  const h = f.handler || {};
+  const kind = h.http ? "http" : h.exec ? "exec" : "";
+  if (kind) c.chips.appendChild(el("span", { className: "chip", title: (h[kind].command || []).join(" ") + (f.code ? "\ncode " + f.code.digest : "") }, kind));
+  const unservable = f.unservable || [];
+  if (unservable.length) c.chips.appendChild(el("span", { className: "chip none", title: unservable.join("\n") }, "not servable on " + plural(unservable.length, "runner")));
 
   const t = (s && s.total) || null;
   c.rate.textContent = t ? num(t.rate) : "–";
