@@ -242,32 +242,45 @@ functions:
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, resp.Header, string(b)
 	}
-	// Every worker starts the functions as it loads the catalog; wait
-	// until both serve the Go server.
-	waitServed := func(name string, runners int) {
+	// Every worker starts the functions' processes in the background as
+	// it loads the catalog: wait until each function is served by both,
+	// or both say why they cannot serve it.
+	waitFunction := func(name string, runners, unservable int) {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second)
 		for {
 			out := shoal("list", "--json")
 			var list []struct {
-				Name    string `json:"name"`
-				Runners int    `json:"runners"`
+				Name       string   `json:"name"`
+				Runners    int      `json:"runners"`
+				Unservable []string `json:"unservable"`
 			}
 			if err := json.Unmarshal([]byte(out), &list); err != nil {
 				t.Fatalf("shoal list --json: %v\n%s", err, out)
 			}
 			for _, f := range list {
-				if f.Name == name && f.Runners == runners {
+				if f.Name == name && f.Runners == runners && len(f.Unservable) == unservable {
 					return
 				}
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%s not served by %d runners within 30 s:\n%s", name, runners, out)
+				t.Fatalf("%s not served by %d runners and unservable on %d within 30 s:\n%s", name, runners, unservable, out)
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	waitServed("hello-go", 2)
+	waitServed := func(name string, runners int) { t.Helper(); waitFunction(name, runners, 0) }
+	for _, name := range []string{"hello-bash", "hello-go"} {
+		waitServed(name, 2)
+	}
+	if withPython {
+		waitServed("hello-python", 2)
+	}
+	if withNode {
+		waitServed("hello-node", 2)
+	}
+	waitFunction("missing-runtime", 0, 2)
+	waitFunction("secret-bash", 0, 2)
 
 	t.Run("examples", func(t *testing.T) {
 		status, _, body := call("POST", "/function/hello-bash/y?b=2", "body!")

@@ -88,18 +88,44 @@ func (r *Runner) retire(d *definition) {
 	})
 }
 
-// startProcesses starts, concurrently, the process handlers of the
-// functions of fns that run as processes and are not served already
-// with the same definition. It returns the handlers that started by
-// name, and why the others did not.
-func (r *Runner) startProcesses(ctx context.Context, fns []manifest.Function) (map[string]ProcessHandler, map[string]string) {
-	started, failed := map[string]ProcessHandler{}, map[string]string{}
+// pendingStart is a function's processes being started in the
+// background, for one definition.
+type pendingStart struct {
+	fn manifest.Function
+	// cancel ends the start, when its function is removed or replaced.
+	cancel context.CancelFunc
+	// Set when the start has ended, under the runner's mu.
+	done    bool
+	handler ProcessHandler
+	err     error
+	// why is the failure reported while the function is unservable: this
+	// start's, once applied, or the previous attempt's while this one
+	// runs; applied tells a failure was applied (listed as unservable).
+	why     string
+	applied bool
+	// retryAt is when a failed start is tried again without a change of
+	// the catalog.
+	retryAt time.Time
+}
+
+// startProcesses takes the results of the background starts of the
+// functions of fns that run as processes and are not served already with
+// the same definition, and begins those not begun. It never waits: a
+// start that ends wakes the retry loop, which applies the functions
+// again. A failed start is tried again at the next change of the
+// functions (retry, from SetFunctions) or once its retryAt has passed;
+// meanwhile, and while it is tried again, the function is listed as
+// unservable with the last failure. It returns the handlers that started
+// by name, why the others cannot be served, and the names still
+// starting. It runs with r.mu held.
+func (r *Runner) startProcesses(fns []manifest.Function, retry bool) (started map[string]ProcessHandler, failed map[string]string, starting map[string]bool) {
+	started, failed, starting = map[string]ProcessHandler{}, map[string]string{}, map[string]bool{}
 	if r.processes == nil {
-		return started, failed
+		return started, failed, starting
 	}
 	eps := *r.eps.Load()
-	var mu sync.Mutex
-	var wg sync.WaitGroup
+	wanted := map[string]bool{}
+	now := time.Now()
 	for _, fn := range fns {
 		if !fn.Handler.RunsProcess() || (!fn.Public && r.verifier == nil) {
 			continue
@@ -107,26 +133,112 @@ func (r *Runner) startProcesses(ctx context.Context, fns []manifest.Function) (m
 		if ep, ok := eps[fn.Name]; ok && manifest.SameDefinition(ep.def.Load().fn, fn) {
 			continue
 		}
-		wg.Go(func() {
-			t := time.Now()
-			h, err := r.processes.Start(ctx, fn)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				why := err.Error()
+		wanted[fn.Name] = true
+		p := r.starts[fn.Name]
+		if p != nil && !manifest.SameDefinition(p.fn, fn) {
+			// Started for a definition replaced since: cut short, and
+			// what it started, if anything, is closed unused.
+			p.cancel()
+			delete(r.starts, fn.Name)
+			p = nil
+		}
+		switch {
+		case p == nil:
+			r.begin(fn, "")
+			starting[fn.Name] = true
+		case !p.done && p.why != "":
+			failed[fn.Name] = p.why // tried again; unservable until it starts
+		case !p.done:
+			starting[fn.Name] = true
+		case p.err == nil:
+			delete(r.starts, fn.Name)
+			started[fn.Name] = p.handler
+		case p.applied && (retry || !now.Before(p.retryAt)):
+			r.begin(fn, p.why)
+			failed[fn.Name] = p.why
+		default:
+			if !p.applied {
+				p.applied, p.retryAt = true, now.Add(retryUnservable)
+				p.why = p.err.Error()
 				if ep, ok := eps[fn.Name]; ok && keepsServing(ep.def.Load(), fn) {
-					why = fmt.Sprintf("its new version (code %s) does not start, the previous one serves on: %s", fn.Process.Code.Digest, why)
+					p.why = fmt.Sprintf("its new version (code %s) does not start, the previous one serves on: %s", fn.Process.Code.Digest, p.why)
 				}
-				failed[fn.Name] = why
-				return
 			}
+			failed[fn.Name] = p.why
+		}
+	}
+	// Starts for functions no longer wanted end, unused.
+	for name, p := range r.starts {
+		if !wanted[name] {
+			p.cancel()
+			delete(r.starts, name)
+		}
+	}
+	return started, failed, starting
+}
+
+// begin starts fn's processes on a goroutine the runner's Stop waits for;
+// why is the failure of the attempt before, if any. It runs with r.mu
+// held.
+func (r *Runner) begin(fn manifest.Function, why string) {
+	ctx, cancel := context.WithTimeout(r.ctx, manifest.MaxStartTimeout)
+	p := &pendingStart{fn: fn, cancel: cancel, why: why}
+	r.starts[fn.Name] = p
+	r.loops.Go(func() {
+		defer cancel()
+		t := time.Now()
+		h, err := r.processes.Start(ctx, fn)
+		if err == nil {
 			r.log.Info("function's processes started", "function", fn.Name, "handler", fn.Handler.String(),
 				"code", fn.Process.Code.Digest, "took", time.Since(t).Round(time.Millisecond))
-			started[fn.Name] = h
-		})
+		}
+		r.mu.Lock()
+		p.done, p.handler, p.err, p.applied = true, h, err, false
+		current := r.starts[fn.Name] == p && !r.stopped
+		r.mu.Unlock()
+		if !current {
+			if h != nil {
+				r.closeUnused(map[string]ProcessHandler{fn.Name: h}, nil)
+			}
+			return
+		}
+		r.wake()
+	})
+}
+
+// wake asks the retry loop to apply the functions again (a start ended).
+func (r *Runner) wake() {
+	select {
+	case r.reapply <- struct{}{}:
+	default:
 	}
-	wg.Wait()
-	return started, failed
+}
+
+// WaitStarts waits until no function's processes are being started: every
+// start begun has ended and its result has been applied (the function
+// served, or listed as unservable). SetFunctions returns without waiting
+// for starts; tests and tools that need the new version serving use this.
+func (r *Runner) WaitStarts(ctx context.Context) error {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		r.mu.Lock()
+		n := 0
+		for _, p := range r.starts {
+			if !p.done || !p.applied {
+				n++
+			}
+		}
+		r.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("runner: %d functions still starting: %w", n, ctx.Err())
+		case <-t.C:
+		}
+	}
 }
 
 // closeUnused closes started handlers that no endpoint took.
@@ -153,8 +265,11 @@ func (r *Runner) Unservable() map[string]string {
 	return maps.Clone(r.unservable)
 }
 
-// retryLoop tries again, every retryUnservable, to serve the functions
-// that could not be started, until the runner stops.
+// retryLoop applies the functions again when a background start ends,
+// and every retryUnservable while some could not be started, until the
+// runner stops. It reads the functions to apply only once it holds the
+// right to apply, so that it never puts back a list a newer SetFunctions
+// replaced.
 func (r *Runner) retryLoop() {
 	t := time.NewTicker(retryUnservable)
 	defer t.Stop()
@@ -162,19 +277,28 @@ func (r *Runner) retryLoop() {
 		select {
 		case <-r.ctx.Done():
 			return
+		case <-r.reapply:
 		case <-t.C:
+			r.mu.Lock()
+			idle := len(r.unservable) == 0
+			r.mu.Unlock()
+			if idle {
+				continue
+			}
 		}
+		// A failed start is tried again once its retryAt has passed
+		// (startProcesses), so the ticker needs no flag of its own.
+		ctx, cancel := context.WithTimeout(r.ctx, subscribeTimeout)
+		r.applying.Lock()
 		r.mu.Lock()
-		fns, pending := r.fns, len(r.unservable) > 0
+		fns := r.fns
 		r.mu.Unlock()
-		if !pending {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(r.ctx, manifest.MaxStartTimeout)
-		if err := r.SetFunctions(ctx, fns); err != nil && !errors.Is(err, errStopped) {
-			r.log.Warn("retrying the functions not served", "error", err)
-		}
+		err := r.apply(ctx, fns, false)
+		r.applying.Unlock()
 		cancel()
+		if err != nil && !errors.Is(err, errStopped) && r.ctx.Err() == nil {
+			r.log.Warn("applying the functions again", "error", err)
+		}
 	}
 }
 

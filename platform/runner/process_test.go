@@ -52,6 +52,9 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run())
 	case "server":
 		serveFunction()
+	case "hang":
+		// A version that never gets ready: it does not listen.
+		time.Sleep(time.Hour)
 	case "crash":
 		// A version that cannot start: it exits before it listens.
 		fmt.Fprintln(os.Stderr, "boom: cannot open the database")
@@ -222,7 +225,20 @@ func (f *fixture) startRunner(cfg runner.Config, fns ...manifest.Function) *runn
 	cfg.Manifest = &manifest.Manifest{File: "fn.yaml", Version: 1, Functions: fns}
 	cfg.Processes = f.launcher
 	cfg.Logger = f.log
-	return runnertest.Start(f.t, f.s.ClientURL(), cfg)
+	r := runnertest.Start(f.t, f.s.ClientURL(), cfg)
+	waitStarts(f.t, r)
+	return r
+}
+
+// waitStarts waits until the processes the runner is starting in the
+// background are started and served (or found unservable).
+func waitStarts(t *testing.T, r *runner.Runner) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := r.WaitStarts(ctx); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // setFunctions replaces the runner's functions, as the catalog does.
@@ -233,6 +249,7 @@ func setFunctions(t *testing.T, r *runner.Runner, fns ...manifest.Function) {
 	if err := r.SetFunctions(ctx, fns); err != nil {
 		t.Fatalf("SetFunctions: %v", err)
 	}
+	waitStarts(t, r)
 }
 
 // invoke sends an invocation over NATS as the gateway does; header
@@ -325,7 +342,8 @@ func requireBash(t *testing.T) {
 
 // TestProcessRollover: under steady load, a new version of an http
 // function takes over without one invocation failing; every invocation
-// sent after SetFunctions returned is answered by the new version, and
+// sent after SetFunctions and WaitStarts returned is answered by the new
+// version, and
 // the old version's process goes away.
 func TestProcessRollover(t *testing.T) {
 	f := newFixture(t)
@@ -692,4 +710,79 @@ func TestProcessExecFailure(t *testing.T) {
 	if st.Completed != 1 || st.Errors != 1 || !strings.Contains(st.LastError, "bad input") {
 		t.Errorf("stats %+v, want 1 completed, 1 error", st)
 	}
+}
+
+// TestProcessStartsHoldNothingBack: a function whose processes take long
+// to start (here, never get ready) delays no other change: SetFunctions
+// returns at once, a removal applies at once, and a function removed or
+// replaced while it starts is not served when its start ends, nor are
+// the processes it started left running.
+func TestProcessStartsHoldNothingBack(t *testing.T) {
+	f := newFixture(t)
+	code := f.upload(nil)
+	web := f.httpFunction("web", code, map[string]string{"VERSION": "1"})
+	r := f.startRunner(runner.Config{}, web)
+	hang := f.httpFunction("hang", code, map[string]string{modeEnv: "hang"})
+	h := *hang.Handler.HTTP
+	h.StartTimeout = time.Minute
+	hang.Handler.HTTP = &h
+	apply := func(what string, fns ...manifest.Function) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		began := time.Now()
+		if err := r.SetFunctions(ctx, fns); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if took := time.Since(began); took > 5*time.Second {
+			t.Errorf("%s took %v: a start under way held it back", what, took.Round(time.Millisecond))
+		}
+	}
+	apply("adding hang", web, hang)
+	if got := r.Functions(); !slices.Equal(got, []string{"web"}) {
+		t.Errorf("Functions() while hang starts = %v, want [web]", got)
+	}
+	apply("removing web while hang starts", hang)
+	if got := r.Functions(); len(got) != 0 {
+		t.Errorf("Functions() after web's removal = %v, want none", got)
+	}
+	if status, _, _, err := f.invoke("web", "", nil); err == nil {
+		t.Errorf("web answered %d after its removal", status)
+	}
+	// hang is removed while it starts: its start is cut short, its
+	// process stopped, and it is never served.
+	apply("removing hang while it starts", web)
+	waitStarts(t, r)
+	if got := r.Functions(); !slices.Equal(got, []string{"web"}) {
+		t.Errorf("Functions() = %v, want [web]", got)
+	}
+	waitFor(t, "no process of hang left", func() bool {
+		for _, pid := range pidsWithEnv(t, modeEnv+"=hang") {
+			if alive(pid) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// pidsWithEnv lists the processes whose environment holds kv.
+func pidsWithEnv(t *testing.T, kv string) []int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err == nil && slices.Contains(strings.Split(string(env), "\x00"), kv) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

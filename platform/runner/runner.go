@@ -102,17 +102,22 @@ type Runner struct {
 	maxBody int
 
 	processes ProcessStarter
-	// applying serializes SetFunctions, which starts processes before it
-	// takes mu.
+	// applying serializes the applications of a list of functions
+	// (SetFunctions, the retry loop), whose registration waits for the
+	// NATS server outside mu.
 	applying sync.Mutex
 	// mu serializes changes of the served functions with Stop.
 	mu sync.Mutex
 	// fns are the functions last asked for; unservable, those of them
-	// that run as processes this runner could not start, with why.
+	// that run as processes this runner could not start, with why;
+	// starts, the starts of processes under way or not yet applied.
 	fns        []manifest.Function
 	unservable map[string]string
+	starts     map[string]*pendingStart
+	// reapply wakes the retry loop when a start ends.
+	reapply chan struct{}
 	// retiring tracks the closes of replaced process handlers; loops,
-	// the retry loop.
+	// the retry loop and the starts.
 	retiring sync.WaitGroup
 	loops    sync.WaitGroup
 	// svc is the current registration; SetFunctions replaces it.
@@ -204,19 +209,24 @@ func Start(nc *nats.Conn, cfg Config) (*Runner, error) {
 	}
 	empty := map[string]*endpoint{}
 	r.eps.Store(&empty)
-	procCtx, cancelProc := context.WithTimeout(ctx, manifest.MaxStartTimeout)
-	started, failed := r.startProcesses(procCtx, fns)
-	cancelProc()
-	eps, defs := r.endpoints(fns, empty, started, failed)
-	r.closeUnused(started, defs)
+	r.starts, r.reapply = map[string]*pendingStart{}, make(chan struct{}, 1)
+	// Functions run as processes start in the background: they are
+	// served once ready (the retry loop applies them).
+	r.mu.Lock()
+	_, _, starting := r.startProcesses(fns, false)
+	r.mu.Unlock()
+	eps, defs := r.endpoints(fns, empty, nil, nil, starting)
 	r.eps.Store(&eps)
-	r.fns, r.unservable = fns, failed
+	r.fns = fns
 	startCtx, cancelStart := context.WithTimeout(context.Background(), subscribeTimeout)
 	defer cancelStart()
 	svc, err := r.register(startCtx, eps, defs)
 	if err != nil {
-		r.closeUnused(started, nil)
+		r.mu.Lock()
+		r.stopped = true // starts under way close what they start
+		r.mu.Unlock()
 		cancel()
+		r.loops.Wait()
 		return nil, err
 	}
 	r.svc = svc
@@ -289,13 +299,13 @@ func (r *Runner) pullFunctions(eps map[string]*endpoint) {
 // each one's definition; a new endpoint has its definition already, a
 // reused one keeps its current definition until the caller stores the
 // new one.
-func (r *Runner) endpoints(fns []manifest.Function, old map[string]*endpoint, started map[string]ProcessHandler, failed map[string]string) (map[string]*endpoint, map[string]*definition) {
+func (r *Runner) endpoints(fns []manifest.Function, old map[string]*endpoint, started map[string]ProcessHandler, failed map[string]string, starting map[string]bool) (map[string]*endpoint, map[string]*definition) {
 	eps := make(map[string]*endpoint, len(fns))
 	defs := make(map[string]*definition, len(fns))
 	for _, fn := range fns {
 		var d *definition
 		prev := old[fn.Name]
-		h, why := r.handler(fn, started, failed)
+		h, why := r.handler(fn, started, failed, starting)
 		switch {
 		case prev != nil && fn.Handler.RunsProcess() && manifest.SameDefinition(prev.def.Load().fn, fn):
 			d = prev.def.Load() // its processes serve on
@@ -306,10 +316,14 @@ func (r *Runner) endpoints(fns []manifest.Function, old map[string]*endpoint, st
 			// secret is missing) leaves the running one serving, as a
 			// rolling update that stalls does; it is tried again.
 			d = prev.def.Load()
-			r.log.Warn("the function's new version does not start; the previous one serves on: "+why,
-				"function", fn.Name, "code", fn.Process.Code.Digest, "serving", d.fn.Process.Code.Digest)
+			if !starting[fn.Name] {
+				r.log.Warn("the function's new version does not start; the previous one serves on: "+why,
+					"function", fn.Name, "code", fn.Process.Code.Digest, "serving", d.fn.Process.Code.Digest)
+			}
 		default:
-			r.log.Warn("function not served: "+why, "function", fn.Name, "handler", fn.Handler.String())
+			if !starting[fn.Name] {
+				r.log.Warn("function not served: "+why, "function", fn.Name, "handler", fn.Handler.String())
+			}
 			continue
 		}
 		ep := old[fn.Name]
@@ -388,17 +402,24 @@ func (r *Runner) register(ctx context.Context, eps map[string]*endpoint, defs ma
 func (r *Runner) SetFunctions(ctx context.Context, fns []manifest.Function) error {
 	r.applying.Lock()
 	defer r.applying.Unlock()
-	// Processes start before anything changes: a new version of a
-	// function serves once it is ready, and the old one until then.
-	started, failed := r.startProcesses(ctx, fns)
+	return r.apply(ctx, fns, true)
+}
+
+// apply serves fns; it runs with r.applying held. The processes of a
+// function run as processes are started in the background, never here:
+// a new version is served once it is ready (the retry loop applies it
+// then), and until then the version it replaces serves on when it may
+// (keepsServing), so that a slow or hung start delays no other change.
+func (r *Runner) apply(ctx context.Context, fns []manifest.Function, retry bool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	used := map[string]*definition{}
-	defer func() { r.closeUnused(started, used) }()
 	if r.stopped {
 		return errStopped
 	}
 	r.fns = fns
+	started, failed, starting := r.startProcesses(fns, retry)
+	used := map[string]*definition{}
+	defer func() { r.closeUnused(started, used) }()
 	// The service metadata lists what is unservable: it is registered
 	// again when that list changes, not when only a reason does (one
 	// naming a pid changes at every retry).
@@ -414,7 +435,7 @@ func (r *Runner) SetFunctions(ctx context.Context, fns []manifest.Function) erro
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("runner: change of functions: %w", err)
 	}
-	eps, defs := r.endpoints(fns, old, started, failed)
+	eps, defs := r.endpoints(fns, old, started, failed, starting)
 	ctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
 	defer cancel()
 	svc, err := r.register(ctx, eps, defs)
@@ -491,7 +512,7 @@ func (r *Runner) stopStale() error {
 // handler returns the handler this runner serves fn with, or nil and why
 // it does not serve it. A function run as processes is served with the
 // handler started for it, if any.
-func (r *Runner) handler(fn manifest.Function, started map[string]ProcessHandler, failed map[string]string) (http.Handler, string) {
+func (r *Runner) handler(fn manifest.Function, started map[string]ProcessHandler, failed map[string]string, starting map[string]bool) (http.Handler, string) {
 	if !fn.Public && r.verifier == nil {
 		return nil, "it needs a token and this runner verifies none"
 	}
@@ -501,6 +522,9 @@ func (r *Runner) handler(fn manifest.Function, started map[string]ProcessHandler
 		}
 		if why, ok := failed[fn.Name]; ok {
 			return nil, why
+		}
+		if starting[fn.Name] {
+			return nil, "its processes are starting"
 		}
 		return nil, "this runner runs no processes"
 	}
@@ -519,12 +543,13 @@ func (r *Runner) sameFunctions(eps map[string]*endpoint, fns []manifest.Function
 		if ep, ok := eps[fn.Name]; ok && fn.Handler.RunsProcess() {
 			d := ep.def.Load()
 			_, failing := r.unservable[fn.Name]
-			if manifest.SameDefinition(d.fn, fn) || (failing && keepsServing(d, fn)) {
+			_, pending := r.starts[fn.Name]
+			if manifest.SameDefinition(d.fn, fn) || ((failing || pending) && keepsServing(d, fn)) {
 				n++
 				continue
 			}
 		}
-		if h, _ := r.handler(fn, nil, nil); h == nil {
+		if h, _ := r.handler(fn, nil, nil, nil); h == nil {
 			continue
 		}
 		n++
