@@ -1,11 +1,13 @@
 package bundle_test
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/shoal-dev/shoal/platform/bundle"
 )
@@ -35,7 +37,11 @@ func benchTree(b *testing.B) string {
 // embedded NATS server.
 func BenchmarkCode(b *testing.B) {
 	src := benchTree(b)
-	s, js, ctx := create(b)
+	s, js, _ := create(b)
+	// The helpers' context lasts 20 s: too short for many iterations of
+	// 20 MiB uploads and fetches on a slow disk.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
 	bun := pack(b, src)
 	if _, err := s.Put(ctx, bun, "bench"); err != nil {
 		b.Fatal(err)
