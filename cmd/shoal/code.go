@@ -311,6 +311,7 @@ func newCodeGCCmd() *cobra.Command {
 	var (
 		a      adminFlags
 		dryRun bool
+		minAge time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "gc",
@@ -331,7 +332,9 @@ func newCodeGCCmd() *cobra.Command {
 					return err
 				}
 				for _, in := range infos {
-					if len(used[string(in.Digest)]) > 0 {
+					// A deploy uploads its code before the catalog names
+					// it: code younger than --min-age may be on its way.
+					if len(used[string(in.Digest)]) > 0 || time.Since(in.Stored) < minAge {
 						continue
 					}
 					if !dryRun {
@@ -347,6 +350,7 @@ func newCodeGCCmd() *cobra.Command {
 	}
 	a.register(cmd)
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "only print what would be removed")
+	cmd.Flags().DurationVar(&minAge, "min-age", time.Hour, "keep code uploaded more recently than this, which a deploy under way may be about to name")
 	return cmd
 }
 

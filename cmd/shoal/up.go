@@ -170,6 +170,7 @@ func up(ctx context.Context, o upOptions) error {
 	if err := prepareStores(ctx, anc, keys, o.auth.limits, asyncLimits, m, code); err != nil {
 		return err
 	}
+	code.close() // uploaded: the packed archives are not needed any more
 	tr, err := buildTrust(ctx, anc, &o.trust, keys, needsTokens(m))
 	if err != nil {
 		return err

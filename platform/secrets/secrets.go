@@ -9,6 +9,7 @@
 package secrets
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -78,6 +79,9 @@ func (s *Store) Set(ctx context.Context, name string, value []byte) error {
 	}
 	if len(value) > MaxValue {
 		return fmt.Errorf("secret %q: the value is %d bytes, more than %d", name, len(value), MaxValue)
+	}
+	if bytes.IndexByte(value, 0) >= 0 {
+		return fmt.Errorf("secret %q: the value contains a NUL byte, which an environment variable cannot hold", name)
 	}
 	if s.kv == nil {
 		return fmt.Errorf("secret %q: the bucket %s does not exist (secrets.Create makes it)", name, Bucket)

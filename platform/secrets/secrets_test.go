@@ -42,7 +42,7 @@ func TestSecrets(t *testing.T) {
 	if names, err := store.Names(ctx); err != nil || len(names) != 0 {
 		t.Errorf("Names of an empty bucket = %v, %v", names, err)
 	}
-	for name, v := range map[string]string{"db-password": "hunter2", "api.key": "k\x00\xff"} {
+	for name, v := range map[string]string{"db-password": "hunter2", "api.key": "k\x01\xff"} {
 		if err := store.Set(ctx, name, []byte(v)); err != nil {
 			t.Fatal(err)
 		}
@@ -54,6 +54,9 @@ func TestSecrets(t *testing.T) {
 		if err := store.Set(ctx, bad, []byte("v")); err == nil || !strings.Contains(err.Error(), "invalid secret name") {
 			t.Errorf("Set(%q) = %v, want invalid secret name", bad, err)
 		}
+	}
+	if err := store.Set(ctx, "nul", []byte("a\x00b")); err == nil || !strings.Contains(err.Error(), "NUL") {
+		t.Errorf("Set of a value with a NUL byte = %v, want refused", err)
 	}
 	if err := store.Set(ctx, "big", make([]byte, secrets.MaxValue+1)); err == nil {
 		t.Error("Set of a value over MaxValue succeeded")
@@ -72,7 +75,7 @@ func TestSecrets(t *testing.T) {
 		t.Fatal(err)
 	}
 	env, err := rs.Resolve(ctx, map[string]string{"DB_PASSWORD": "db-password", "KEY": "api.key"})
-	if err != nil || env["DB_PASSWORD"] != "hunter3" || env["KEY"] != "k\x00\xff" || len(env) != 2 {
+	if err != nil || env["DB_PASSWORD"] != "hunter3" || env["KEY"] != "k\x01\xff" || len(env) != 2 {
 		t.Errorf("Resolve = %q, %v", env, err)
 	}
 	_, err = rs.Resolve(ctx, map[string]string{"A": "nope", "B": "db-password", "C": "gone"})
