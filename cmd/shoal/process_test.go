@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -498,4 +500,144 @@ functions:
 			break
 		}
 	}
+}
+
+// TestUpKillsWhatAKilledWorkersFunctionsLeft: a function's server dies
+// with its worker (the parent-death signal), but what the server started
+// does not get that signal: up, their subreaper, kills and reaps it. The
+// worker is re-forked and the function serves again; a stop leaves no
+// process behind.
+func TestUpKillsWhatAKilledWorkersFunctionsLeft(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the Go example")
+	}
+	dir, data := t.TempDir(), t.TempDir()
+	fn := filepath.Join(dir, "fn")
+	copyTree(t, "../../examples/go", fn)
+	// The sleep is in the server's process group, as any process a
+	// function starts is; bash forks it, then becomes the server.
+	// Its length is the test's own, so that what a failure leaves can be
+	// found and killed.
+	length := strconv.Itoa(1_000_000 + os.Getpid())
+	writeFile(t, fn, "start.sh", "sleep "+length+" &\nexec ./hello\n")
+	t.Cleanup(func() { // runs after up is stopped or killed
+		time.Sleep(100 * time.Millisecond) // for the parent-death signals
+		entries, _ := os.ReadDir("/proc")
+		for _, e := range entries {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil || !alive(pid) {
+				continue
+			}
+			if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); string(cmdline) == "sleep\x00"+length+"\x00" {
+				t.Errorf("sleep %d left running", pid)
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	m := writeFile(t, dir, "fn.yaml", `version: 1
+functions:
+  leaver:
+    source: fn
+    build: [go, build, -o, hello, .]
+    handler: {http: {command: [bash, start.sh], listen: unix, readiness: /}}
+    public: true
+`)
+	p := startShoal(t, "up", "-f", m, "--http", "127.0.0.1:0", "--nats", "127.0.0.1:0", "--data", data, "--workers", "1")
+	p.waitLog(`msg="runners serving" workers=1`)
+	gw := p.waitLog(`msg="gateway listening" url=(\S+)`)[1]
+	serves := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			resp, err := http.Get(gw + "/function/leaver/")
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 && strings.HasPrefix(string(b), "Hello, world!") {
+					return
+				}
+				err = fmt.Errorf("%s: %s", resp.Status, b)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the function does not serve within 30 s: %v", what, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	// functionTree returns the worker, its server and the server's sleep.
+	functionTree := func() (worker, server, sleep int) {
+		t.Helper()
+		for pid, name := range processTree(p.cmd.Process.Pid) {
+			if name == "shoal.test" {
+				worker = pid
+			}
+		}
+		for pid, name := range processTree(worker) {
+			switch name {
+			case "hello":
+				server = pid
+			case "sleep":
+				sleep = pid
+			}
+		}
+		if worker == 0 || server == 0 || sleep == 0 {
+			t.Fatalf("no worker, server or sleep among %v", processTree(p.cmd.Process.Pid))
+		}
+		return worker, server, sleep
+	}
+	serves("at start")
+	worker, server, sleep := functionTree()
+	if g := processGroup(t, sleep); g != server {
+		t.Fatalf("the sleep %d is in group %d, not in its server's (%d)", sleep, g, server)
+	}
+
+	if err := syscall.Kill(worker, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// Gone, and reaped: not a zombie of up's.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := os.Stat(fmt.Sprintf("/proc/%d", sleep))
+		if errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			state := "running"
+			if !alive(sleep) {
+				state = "a zombie"
+			}
+			t.Fatalf("the sleep %d its function started is still %s 5 s after its worker was killed", sleep, state)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !regexp.MustCompile(fmt.Sprintf(`level=WARN msg="killed an orphaned process" .*pid=%d command=sleep`, sleep)).MatchString(p.output()) {
+		t.Errorf("up did not log the sleep %d it killed at WARN", sleep)
+	}
+
+	serves("after the worker was killed")
+	worker2, _, sleep2 := functionTree()
+	if worker2 == worker || sleep2 == sleep {
+		t.Errorf("worker %d, sleep %d: not re-forked", worker2, sleep2)
+	}
+	left := processTree(p.cmd.Process.Pid)
+	if err := p.stop(syscall.SIGTERM); err != nil {
+		t.Errorf("shoal up exited with %v", err)
+	}
+	waitGone(t, "the processes after shoal up stopped", left)
+}
+
+// processGroup returns the process group of pid.
+func processGroup(t *testing.T, pid int) int {
+	t.Helper()
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(stat)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]) // state ppid pgrp ...
+	g, err := strconv.Atoi(fields[2])
+	if err != nil {
+		t.Fatalf("/proc/%d/stat: %q", pid, s)
+	}
+	return g
 }

@@ -204,6 +204,9 @@ func up(ctx context.Context, o upOptions) error {
 		Logger:    logger.With("component", "supervisor"),
 		Output:    workerOutput,
 		OnExit:    lost.report,
+		// A function's processes die with their worker; what they started
+		// in turn is killed by the supervisor, which up makes their reaper.
+		ReapOrphans: true,
 	})
 	if err != nil {
 		return err

@@ -6,10 +6,13 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -135,6 +138,75 @@ func child(mode string) int {
 			return 2
 		}
 		<-term
+		return 0
+	case "sleeper":
+		time.Sleep(time.Hour)
+		return 0
+	case "detach": // starts a sleeper, prints its pid and exits without waiting for it
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), childEnv+"=sleeper")
+		if err := cmd.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Println(cmd.Process.Pid)
+		return 0
+	case "function": // as a function's server: its group holds a child of its own, and an orphan a child of its left (double fork); prints both pids
+		kept := exec.Command(os.Args[0])
+		kept.Env = append(os.Environ(), childEnv+"=sleeper")
+		if err := kept.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		mid := exec.Command(os.Args[0])
+		mid.Env = append(os.Environ(), childEnv+"=detach")
+		out, err := mid.Output()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "detach:", err)
+			return 1
+		}
+		fmt.Printf("%d %s\n", kept.Process.Pid, strings.TrimSpace(string(out)))
+		time.Sleep(time.Hour)
+		return 0
+	case "orphaner": // a worker that runs a function as a runner does: own group, parent-death signal
+		runtime.LockOSThread() // the parent-death signal is the thread's
+		fn := exec.Command(os.Args[0])
+		fn.Env = append(os.Environ(), childEnv+"=function")
+		fn.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		out, err := fn.StdoutPipe()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		if err := fn.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "function:", err)
+			return 1
+		}
+		ready(fmt.Sprintf("%d %s", fn.Process.Pid, strings.TrimSpace(line)))
+		<-term
+		return 0
+	case "reaper": // supervises two orphaners with ReapOrphans; prints each worker's line, then "stopped" after SIGTERM
+		log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		sup, err := supervisor.Start(context.Background(), supervisor.Config{Workers: 2, Command: childCommand(modes("orphaner")), Logger: log, ReapOrphans: true})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		for _, w := range sup.Workers() {
+			fmt.Printf("%d %s\n", w.PID, w.Ready)
+		}
+		<-term
+		if err := sup.Stop(context.Background()); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Println("stopped")
+		_, _ = io.Copy(io.Discard, os.Stdin) // its children stay unreaped by init until the test closes stdin
 		return 0
 	case "supervisor": // supervises two workers and prints their pids
 		sup, err := supervisor.Start(context.Background(), supervisor.Config{Workers: 2, Command: childCommand(func(int) string { return "ready" })})

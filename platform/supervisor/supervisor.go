@@ -43,6 +43,17 @@
 // exit locked (which ends the thread) may kill workers with it
 // (https://go.dev/issue/27505).
 //
+// Neither reaches a process that a worker's child started in a process
+// group of its own (a function's server does): when the worker dies,
+// such a grandchild is an orphan, re-parented to init, and lives on.
+// With [Config].ReapOrphans, the supervisor's process is a child
+// subreaper (Linux): those orphans become its children, and the
+// supervisor kills them with what is left of their process group, and
+// reaps them, when a worker exits, every few seconds, and at Stop after
+// the workers; each one killed is logged at WARN with its pid and
+// command. An orphan in a group that a live worker's process leads is
+// left to that worker, which kills the group when its leader exits.
+//
 // Worker stdout and stderr reach [Config].Output, or the log, line by
 // line.
 package supervisor
@@ -97,6 +108,14 @@ type Config struct {
 	// goroutine: it must return promptly and must not call Restart or
 	// Stop.
 	OnExit func(WorkerInfo)
+	// ReapOrphans makes the supervisor's process a child subreaper
+	// (Linux only; elsewhere it does nothing), and has the supervisor
+	// kill and reap every child of that process that is not one of its
+	// workers: see the package documentation. The program must then
+	// start no child process of its own while the supervisor runs (it
+	// would be taken for an orphan), nor run another Supervisor with
+	// ReapOrphans.
+	ReapOrphans bool
 }
 
 // Backoff paces the re-forks of a slot: the first waits Initial, each
@@ -177,6 +196,13 @@ type Supervisor struct {
 	// wg counts every goroutine: the monitors and each worker's own.
 	wg sync.WaitGroup
 
+	// forking is held for reading by each fork until the new worker is
+	// among its slot's, and for writing by a sweep while it lists the
+	// processes: a sweep never takes a worker for an orphan.
+	forking sync.RWMutex
+	// reaper kills the workers' orphans; nil without ReapOrphans.
+	reaper *reaper
+
 	restarting chan struct{} // a token, held by the running Restart
 	stopOnce   sync.Once
 	stopErr    error
@@ -248,6 +274,9 @@ func Start(ctx context.Context, cfg Config) (*Supervisor, error) {
 		quit:       make(chan struct{}),
 		kill:       make(chan struct{}),
 		restarting: make(chan struct{}, 1),
+	}
+	if cfg.ReapOrphans {
+		s.startReaper()
 	}
 	// One failure abandons the other starts at once.
 	ctx, cancel := context.WithCancel(ctx)
@@ -351,6 +380,7 @@ func (s *Supervisor) stop(ctx context.Context) error {
 			<-done // SIGKILL is prompt
 		}
 	}
+	s.stopReaper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, sl := range s.slots {

@@ -4,6 +4,7 @@ package supervisor_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -776,4 +778,105 @@ func TestNotifyReady(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestOrphansAreKilledAndReaped: with ReapOrphans, the processes a
+// killed worker's function left behind in its process group are killed,
+// and reaped by the supervisor's process; a live worker's are left alone
+// until Stop, which kills and reaps them too.
+func TestOrphansAreKilledAndReaped(t *testing.T) {
+	cmd := childCommand(modes("reaper"))(0)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("the supervisor's log:\n%s", stderr.String())
+		}
+	})
+	// Each worker runs a function (its own group, the parent-death
+	// signal) with a child of its own, and an orphan already re-parented
+	// to the supervisor's process.
+	type tree struct{ worker, function, kept, orphan int }
+	var trees []tree
+	sc := bufio.NewScanner(out)
+	for len(trees) < 2 && sc.Scan() {
+		var tr tree
+		if _, err := fmt.Sscanf(sc.Text(), "%d %d %d %d", &tr.worker, &tr.function, &tr.kept, &tr.orphan); err != nil {
+			t.Fatalf("supervisor process printed %q: %v", sc.Text(), err)
+		}
+		trees = append(trees, tr)
+	}
+	if len(trees) < 2 {
+		t.Fatalf("supervisor process exited before its workers were ready")
+	}
+	reaped := func(pids ...int) func() bool {
+		return func() bool {
+			for _, pid := range pids {
+				if !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	running := func(tr tree) {
+		t.Helper()
+		for _, pid := range []int{tr.worker, tr.function, tr.kept, tr.orphan} {
+			if gone(pid) {
+				t.Errorf("pid %d of %+v is gone, though its worker runs", pid, tr)
+			}
+		}
+	}
+	if orphan := trees[0].orphan; !strings.Contains(string(must(os.ReadFile(fmt.Sprintf("/proc/%d/stat", orphan)))), fmt.Sprintf(" %d ", cmd.Process.Pid)) {
+		t.Errorf("the orphan %d is not the supervisor's child: no subreaper", orphan)
+	}
+
+	dead := trees[0]
+	if err := syscall.Kill(dead.worker, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Second, fmt.Sprintf("the processes of killed worker %+v are killed and reaped", dead), reaped(dead.function, dead.kept, dead.orphan))
+	running(trees[1])
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if !sc.Scan() || sc.Text() != "stopped" {
+		t.Fatalf("supervisor process printed %q (%v), want stopped", sc.Text(), sc.Err())
+	}
+	// Still running, the supervisor's process has reaped them: init has not.
+	last := trees[1]
+	if !reaped(last.worker, last.function, last.kept, last.orphan)() {
+		t.Errorf("after Stop, processes of %+v are left (alive or zombies)", last)
+	}
+	in.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("supervisor process: %v", err)
+	}
+	for _, pid := range []int{dead.kept, dead.orphan, last.kept, last.orphan} {
+		warned := regexp.MustCompile(fmt.Sprintf(`(?m)level=WARN msg="killed an orphaned process" pid=%d command=\S+`, pid))
+		if !warned.MatchString(stderr.String()) {
+			t.Errorf("no WARN for the orphan %d", pid)
+		}
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }

@@ -58,13 +58,16 @@ const (
 // caller's code, and a fork takes milliseconds.
 func (s *Supervisor) spawn(sl *slot) (*worker, error) {
 	s.mu.Unlock()
+	s.forking.RLock()
 	cmd, files, err := s.fork(sl.n)
 	s.mu.Lock()
 	if err != nil {
+		s.forking.RUnlock()
 		return nil, err
 	}
 	w := &worker{slot: sl, cmd: cmd, pid: cmd.Process.Pid, started: time.Now(), state: StateStarting}
 	sl.live = append(sl.live, w)
+	s.forking.RUnlock()
 	s.log.Debug("worker started", "worker", sl.n, "pid", w.pid, "path", cmd.Path)
 	w.readers.Add(3)
 	s.wg.Add(4)
@@ -207,6 +210,7 @@ func (s *Supervisor) wait(w *worker, pipes []*os.File) {
 	}
 	at := time.Now()
 	w.exited.Store(true)
+	s.reapSoon() // its children's orphans
 	for _, p := range pipes {
 		_ = p.SetReadDeadline(at.Add(outputGrace)) // fails if the reader is done
 	}
