@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -265,6 +266,22 @@ func TestListensInGroup(t *testing.T) {
 			}
 			if err := listensInGroup(host, 1<<30); err == nil || !strings.Contains(err.Error(), "is held by another process") {
 				t.Errorf("another group: %v, want the port held by another process", err)
+			}
+			// sock_diag and its fallback, /proc/net/tcp{,6}, agree.
+			port := uint16(l.Addr().(*net.TCPAddr).Port)
+			var found [2][]string
+			for i, list := range []func(func(netip.Addr, uint16, string)) error{diagListeners, procListeners} {
+				err := list(func(addr netip.Addr, p uint16, inode string) {
+					if p == port {
+						found[i] = append(found[i], addr.Unmap().String()+" "+inode)
+					}
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if len(found[0]) != 1 || !slices.Equal(found[0], found[1]) {
+				t.Errorf("sock_diag lists %q, /proc/net/tcp %q; want the one listener", found[0], found[1])
 			}
 		})
 	}

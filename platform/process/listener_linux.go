@@ -7,19 +7,23 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // listensInGroup checks that the TCP socket that takes the connections
 // to host (127.0.0.1:port) is held by a process of the process group
 // pgid: a listening socket on 127.0.0.1, or else on 0.0.0.0 or [::], of
-// that port, found in /proc/net/tcp{,6}, whose inode a process of the
-// group has among its open files.
+// that port, as sock_diag (or /proc/net/tcp{,6}) lists them, whose inode
+// a process of the group has among its open files.
 func listensInGroup(host string, pgid int) error {
 	ap, err := netip.ParseAddrPort(host)
 	if err != nil {
@@ -50,13 +54,116 @@ func listensInGroup(host string, pgid int) error {
 // none is, those bound to the wildcard address (0.0.0.0, [::]).
 func listeners(port uint16) ([]string, error) {
 	var loopback, wildcard []string
+	add := func(addr netip.Addr, p uint16, inode string) {
+		if p != port {
+			return
+		}
+		switch addr = addr.Unmap(); {
+		case addr == netip.AddrFrom4([4]byte{127, 0, 0, 1}):
+			loopback = append(loopback, inode)
+		case addr.IsUnspecified():
+			wildcard = append(wildcard, inode)
+		}
+	}
+	if err := diagListeners(add); err != nil {
+		// No sock_diag (a sandbox such as gVisor): /proc/net/tcp,
+		// slower, as it lists every TCP socket, not only the
+		// listening ones.
+		if err := procListeners(add); err != nil {
+			return nil, err
+		}
+	}
+	if len(loopback) > 0 {
+		return loopback, nil
+	}
+	return wildcard, nil
+}
+
+// diagListeners passes the address, port and inode of each listening
+// TCP socket to add, as the kernel's sock_diag netlink interface lists
+// them.
+func diagListeners(add func(netip.Addr, uint16, string)) error {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return os.NewSyscallError("socket", err)
+	}
+	defer unix.Close(fd)
+	for seq, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		// struct nlmsghdr, then struct inet_diag_req_v2: family,
+		// protocol, ext, pad, states (TCP_LISTEN only), and an empty
+		// struct inet_diag_sockid (48 bytes).
+		req := make([]byte, unix.SizeofNlMsghdr+56)
+		binary.NativeEndian.PutUint32(req[0:], uint32(len(req)))
+		binary.NativeEndian.PutUint16(req[4:], unix.SOCK_DIAG_BY_FAMILY)
+		binary.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+		binary.NativeEndian.PutUint32(req[8:], uint32(seq+1))
+		req[16], req[17] = family, unix.IPPROTO_TCP
+		binary.NativeEndian.PutUint32(req[20:], 1<<tcpListen)
+		if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+			return os.NewSyscallError("sendto", err)
+		}
+		if err := diagReceive(fd, add); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tcpListen is TCP_LISTEN, the state of a listening socket.
+const tcpListen = 10
+
+// diagReceive reads the answer to a sock_diag dump: struct
+// inet_diag_msg's until NLMSG_DONE.
+func diagReceive(fd int, add func(netip.Addr, uint16, string)) error {
+	buf := make([]byte, 64<<10)
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return os.NewSyscallError("recvfrom", err)
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				return nil
+			case unix.NLMSG_ERROR:
+				if len(m.Data) >= 4 {
+					if errno := -int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
+						return os.NewSyscallError("sock_diag", syscall.Errno(errno))
+					}
+				}
+				return errors.New("sock_diag: error")
+			}
+			// family, state, timer, retrans; id: sport (big-endian),
+			// dport, src (16 bytes), dst, if, cookie; expires,
+			// rqueue, wqueue, uid, inode.
+			d := m.Data
+			if len(d) < 72 {
+				continue
+			}
+			var addr netip.Addr
+			if d[0] == unix.AF_INET {
+				addr = netip.AddrFrom4([4]byte(d[8:12]))
+			} else {
+				addr = netip.AddrFrom16([16]byte(d[8:24]))
+			}
+			add(addr, binary.BigEndian.Uint16(d[4:6]), strconv.FormatUint(uint64(binary.NativeEndian.Uint32(d[68:72])), 10))
+		}
+	}
+}
+
+// procListeners is diagListeners from /proc/net/tcp{,6}.
+func procListeners(add func(netip.Addr, uint16, string)) error {
 	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			if os.IsNotExist(err) && strings.HasSuffix(f, "6") {
 				continue // no IPv6
 			}
-			return nil, err
+			return err
 		}
 		sc := bufio.NewScanner(bytes.NewReader(data))
 		sc.Scan() // the header
@@ -66,22 +173,12 @@ func listeners(port uint16) ([]string, error) {
 			if len(fields) < 10 || fields[3] != "0A" { // TCP_LISTEN
 				continue
 			}
-			addr, p, ok := procNetAddr(fields[1])
-			if !ok || p != port {
-				continue
-			}
-			switch {
-			case addr == netip.AddrFrom4([4]byte{127, 0, 0, 1}):
-				loopback = append(loopback, fields[9])
-			case addr.IsUnspecified() || addr.Is4In6() && addr.Unmap().IsUnspecified():
-				wildcard = append(wildcard, fields[9])
+			if addr, p, ok := procNetAddr(fields[1]); ok {
+				add(addr, p, fields[9])
 			}
 		}
 	}
-	if len(loopback) > 0 {
-		return loopback, nil
-	}
-	return wildcard, nil
+	return nil
 }
 
 // procNetAddr parses an address of /proc/net/tcp{,6}: hex of 32-bit
