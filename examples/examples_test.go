@@ -1,7 +1,8 @@
 // Package examples tests the example functions of examples/fn.yaml by
 // running each one standalone, the way its entry says and Shoal's runner
 // will: from a copy of its source directory, build first, then the
-// handler's command with PORT or SHOAL_SOCKET (http) or the request in its
+// handler's command with PORT (listen: port), or SHOAL_SOCKET and PORT
+// both set to a socket's path (listen: unix), or the request in its
 // environment and stdin (exec).
 //
 // The examples need node and npm (hello-node) and python3 (hello-python);
@@ -194,7 +195,9 @@ func TestExamples(t *testing.T) {
 				base = "http://127.0.0.1:" + port
 			case "unix":
 				sock := filepath.Join(shortTempDir(t), "fn.sock")
-				env = append(env, "SHOAL_SOCKET="+sock)
+				// PORT too, as the runner sets it: Node's
+				// server.listen(PORT) listens on a path.
+				env = append(env, "SHOAL_SOCKET="+sock, "PORT="+sock)
 				client.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 					var d net.Dialer
 					return d.DialContext(ctx, "unix", sock)

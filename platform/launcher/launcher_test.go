@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -186,7 +187,6 @@ func TestStartEnvironment(t *testing.T) {
 		"SHOAL_CODE_DIGEST": code.Digest,
 		"GREETING":          "hello",
 		"DB_PASSWORD":       "hunter2",
-		"HOME":              workdir,
 		"PWD":               realWorkdir,
 		"PATH":              os.Getenv("PATH"),
 	} {
@@ -196,6 +196,10 @@ func TestStartEnvironment(t *testing.T) {
 	}
 	if v, ok := env[canary]; ok {
 		t.Errorf("the runner's environment leaked: %s=%q", canary, v)
+	}
+	// HOME is the function's own, not the code, which runners share.
+	if home, prefix := env["HOME"], filepath.Join(os.TempDir(), fmt.Sprintf("shoal-%d-show-", os.Getpid())); !strings.HasPrefix(home, prefix) || filepath.Base(home) != "home" {
+		t.Errorf("HOME = %q, want %s*/home", home, prefix)
 	}
 }
 

@@ -41,13 +41,21 @@ type ExecConfig struct {
 //	SHOAL_REQUEST_ID  the X-Request-Id header, if any
 //	CONTENT_TYPE      the Content-Type header, if any
 //	CONTENT_LENGTH    the body's length, if known
-//	HTTP_<NAME>       each other header: the name upper-cased, '-' (and any
-//	                  other character but letters and digits) as '_',
+//	HTTP_<NAME>       each other header: the name upper-cased, '-' as '_',
 //	                  values joined with ", "
 //
-// The Authorization header is not passed: it holds the caller's token,
-// which the runner has already checked, and a function has no use for a
-// credential it could replay. A process that exits 0 answers 200 with
+// What the caller sends cannot set the function's own variables: the
+// function's environment ([Config].Env: its env and secrets) wins over
+// what the request sets, and a header whose HTTP_<NAME> is a name in
+// Config.Env is not passed (so an Api-Key header cannot replace an
+// HTTP_API_KEY secret); the SHOAL_* variables above win over both. Not
+// passed either: a header whose name has anything but letters, digits
+// and '-' (X_Forwarded_For would pass as HTTP_X_FORWARDED_FOR, as
+// X-Forwarded-For does; nginx drops them too), Proxy (it would be
+// HTTP_PROXY, which HTTP clients take for their proxy: "httpoxy"), and
+// Authorization, which holds the caller's token, which the runner has
+// already checked: a function has no use for a credential it could
+// replay. A process that exits 0 answers 200 with
 // its stdout as the body (its Content-Type sniffed from it); any other
 // end answers 500 function_failed with "exit status N" (or "signal:
 // killed") and the last 2 KiB of its stderr. Its stderr also goes to the
@@ -115,7 +123,8 @@ func (e *Exec) run(w http.ResponseWriter, r *http.Request) *invocation.Error {
 		_, _ = stdinR.Close(), stdinW.Close()
 		return e.unavailable(err.Error())
 	}
-	p, err := e.sp.spawn(spawnSpec{env: requestEnv(r), stdin: stdinR, stdout: stdoutW})
+	shoal, request := requestEnv(r, e.sp.names)
+	p, err := e.sp.spawn(spawnSpec{request: request, env: shoal, stdin: stdinR, stdout: stdoutW})
 	_, _ = stdinR.Close(), stdoutW.Close() // the process's ends
 	if err != nil {
 		_, _ = stdinW.Close(), stdoutR.Close()
@@ -242,50 +251,69 @@ func (e *Exec) Close(ctx context.Context) error {
 }
 
 // requestEnv is the environment that carries an invocation to an exec
-// process.
-func requestEnv(r *http.Request) []string {
+// process: Shoal's own variables, which win over the function's, and
+// those the request sets (CONTENT_*, HTTP_*), over which the function's
+// win; those whose names are in fnNames are left out. See [Exec].
+func requestEnv(r *http.Request, fnNames map[string]bool) (shoal, request []string) {
 	path := r.URL.Path
 	if path == "" {
 		path = "/"
 	}
-	env := []string{
+	shoal = []string{
 		"SHOAL_METHOD=" + r.Method,
 		"SHOAL_PATH=" + path,
 		"SHOAL_QUERY=" + r.URL.RawQuery,
 		"SHOAL_REQUEST_ID=" + r.Header.Get("X-Request-Id"),
 	}
+	add := func(k, v string) {
+		if !fnNames[k] && strings.IndexByte(v, 0) < 0 { // a NUL cannot be in an environment
+			request = append(request, k+"="+v)
+		}
+	}
 	if ct := r.Header.Get("Content-Type"); ct != "" {
-		env = append(env, "CONTENT_TYPE="+ct)
+		add("CONTENT_TYPE", ct)
 	}
 	if r.ContentLength >= 0 {
-		env = append(env, "CONTENT_LENGTH="+strconv.FormatInt(r.ContentLength, 10))
+		add("CONTENT_LENGTH", strconv.FormatInt(r.ContentLength, 10))
 	}
-	names := make([]string, 0, len(r.Header))
+	keys := make([]string, 0, len(r.Header))
 	for k := range r.Header {
 		switch http.CanonicalHeaderKey(k) {
-		case "Authorization", "Content-Type", "Content-Length":
+		case "Authorization", "Content-Type", "Content-Length", "Proxy":
 			continue
 		}
-		names = append(names, k)
+		keys = append(keys, k)
 	}
-	slices.Sort(names)
-	for _, k := range names {
-		v := strings.Join(r.Header[k], ", ")
-		if strings.IndexByte(v, 0) >= 0 {
-			continue // cannot be in an environment
+	slices.Sort(keys)
+	seen := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		name, ok := envName(k)
+		if !ok || seen[name] {
+			continue
 		}
-		env = append(env, "HTTP_"+envName(k)+"="+v)
+		seen[name] = true
+		add(name, strings.Join(r.Header[k], ", "))
 	}
-	return env
+	return shoal, request
 }
 
-// envName turns a header name into an environment variable's.
-func envName(header string) string {
-	b := []byte(strings.ToUpper(header))
-	for i, c := range b {
-		if !(c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
-			b[i] = '_'
+// envName turns a header name into an environment variable's,
+// HTTP_<NAME>; ok is false for a name with anything but letters, digits
+// and '-', which could pass for another header's.
+func envName(header string) (name string, ok bool) {
+	b := make([]byte, 0, len("HTTP_")+len(header))
+	b = append(b, "HTTP_"...)
+	for _, c := range []byte(header) {
+		switch {
+		case c >= 'a' && c <= 'z':
+			b = append(b, c-'a'+'A')
+		case c >= 'A' && c <= 'Z' || c >= '0' && c <= '9':
+			b = append(b, c)
+		case c == '-':
+			b = append(b, '_')
+		default:
+			return "", false
 		}
 	}
-	return string(b)
+	return string(b), header != ""
 }

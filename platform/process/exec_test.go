@@ -70,7 +70,11 @@ func bytesEqual(a, b []byte) bool { return string(a) == string(b) }
 
 func TestExecEnvironment(t *testing.T) {
 	t.Parallel()
-	e, dir, _ := newExec(t, `env | grep -E '^(SHOAL_|HTTP_|CONTENT_|GREETING|HOME|TMPDIR|PATH|`+canary+`)' | sort`+"\n", nil)
+	e, dir, _ := newExec(t, `env | grep -E '^(SHOAL_|HTTP_|CONTENT_|GREETING|HOME|TMPDIR|PATH|`+canary+`)' | sort`+"\n", func(c *process.ExecConfig) {
+		// The function's own variables: a request cannot replace them,
+		// but Shoal's win over them.
+		c.Env = append(c.Env, "HTTP_API_KEY=the function's", "CONTENT_TYPE=the function's", "SHOAL_METHOD=the function's")
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	req := httptest.NewRequestWithContext(ctx, "PATCH", "/items/42?x=1&y=%20", strings.NewReader("abc"))
@@ -79,6 +83,9 @@ func TestExecEnvironment(t *testing.T) {
 	req.Header.Add("X-Multi-Value", "a")
 	req.Header.Add("X-Multi-Value", "b")
 	req.Header.Set("Authorization", "Bearer secret-token")
+	req.Header.Set("Proxy", "http://evil.example:8080")
+	req.Header.Set("Api-Key", "the caller's")
+	req.Header["X_Forwarded_For"] = []string{"6.6.6.6"}
 	rec := httptest.NewRecorder()
 	e.ServeHTTP(rec, req)
 	if rec.Code != 200 {
@@ -94,26 +101,24 @@ func TestExecEnvironment(t *testing.T) {
 		"SHOAL_PATH":         "/items/42",
 		"SHOAL_QUERY":        "x=1&y=%20",
 		"SHOAL_REQUEST_ID":   "req-1",
-		"CONTENT_TYPE":       "text/plain",
+		"CONTENT_TYPE":       "the function's",
+		"HTTP_API_KEY":       "the function's",
 		"CONTENT_LENGTH":     "3",
 		"HTTP_X_MULTI_VALUE": "a, b",
 		"HTTP_X_REQUEST_ID":  "req-1",
 		"GREETING":           "hi",
-		"HOME":               dir,
 		"PATH":               os.Getenv("PATH"),
 	} {
 		if env[k] != want {
 			t.Errorf("%s=%q, want %q", k, env[k], want)
 		}
 	}
-	for _, k := range []string{"HTTP_AUTHORIZATION", "HTTP_CONTENT_TYPE", canary} {
+	for _, k := range []string{"HTTP_AUTHORIZATION", "HTTP_CONTENT_TYPE", "HTTP_PROXY", "HTTP_X_FORWARDED_FOR", canary} {
 		if v, ok := env[k]; ok {
 			t.Errorf("%s=%q passed", k, v)
 		}
 	}
-	if !strings.Contains(env["TMPDIR"], "shoal-sh-") {
-		t.Errorf("TMPDIR=%q, want the function's private directory", env["TMPDIR"])
-	}
+	wantPrivate(t, env["HOME"], env["TMPDIR"], "sh", dir)
 
 	// An empty path is "/".
 	req = httptest.NewRequestWithContext(ctx, "GET", "/", nil)

@@ -24,9 +24,13 @@ import (
 
 // Where an http function's process is told to listen, [HTTPConfig].Listen.
 const (
-	// ListenPort passes a free loopback TCP port in env PORT.
+	// ListenPort passes a free loopback TCP port in env PORT. The process
+	// must bind it on 127.0.0.1 itself: bound on every interface, it is
+	// reachable from the network, around the gateway. Prefer ListenUnix.
 	ListenPort = "port"
-	// ListenUnix passes the path of a Unix socket in env SHOAL_SOCKET; the
+	// ListenUnix passes the path of a Unix socket in env SHOAL_SOCKET, and
+	// in PORT too: Node's server.listen(path), and so an unchanged
+	// Express app's app.listen(process.env.PORT), listens on it. The
 	// socket is in a directory only the runner's user can enter.
 	ListenUnix = "unix"
 )
@@ -84,6 +88,38 @@ const portRetries = 3
 // (sun_path, with its terminating NUL).
 const maxSocketPath = 107
 
+// StartError is the error of a process that did not become ready. Its
+// Error has the tail of the process's stderr, which may hold what the
+// function prints of its secrets as it starts: report Summary where
+// others than the function's owner read (a runner's service metadata).
+type StartError struct {
+	Function string
+	Pid      int
+	// Reason says what happened, without the process's output: "exited
+	// before it was ready: exit status 3".
+	Reason string
+	// Stderr is the tail of the process's stderr (at most 2 KiB).
+	Stderr string
+	// Err is the cause, if any: the context's, for a start that was
+	// interrupted.
+	Err error
+}
+
+// Summary describes the failure without the process's output.
+func (e *StartError) Summary() string {
+	return fmt.Sprintf("function %q: its process (pid %d) %s", e.Function, e.Pid, e.Reason)
+}
+
+// Error is Summary followed by the tail of the process's stderr.
+func (e *StartError) Error() string {
+	if e.Stderr == "" {
+		return e.Summary()
+	}
+	return e.Summary() + ": " + e.Stderr
+}
+
+func (e *StartError) Unwrap() error { return e.Err }
+
 // errStartTimeout is the cause of a start that took StartTimeout.
 var errStartTimeout = errors.New("start timeout")
 
@@ -130,7 +166,8 @@ type instance struct {
 // StartHTTP starts the function's first process and waits until it is
 // ready. It fails when the command cannot be found (wrapping
 // [ErrRuntimeMissing]), or the process exits or is not ready within
-// StartTimeout (with the tail of its stderr), or ctx ends first.
+// StartTimeout, or ctx ends first. An error that names a started
+// process is a [*StartError], which holds the tail of its stderr.
 func StartHTTP(ctx context.Context, cfg HTTPConfig) (*HTTP, error) {
 	switch cfg.Listen {
 	case "":
@@ -198,7 +235,12 @@ func (h *HTTP) newInstance(n int) *instance {
 // ServeHTTP forwards the invocation to a ready process, waiting for one
 // within r's context. It answers 503 function_unavailable when none is
 // ready before r's context ends, and 502 function_crashed when the
-// process exits, or breaks the connection, before it answered. An
+// process exits, or breaks the connection, before it answered or in the
+// middle of its answer's body: then w should be an
+// [invocation.ErrorWriter] (the runner's is), which replaces what was
+// written. Under an http.Server, ReverseProxy aborts the connection
+// (panic [http.ErrAbortHandler]); any other w gets the error after what
+// was written. An
 // invocation that could not connect to a process that has just exited
 // (so it never reached it) waits for the next one.
 func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -216,27 +258,37 @@ func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			ierr.WriteHTTP(w)
 			return
 		}
-		var failed error
-		target := &url.URL{Scheme: "http", Host: host}
-		rp := &httputil.ReverseProxy{
-			Rewrite: func(pr *httputil.ProxyRequest) {
-				pr.SetURL(target)
-				pr.Out.Host = pr.In.Host
-				// Rewrite drops these; the runner's request carries the
-				// gateway's.
-				for _, k := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
-					if v, ok := pr.In.Header[k]; ok {
-						pr.Out.Header[k] = v
-					}
-				}
-			},
-			Transport:     inst.rt,
-			FlushInterval: -1,
-			ErrorLog:      slog.NewLogLogger(h.log.Handler(), slog.LevelWarn),
-			// Called before anything is written to w.
-			ErrorHandler: func(_ http.ResponseWriter, _ *http.Request, err error) { failed = err },
+		failed, broken := h.forward(w, out, inst, p, host)
+		if broken != nil {
+			// The answer's status and part of its body were written:
+			// the runner's writer (an invocation.ErrorWriter) replaces
+			// them with the error.
+			h.forwardError(ctx, p, broken).WriteHTTP(w)
+			return
 		}
-		rp.ServeHTTP(w, out)
+		if failed == nil {
+			return
+		}
+		var op *net.OpError
+		if errors.As(failed, &op) && op.Op == "dial" && (body == nil || !body.read.Load()) && ctx.Err() == nil &&
+			attempt < maxAttempts && waitChan(p.done, time.Second) {
+			continue
+		}
+		h.forwardError(ctx, p, failed).WriteHTTP(w)
+		return
+	}
+}
+
+// forward sends the invocation to the process p of inst, which it then
+// releases. failed is the error of a forwarding that wrote nothing to w;
+// broken that of an answer whose body could not be read whole (the
+// process died, or broke the connection, in the middle): what w got of
+// it is truncated.
+func (h *HTTP) forward(w http.ResponseWriter, out *http.Request, inst *instance, p *proc, host string) (failed, broken error) {
+	ctx := out.Context()
+	// Deferred: under an http.Server, ReverseProxy panics
+	// (http.ErrAbortHandler) when it cannot copy the body.
+	defer func() {
 		if h.cfg.PerSlot && errors.Is(ctx.Err(), context.DeadlineExceeded) && !p.exited() {
 			// The process took the invocation and did not answer in
 			// time: it is this invocation's alone, so its timeout ends
@@ -251,17 +303,55 @@ func (h *HTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			p.signal(syscall.SIGKILL)
 		}
 		h.release(inst)
-		if failed == nil {
-			return
-		}
-		var op *net.OpError
-		if errors.As(failed, &op) && op.Op == "dial" && (body == nil || !body.read.Load()) && ctx.Err() == nil &&
-			attempt < maxAttempts && waitChan(p.done, time.Second) {
-			continue
-		}
-		h.forwardError(ctx, p, failed).WriteHTTP(w)
-		return
+	}()
+	target := &url.URL{Scheme: "http", Host: host}
+	var body *answerBody
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Host = pr.In.Host
+			// Rewrite drops these; the runner's request carries the
+			// gateway's.
+			for _, k := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+				if v, ok := pr.In.Header[k]; ok {
+					pr.Out.Header[k] = v
+				}
+			}
+		},
+		// Without an http.Server in the request's context (the
+		// runner's case), ReverseProxy only logs an error that cuts the
+		// body short, and returns: the answer would be a truncated 200.
+		ModifyResponse: func(res *http.Response) error {
+			body = &answerBody{ReadCloser: res.Body}
+			res.Body = body
+			return nil
+		},
+		Transport:     inst.rt,
+		FlushInterval: -1,
+		ErrorLog:      slog.NewLogLogger(h.log.Handler(), slog.LevelWarn),
+		// Called before anything is written to w.
+		ErrorHandler: func(_ http.ResponseWriter, _ *http.Request, err error) { failed = err },
 	}
+	rp.ServeHTTP(w, out)
+	if failed == nil && body != nil {
+		broken = body.err
+	}
+	return failed, broken
+}
+
+// answerBody keeps the error that ended the read of an answer's body
+// early: anything but io.EOF.
+type answerBody struct {
+	io.ReadCloser
+	err error
+}
+
+func (b *answerBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
+	return n, err
 }
 
 // maxAttempts bounds the processes an invocation tries to connect to.
@@ -498,7 +588,7 @@ func (inst *instance) start(ctx context.Context) (*proc, string, error) {
 			if err := removeStale(inst.socket); err != nil {
 				return nil, "", fmt.Errorf("function %q: %w", h.cfg.Name, err)
 			}
-			env = []string{EnvSocket + "=" + inst.socket}
+			env = []string{EnvSocket + "=" + inst.socket, EnvPort + "=" + inst.socket}
 		} else {
 			port, err := freePort()
 			if err != nil {
@@ -516,18 +606,21 @@ func (inst *instance) start(ctx context.Context) (*proc, string, error) {
 			return p, host, nil
 		}
 		p.signal(syscall.SIGKILL)
-		exit := p.exit()
+		state, stderr := p.exitParts()
+		serr := &StartError{Function: h.cfg.Name, Pid: p.pid, Stderr: stderr}
 		switch {
-		case errors.Is(err, errExited) && inst.socket == "" && portTaken(exit) && attempt < portRetries:
-			h.log.Warn("process found its port taken; starting it again on another", "instance", inst.n, "pid", p.pid, "exit", exit)
+		case errors.Is(err, errExited) && inst.socket == "" && portTaken(stderr) && attempt < portRetries:
+			h.log.Warn("process found its port taken; starting it again on another", "instance", inst.n, "pid", p.pid, "exit", p.exit())
 			continue
 		case errors.Is(err, errExited):
-			return nil, "", fmt.Errorf("function %q: its process (pid %d) exited before it was ready: %s", h.cfg.Name, p.pid, exit)
+			serr.Reason = "exited before it was ready: " + state
 		case context.Cause(ctx) == errStartTimeout:
-			return nil, "", fmt.Errorf("function %q: its process (pid %d) was not ready within %v (%v), killed: %s", h.cfg.Name, p.pid, h.cfg.StartTimeout, err, exit)
+			serr.Reason = fmt.Sprintf("was not ready within %v (%v), killed: %s", h.cfg.StartTimeout, err, state)
 		default:
-			return nil, "", fmt.Errorf("function %q: start interrupted: %w", h.cfg.Name, context.Cause(ctx))
+			serr.Reason = fmt.Sprintf("was killed: start interrupted: %v", context.Cause(ctx))
+			serr.Err = context.Cause(ctx)
 		}
+		return nil, "", serr
 	}
 }
 
@@ -535,11 +628,17 @@ func (inst *instance) start(ctx context.Context) (*proc, string, error) {
 var errExited = errors.New("exited")
 
 // waitReady polls the process until it is ready, it exits (errExited),
-// or ctx ends (the last probe's error).
+// or ctx ends (the last probe's error). On a port, what answers the
+// probe must be the process, or one of its process group: the port was
+// free when it was picked, but another program may have taken it since,
+// and would get the invocations, and their callers' credentials.
 func (inst *instance) waitReady(ctx context.Context, p *proc, host string) error {
 	interval := firstPoll
 	for {
 		err := inst.probe(ctx, host)
+		if err == nil && inst.socket == "" {
+			err = listensInGroup(host, p.pid)
+		}
 		if err == nil {
 			return nil
 		}

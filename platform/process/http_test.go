@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -35,6 +36,7 @@ func TestHTTPForwards(t *testing.T) {
 		{name: "port, ready on connect", listen: process.ListenPort},
 		{name: "port by default", listen: ""},
 		{name: "unix socket, ready on connect", listen: process.ListenUnix},
+		{name: "unix socket, a server that reads PORT only (Express)", listen: process.ListenUnix, env: []string{"PORT_ONLY=1"}},
 		{name: "port, readiness path", listen: process.ListenPort, readiness: "/ready", env: []string{"READY_AFTER=300ms"}},
 		{name: "unix socket, readiness path", listen: process.ListenUnix, readiness: "/ready", env: []string{"READY_AFTER=300ms"}},
 	} {
@@ -80,16 +82,13 @@ func TestHTTPForwards(t *testing.T) {
 			if v := env("GREETING"); v != "hi" {
 				t.Errorf("GREETING=%q, want hi", v)
 			}
-			if v := env("HOME"); v != cfg.Dir {
-				t.Errorf("HOME=%q, want %q", v, cfg.Dir)
-			}
-			if v := env("TMPDIR"); !strings.Contains(v, "shoal-srv-") {
-				t.Errorf("TMPDIR=%q, want the function's private directory", v)
-			}
+			wantPrivate(t, env("HOME"), env("TMPDIR"), "srv", cfg.Dir)
 			port, socket := env("PORT"), env("SHOAL_SOCKET")
 			if tc.listen == process.ListenUnix {
-				if port != "" || !strings.HasSuffix(socket, ".sock") {
-					t.Errorf("PORT=%q SHOAL_SOCKET=%q, want a socket only", port, socket)
+				// PORT too: Node's server.listen(path), and so Express's
+				// app.listen(process.env.PORT), listen on a socket.
+				if port != socket || !strings.HasSuffix(socket, ".sock") {
+					t.Errorf("PORT=%q SHOAL_SOCKET=%q, want the socket in both", port, socket)
 				}
 				fi, err := os.Stat(filepath.Dir(socket))
 				if err != nil || fi.Mode().Perm() != 0o700 {
@@ -199,6 +198,39 @@ func TestHTTPRestartsACrashedProcess(t *testing.T) {
 	}
 }
 
+// errorRecorder is a ResponseRecorder that takes a handler's failure
+// apart, as the runner's writer does (invocation.ErrorWriter).
+type errorRecorder struct {
+	*httptest.ResponseRecorder
+	failed *invocation.Error
+}
+
+func (r *errorRecorder) WriteError(e *invocation.Error) {
+	if r.failed == nil {
+		r.failed = e
+	}
+}
+
+// A process that dies in the middle of its answer's body fails the
+// invocation (502 function_crashed), rather than answering a truncated
+// 200.
+func TestHTTPTruncatedAnswer(t *testing.T) {
+	t.Parallel()
+	h := startHTTP(t, serverConfig(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rec := &errorRecorder{ResponseRecorder: httptest.NewRecorder()}
+	h.ServeHTTP(rec, httptest.NewRequestWithContext(ctx, "GET", "/truncate", nil))
+	if rec.failed == nil {
+		t.Fatalf("got %d %q and no failure, want 502 function_crashed", rec.Code, rec.Body.String())
+	}
+	if rec.failed.Status != http.StatusBadGateway || rec.failed.Code != invocation.CodeFunctionCrashed ||
+		!strings.Contains(rec.failed.Message, "exit status 9") {
+		t.Errorf("failure %v, want 502 function_crashed with the exit status", rec.failed)
+	}
+	pidOf(t, call(h, "GET", "/pid", nil, 5*time.Second)) // started again
+}
+
 func TestStartHTTPFails(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -215,10 +247,14 @@ func TestStartHTTPFails(t *testing.T) {
 		timeout time.Duration
 		is      error
 		want    []string
+		// stderr is what the process printed: in the error, but not in
+		// its summary; "" when the error is no *StartError.
+		stderr string
 	}{
-		{name: "exits at once", command: []string{"./run.sh"}, want: []string{"exited before it was ready", "exit status 3", "cannot find module express"}},
+		{name: "exits at once", command: []string{"./run.sh"}, want: []string{"exited before it was ready", "exit status 3", "cannot find module express"},
+			stderr: "cannot find module express"},
 		{name: "never ready", command: []string{"bash", "-c", "echo starting >&2; exec sleep 100"}, timeout: 300 * time.Millisecond,
-			want: []string{"not ready within 300ms", "connection refused", "signal: killed: starting"}},
+			want: []string{"not ready within 300ms", "connection refused", "signal: killed: starting"}, stderr: "starting"},
 		{name: "runtime not in PATH", command: []string{"no-such-runtime-3", "app.js"}, is: process.ErrRuntimeMissing,
 			want: []string{"runtime missing: no-such-runtime-3 not found in PATH"}},
 		{name: "relative command missing", command: []string{"./app"}, is: process.ErrRuntimeMissing, want: []string{"./app: no such file"}},
@@ -242,6 +278,19 @@ func TestStartHTTPFails(t *testing.T) {
 					t.Errorf("error %q lacks %q", err, w)
 				}
 			}
+			var serr *process.StartError
+			if tc.stderr == "" {
+				if errors.As(err, &serr) {
+					t.Errorf("error %q is a *StartError", err)
+				}
+				return
+			}
+			if !errors.As(err, &serr) {
+				t.Fatalf("error %q (%T) is no *StartError", err, err)
+			}
+			if sum := serr.Summary(); strings.Contains(sum, tc.stderr) || !strings.Contains(sum, tc.want[0]) || serr.Stderr != tc.stderr {
+				t.Errorf("summary %q, stderr %q: want the failure without the stderr %q", sum, serr.Stderr, tc.stderr)
+			}
 		})
 	}
 }
@@ -260,6 +309,31 @@ func TestHTTPRetriesATakenPort(t *testing.T) {
 	cfg := serverConfig(t, "FAIL_FIRST="+filepath.Join(t.TempDir(), "failed"))
 	h := startHTTP(t, cfg)
 	pidOf(t, call(h, "GET", "/pid", nil, 5*time.Second))
+}
+
+// The process is ready once it listens itself: a server out of its
+// process group on its port (another program that took the port between
+// the pick and the listen) does not make it ready, and gets none of its
+// invocations.
+func TestHTTPPortHeldByAnotherProcess(t *testing.T) {
+	t.Parallel()
+	cfg := serverConfig(t)
+	cfg.Env = []string{envMode + "=setsid"}
+	cfg.StartTimeout = time.Second
+	h, err := process.StartHTTP(context.Background(), cfg)
+	if err == nil {
+		_ = h.Close(context.Background())
+		t.Fatal("ready, with another process group's server on its port")
+	}
+	if !regexp.MustCompile(`not ready within 1s \(port \d+ is held by another process`).MatchString(err.Error()) {
+		t.Errorf("error %q: want the port held by another process", err)
+	}
+	m := regexp.MustCompile(`server (\d+)`).FindStringSubmatch(err.Error())
+	if m == nil {
+		t.Fatalf("error %q: no pid of the other server", err)
+	}
+	pid, _ := strconv.Atoi(m[1])
+	waitGone(t, 5*time.Second, pid) // it died with its parent
 }
 
 // Close stops the process group (the function's own children too), with
@@ -296,12 +370,12 @@ func TestHTTPCloseStopsTheGroup(t *testing.T) {
 	}
 }
 
-// A function's process dies with the runner, even a runner killed with
-// SIGKILL, which can clean nothing up.
-func TestProcessNeverOrphaned(t *testing.T) {
-	t.Parallel()
+// startParent runs a runner (this binary as "parent") with tmp as its
+// TMPDIR, and returns it and the pid of its function's process.
+func startParent(t *testing.T, tmp string) (*exec.Cmd, int) {
+	t.Helper()
 	cmd := exec.Command(testBinary(t)[0])
-	cmd.Env = append(os.Environ(), envMode+"=parent", "TMPDIR="+t.TempDir()) // its private directory stays behind
+	cmd.Env = append(os.Environ(), envMode+"=parent", "TMPDIR="+tmp)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -310,13 +384,35 @@ func TestProcessNeverOrphaned(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer cmd.Wait()
-	defer cmd.Process.Kill()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
 	line, err := bufio.NewReader(out).ReadString('\n')
 	child, perr := strconv.Atoi(strings.TrimSpace(line))
 	if err != nil || perr != nil {
 		t.Fatalf("parent said %q: %v", line, err)
 	}
+	return cmd, child
+}
+
+// privateDirs lists the private directories in tmp of the runner pid.
+func privateDirs(t *testing.T, tmp string, pid int) []string {
+	t.Helper()
+	dirs, err := filepath.Glob(filepath.Join(tmp, fmt.Sprintf("shoal-%d-orphan-*", pid)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dirs
+}
+
+// A function's process dies with the runner, even a runner killed with
+// SIGKILL, which can clean nothing up; the next runner removes the
+// private directory it left.
+func TestProcessNeverOrphaned(t *testing.T) {
+	t.Parallel()
+	tmp := t.TempDir()
+	cmd, child := startParent(t, tmp)
 	// Threads of the parent keep ending meanwhile: the child survives
 	// them, and dies with the parent only.
 	time.Sleep(300 * time.Millisecond)
@@ -327,6 +423,19 @@ func TestProcessNeverOrphaned(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitGone(t, 5*time.Second, child)
+	_ = cmd.Wait()
+
+	left := privateDirs(t, tmp, cmd.Process.Pid)
+	if len(left) != 1 {
+		t.Fatalf("the killed runner left %q, want its private directory", left)
+	}
+	next, _ := startParent(t, tmp)
+	if _, err := os.Stat(left[0]); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the next runner's first start left %s: %v", left[0], err)
+	}
+	if dirs := privateDirs(t, tmp, next.Process.Pid); len(dirs) != 1 {
+		t.Errorf("the next runner's private directories: %q, want one", dirs)
+	}
 }
 
 // Threads ending in the runner do not take its functions' processes

@@ -5,12 +5,19 @@ package process
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -218,19 +225,132 @@ func TestRequestEnv(t *testing.T) {
 		"Content-Type":      {"application/json"},
 		"Authorization":     {"Bearer t"},
 		"X-Forwarded-For":   {"1.2.3.4", "5.6.7.8"},
-		"X-Weird.Name":      {"v"},
 		"X-Request-Id":      {"id-9"},
 		"X-Has-Nul":         {"a\x00b"},
 		"Accept-Language":   {"fr"},
 		"Shoal-Not-Special": {"s"},
+		"Proxy":             {"http://evil:8080"},  // httpoxy: would be HTTP_PROXY
+		"X_Real_Ip":         {"6.6.6.6"},           // would pass for X-Real-Ip
+		"X-Weird.Name":      {"v"},                 // would pass for X-Weird-Name
+		"Api-Key":           {"the caller's"},      // the function's HTTP_API_KEY
+		"X-Tenant":          {"the caller's"},      // allowed: not the function's
+		"x-tenant":          {"a second spelling"}, // the first one is kept
 	}
-	want := []string{
-		"SHOAL_METHOD=POST", "SHOAL_PATH=/a/b", "SHOAL_QUERY=q=1", "SHOAL_REQUEST_ID=id-9",
-		"CONTENT_TYPE=application/json", "CONTENT_LENGTH=2",
+	fnNames := map[string]bool{"HTTP_API_KEY": true, "CONTENT_LENGTH": true}
+	wantShoal := []string{"SHOAL_METHOD=POST", "SHOAL_PATH=/a/b", "SHOAL_QUERY=q=1", "SHOAL_REQUEST_ID=id-9"}
+	wantRequest := []string{
+		"CONTENT_TYPE=application/json",
 		"HTTP_ACCEPT_LANGUAGE=fr", "HTTP_SHOAL_NOT_SPECIAL=s", "HTTP_X_FORWARDED_FOR=1.2.3.4, 5.6.7.8",
-		"HTTP_X_REQUEST_ID=id-9", "HTTP_X_WEIRD_NAME=v",
+		"HTTP_X_REQUEST_ID=id-9", "HTTP_X_TENANT=the caller's",
 	}
-	if got := requestEnv(r); !slices.Equal(got, want) {
-		t.Errorf("got  %q\nwant %q", got, want)
+	shoal, request := requestEnv(r, fnNames)
+	if !slices.Equal(shoal, wantShoal) {
+		t.Errorf("Shoal's: got  %q\nwant %q", shoal, wantShoal)
+	}
+	if !slices.Equal(request, wantRequest) {
+		t.Errorf("the request's: got  %q\nwant %q", request, wantRequest)
+	}
+}
+
+func TestListensInGroup(t *testing.T) {
+	for _, network := range []string{"127.0.0.1:0", "0.0.0.0:0", "[::]:0"} {
+		t.Run(network, func(t *testing.T) {
+			l, err := net.Listen("tcp", network)
+			if err != nil {
+				t.Skip(err) // e.g. no IPv6
+			}
+			defer l.Close()
+			host := net.JoinHostPort("127.0.0.1", strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
+			if err := listensInGroup(host, syscall.Getpgrp()); err != nil {
+				t.Errorf("the test's own group: %v", err)
+			}
+			if err := listensInGroup(host, 1<<30); err == nil || !strings.Contains(err.Error(), "is held by another process") {
+				t.Errorf("another group: %v, want the port held by another process", err)
+			}
+			// sock_diag and its fallback, /proc/net/tcp{,6}, agree.
+			port := uint16(l.Addr().(*net.TCPAddr).Port)
+			var found [2][]string
+			for i, list := range []func(func(netip.Addr, uint16, string)) error{diagListeners, procListeners} {
+				err := list(func(addr netip.Addr, p uint16, inode string) {
+					if p == port {
+						found[i] = append(found[i], addr.Unmap().String()+" "+inode)
+					}
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if len(found[0]) != 1 || !slices.Equal(found[0], found[1]) {
+				t.Errorf("sock_diag lists %q, /proc/net/tcp %q; want the one listener", found[0], found[1])
+			}
+		})
+	}
+	free := freePortT(t)
+	if err := listensInGroup(free, syscall.Getpgrp()); err == nil || !strings.Contains(err.Error(), "no socket listens") {
+		t.Errorf("a port no one listens on: %v", err)
+	}
+}
+
+func freePortT(t *testing.T) string {
+	t.Helper()
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+}
+
+// sweepStale removes the private directories of dead runners, and only
+// those.
+func TestSweepStale(t *testing.T) {
+	tmp := t.TempDir()
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	deadPid := dead.Process.Pid
+	mk := func(name string, dir bool) string {
+		p := filepath.Join(tmp, name)
+		var err error
+		if dir {
+			err = os.MkdirAll(filepath.Join(p, "tmp"), 0o700)
+		} else {
+			err = os.WriteFile(p, nil, 0o600)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	gone := []string{
+		mk(privatePrefix(deadPid, "fn")+"123", true),
+		mk(privatePrefix(deadPid, "other")+"456", true),
+	}
+	kept := []string{
+		mk(privatePrefix(os.Getpid(), "fn")+"1", true),      // this runner's
+		mk(privatePrefix(os.Getppid(), "fn")+"1", true),     // a running one's
+		mk(fmt.Sprintf("shoal-%d-fn-file", deadPid), false), // not a directory
+		mk("shoal-srv-123", true),                           // no pid
+		mk(fmt.Sprintf("shoal-0%d-fn-1", deadPid), true),    // not as a runner names it
+		mk(fmt.Sprintf("other-%d-fn-1", deadPid), true),
+	}
+	if os.Getuid() == 0 {
+		// Another user's: not this runner's to remove.
+		p := mk(privatePrefix(deadPid, "theirs")+"1", true)
+		if err := os.Chown(p, 12345, 12345); err != nil {
+			t.Fatal(err)
+		}
+		kept = append(kept, p)
+	}
+	sweepStale(tmp, slog.New(slog.DiscardHandler))
+	for _, p := range gone {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s: %v, want it removed", filepath.Base(p), err)
+		}
+	}
+	for _, p := range kept {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s: %v, want it kept", filepath.Base(p), err)
+		}
 	}
 }

@@ -45,6 +45,8 @@ func TestMain(m *testing.M) {
 		serve()
 	case "parent":
 		parent()
+	case "setsid":
+		setsidServer()
 	default:
 		fmt.Fprintln(os.Stderr, "unknown mode", os.Getenv(envMode))
 		os.Exit(2)
@@ -53,7 +55,9 @@ func TestMain(m *testing.M) {
 
 // serve is an HTTP function: it listens where PORT or SHOAL_SOCKET says.
 // With FAIL_FIRST=<file> it fails once, as when its port was taken; with
-// READY_AFTER=<duration> GET /ready answers 503 until then.
+// READY_AFTER=<duration> GET /ready answers 503 until then; with
+// PORT_ONLY=1 it reads PORT alone, as Node's server.listen(PORT) does: a
+// path there is a Unix socket.
 func serve() {
 	if f := os.Getenv("FAIL_FIRST"); f != "" {
 		if _, err := os.Stat(f); err != nil {
@@ -66,7 +70,9 @@ func serve() {
 	readyAfter, _ := time.ParseDuration(os.Getenv("READY_AFTER"))
 	var l net.Listener
 	var err error
-	if s := os.Getenv("SHOAL_SOCKET"); s != "" {
+	if s := os.Getenv("SHOAL_SOCKET"); s != "" && os.Getenv("PORT_ONLY") == "" {
+		l, err = net.Listen("unix", s)
+	} else if s := os.Getenv("PORT"); strings.Contains(s, "/") {
 		l, err = net.Listen("unix", s)
 	} else {
 		l, err = net.Listen("tcp", "127.0.0.1:"+os.Getenv("PORT"))
@@ -110,6 +116,13 @@ func serve() {
 		fmt.Fprintln(os.Stderr, "crashing on purpose")
 		os.Exit(7)
 	})
+	mux.HandleFunc("/truncate", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100000")
+		_, _ = w.Write([]byte("the first bytes"))
+		w.(http.Flusher).Flush()
+		fmt.Fprintln(os.Stderr, "dying mid-body")
+		os.Exit(9)
+	})
 	mux.HandleFunc("/spawn", func(w http.ResponseWriter, r *http.Request) {
 		cmd := exec.Command("sleep", "100")
 		if err := cmd.Start(); err != nil {
@@ -149,6 +162,25 @@ func parent() {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// setsidServer runs a server in a session of its own, out of its process
+// group, as another program that took its port would be; the server dies
+// with it.
+func setsidServer() {
+	runtime.LockOSThread() // the server's parent-death signal follows this thread
+	exe, _ := os.Executable()
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), envMode+"=server")
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Fprintf(os.Stderr, "server %d\n", cmd.Process.Pid)
+	_ = cmd.Wait()
+	os.Exit(1)
 }
 
 // testBinary is the command that runs this binary as a function.
@@ -314,3 +346,21 @@ func signalIgnore(sig os.Signal) { signal.Ignore(sig) }
 // which ends the thread: a process forked from it would get its
 // parent-death signal.
 func runtimeLockAndExit() { runtime.LockOSThread() }
+
+// wantPrivate checks that HOME and TMPDIR are in the function's private
+// directory, os.TempDir()/shoal-<runner pid>-<function>-*, not in its
+// working directory (the code, shared between runners).
+func wantPrivate(t *testing.T, home, tmp, function, workdir string) {
+	t.Helper()
+	private := filepath.Dir(tmp)
+	prefix := filepath.Join(os.TempDir(), fmt.Sprintf("shoal-%d-%s-", os.Getpid(), function))
+	if !strings.HasPrefix(private, prefix) || tmp != filepath.Join(private, "tmp") {
+		t.Errorf("TMPDIR=%q, want %s*/tmp", tmp, prefix)
+	}
+	if home != filepath.Join(private, "home") || strings.HasPrefix(home, workdir) {
+		t.Errorf("HOME=%q, want %s (not the working directory %s)", home, filepath.Join(private, "home"), workdir)
+	}
+	if fi, err := os.Stat(home); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 {
+		t.Errorf("HOME %s: %v %v, want a directory of mode 0700", home, fi, err)
+	}
+}

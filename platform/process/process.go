@@ -9,9 +9,12 @@
 //
 // [StartHTTP] runs a long-lived HTTP server (an Express app, a Flask
 // app, a Go binary): it tells the process where to listen — env PORT
-// (a free loopback port) or SHOAL_SOCKET (a Unix socket in a private
-// directory) — waits until it is ready, and forwards each invocation to
-// it. One process takes every invocation ([HTTPConfig].PerSlot false),
+// (a free loopback port, which the process must bind on 127.0.0.1
+// itself), or SHOAL_SOCKET and PORT both (the path of a Unix socket in a
+// private directory: Node's server.listen(PORT) listens on it) — waits
+// until it is ready (on a port, until the socket listening on it is the
+// process's own, or its process group's), and forwards each invocation
+// to it. One process takes every invocation ([HTTPConfig].PerSlot false),
 // or each process takes one at a time, up to [HTTPConfig].Slots of them.
 // A process that exits on its own is started again after a back-off
 // that doubles from 100 ms to 30 s (and starts from 100 ms again once a
@@ -26,9 +29,16 @@
 // # Environment
 //
 // A process never inherits the runner's environment (which holds NATS
-// credentials and keys). It gets PATH (the runner's), HOME (the working
-// directory), LANG (if the runner has one), TMPDIR (a private directory,
-// removed by Close), then [Config].Env, then the variables of its kind.
+// credentials and keys). It gets PATH (the runner's), HOME and TMPDIR
+// (directories of its own, private to the function's processes on this
+// runner and removed by Close: the working directory is the unpacked
+// code, which runners share and nothing may write to), LANG (if the
+// runner has one), then [Config].Env, then the variables of its kind.
+//
+// The private directory is os.TempDir()/shoal-<runner pid>-<function>-*.
+// A runner killed with SIGKILL cannot remove its own: the first start of
+// a function by a runner removes those, in os.TempDir() and owned by its
+// user, whose runner's pid is no longer running.
 //
 // # Processes
 //
@@ -74,6 +84,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -95,8 +106,9 @@ type Config struct {
 	Dir string
 	// Env holds the KEY=VALUE pairs the function gets (its env and
 	// secrets). Later entries win over earlier ones and over the base
-	// (PATH, HOME, LANG, TMPDIR); the kind's own variables (PORT,
-	// SHOAL_SOCKET, SHOAL_METHOD, ...) win over Env.
+	// (PATH, HOME, LANG, TMPDIR), and Env wins over what an exec
+	// process's request sets (HTTP_*, CONTENT_*); the kind's own
+	// variables (PORT, SHOAL_SOCKET, SHOAL_METHOD, ...) win over Env.
 	Env []string
 	// Limits caps each process.
 	Limits Limits
@@ -146,9 +158,12 @@ type spawner struct {
 	cfg  Config
 	log  *slog.Logger
 	path string   // Command[0], resolved
-	env  []string // base and cfg.Env
-	// dir is the function's private directory (0700): TMPDIR and the
-	// Unix sockets are in it.
+	base []string // PATH, HOME, TMPDIR, LANG
+	// names holds the names of cfg.Env's variables, which a request's
+	// may not set.
+	names map[string]bool
+	// dir is the function's private directory (0700): HOME, TMPDIR and
+	// the Unix sockets are in it.
 	dir    string
 	cgroup string // the cgroup parent; "" for rlimits
 	// wg counts the goroutines of every process: the reaper and the
@@ -208,21 +223,71 @@ func newSpawner(cfg Config) (*spawner, error) {
 		}
 	}
 
-	s.dir, err = os.MkdirTemp("", "shoal-"+safeName(cfg.Name)+"-")
+	sweepOnce.Do(func() { sweepStale(os.TempDir(), log) })
+	s.dir, err = os.MkdirTemp("", privatePrefix(os.Getpid(), cfg.Name))
 	if err != nil {
 		return nil, fmt.Errorf("function %q: private directory: %w", cfg.Name, err)
 	}
-	tmp := filepath.Join(s.dir, "tmp")
-	if err := os.Mkdir(tmp, 0o700); err != nil {
-		_ = os.RemoveAll(s.dir)
-		return nil, fmt.Errorf("function %q: private directory: %w", cfg.Name, err)
+	home, tmp := filepath.Join(s.dir, "home"), filepath.Join(s.dir, "tmp")
+	for _, d := range []string{home, tmp} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			_ = os.RemoveAll(s.dir)
+			return nil, fmt.Errorf("function %q: private directory: %w", cfg.Name, err)
+		}
 	}
-	s.env = []string{"PATH=" + pathEnv, "HOME=" + cfg.Dir, "TMPDIR=" + tmp}
+	s.base = []string{"PATH=" + pathEnv, "HOME=" + home, "TMPDIR=" + tmp}
 	if lang := os.Getenv("LANG"); lang != "" {
-		s.env = append(s.env, "LANG="+lang)
+		s.base = append(s.base, "LANG="+lang)
 	}
-	s.env = append(s.env, cfg.Env...)
+	s.names = make(map[string]bool, len(cfg.Env))
+	for _, kv := range cfg.Env {
+		k, _, _ := strings.Cut(kv, "=")
+		s.names[k] = true
+	}
 	return s, nil
+}
+
+// privatePrefix is the start of the name of a function's private
+// directory: shoal-<runner pid>-<function>-.
+func privatePrefix(pid int, name string) string {
+	return "shoal-" + strconv.Itoa(pid) + "-" + safeName(name) + "-"
+}
+
+// sweepOnce sweeps the private directories of dead runners at the first
+// start of a function.
+var sweepOnce sync.Once
+
+// sweepStale removes the private directories in tmp left by runners
+// that died without removing them (SIGKILL): those named
+// shoal-<pid>-*, owned by this user, whose pid is not a running
+// process. A pid reused since is taken for its runner: its directory
+// stays, for a later runner to remove.
+func sweepStale(tmp string, log *slog.Logger) {
+	entries, err := os.ReadDir(tmp)
+	if err != nil {
+		log.Warn("cannot look for private directories of dead runners", "dir", tmp, "error", err)
+		return
+	}
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), "shoal-")
+		if !ok || !e.IsDir() {
+			continue
+		}
+		digits, _, ok := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(digits)
+		if !ok || err != nil || pid <= 0 || strconv.Itoa(pid) != digits || pid == os.Getpid() || running(pid) {
+			continue
+		}
+		dir := filepath.Join(tmp, e.Name())
+		if !ownedByMe(dir) {
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			log.Warn("cannot remove the private directory of a dead runner", "dir", dir, "error", err)
+			continue
+		}
+		log.Info("removed the private directory of a dead runner", "dir", dir, "pid", pid)
+	}
 }
 
 // cleanup removes the private directory; call it once every process
@@ -330,13 +395,19 @@ func (p *proc) exited() bool {
 // killed"), followed by the tail of its stderr, if any. It waits for the
 // process to be reaped and, at most outputDrain, for its stderr.
 func (p *proc) exit() string {
+	state, stderr := p.exitParts()
+	if stderr != "" {
+		return state + ": " + stderr
+	}
+	return state
+}
+
+// exitParts is exit's two parts: how the process ended, and the tail of
+// its stderr.
+func (p *proc) exitParts() (state, stderr string) {
 	<-p.done
 	waitTimeout(&p.output, outputDrain)
-	msg := p.state.String()
-	if t := p.stderrTail(); t != "" {
-		msg += ": " + t
-	}
-	return msg
+	return p.state.String(), p.stderrTail()
 }
 
 // stderrTail is the last 2 KiB of the process's stderr, trimmed.
@@ -357,7 +428,10 @@ func (p *proc) keepTail(b []byte) {
 
 // spawnSpec is what differs between the processes of a function.
 type spawnSpec struct {
-	env []string // after the spawner's
+	// request holds the variables an exec process's request sets
+	// (HTTP_*, CONTENT_*): Config.Env wins over them.
+	request []string
+	env     []string // the kind's own variables; they win over all
 	// stdin and stdout are the process's ends; nil means /dev/null for
 	// stdin and a pipe logged line by line for stdout. spawn does not
 	// close them.
@@ -366,7 +440,10 @@ type spawnSpec struct {
 
 // spawn starts a process. Its goroutines are counted in s.wg.
 func (s *spawner) spawn(spec spawnSpec) (*proc, error) {
-	env := slices.Concat(s.env, spec.env)
+	// Later entries win (os/exec keeps the last of a name): what a
+	// request sets yields to the function's own env, which yields to
+	// the kind's variables.
+	env := slices.Concat(s.base, spec.request, s.cfg.Env, spec.env)
 	p := &proc{done: make(chan struct{})}
 	var closeAfterStart []*os.File
 	defer func() {
