@@ -212,7 +212,7 @@ functions:
 			m += "  hello-python:\n    source: examples/python\n    handler: {http: {command: [python3, serve.py], readiness: /}}\n    public: true\n"
 		}
 		if withNode {
-			m += "  hello-node:\n    source: examples/node-express\n    build: [npm, ci, --omit=dev, --no-audit, --no-fund]\n    handler: {http: {command: [node, index.js], readiness: /ping}}\n    public: true\n"
+			m += "  hello-node:\n    source: examples/node-express\n    build: [npm, ci, --omit=dev, --no-audit, --no-fund]\n    handler: {http: {command: [node, index.js], listen: unix, readiness: /ping}}\n    public: true\n"
 		}
 		return m
 	}

@@ -159,7 +159,7 @@ func (r *Runner) startProcesses(fns []manifest.Function, retry bool) (started ma
 		default:
 			if !p.applied {
 				p.applied, p.retryAt = true, now.Add(retryUnservable)
-				p.why = p.err.Error()
+				p.why = startSummary(p.err)
 				if ep, ok := eps[fn.Name]; ok && keepsServing(ep.def.Load(), fn) {
 					p.why = fmt.Sprintf("its new version (code %s) does not start, the previous one serves on: %s", fn.Process.Code.Digest, p.why)
 				}
@@ -188,9 +188,15 @@ func (r *Runner) begin(fn manifest.Function, why string) {
 		defer cancel()
 		t := time.Now()
 		h, err := r.processes.Start(ctx, fn)
-		if err == nil {
+		switch {
+		case err == nil:
 			r.log.Info("function's processes started", "function", fn.Name, "handler", fn.Handler.String(),
 				"code", fn.Process.Code.Digest, "took", time.Since(t).Round(time.Millisecond))
+		case ctx.Err() == nil:
+			// In full here, with the end of the process's stderr; the
+			// service metadata, which NATS clients read, gets the summary.
+			r.log.Warn("function's processes did not start", "function", fn.Name, "handler", fn.Handler.String(),
+				"code", fn.Process.Code.Digest, "error", err)
 		}
 		r.mu.Lock()
 		p.done, p.handler, p.err, p.applied = true, h, err, false
@@ -204,6 +210,17 @@ func (r *Runner) begin(fn manifest.Function, why string) {
 		}
 		r.wake()
 	})
+}
+
+// startSummary is why a start failed, without what the function's
+// process wrote (its stderr could hold anything, secrets included): the
+// error's Summary when it has one (process.StartError).
+func startSummary(err error) string {
+	var s interface{ Summary() string }
+	if errors.As(err, &s) {
+		return s.Summary()
+	}
+	return err.Error()
 }
 
 // wake asks the retry loop to apply the functions again (a start ended).

@@ -104,6 +104,7 @@ type fixture struct {
 	secrets  *secrets.Store
 	launcher *launcher.Launcher
 	log      *slog.Logger
+	logs     *lockedBuffer
 	// self is the test binary, the http functions' program.
 	self string
 }
@@ -112,7 +113,7 @@ func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	// The runner's and the functions' log, shown if the test fails; it
 	// is printed last, after the runner stopped.
-	var logs lockedBuffer
+	logs := &lockedBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("runner log:\n%s", logs.String())
@@ -138,12 +139,12 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	l, err := launcher.New(launcher.Config{JetStream: js, CacheDir: filepath.Join(t.TempDir(), "code"), Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{t: t, s: s, nc: nc, code: code, secrets: sec, launcher: l, log: log, self: self}
+	return &fixture{t: t, s: s, nc: nc, code: code, secrets: sec, launcher: l, log: log, logs: logs, self: self}
 }
 
 // lockedBuffer is a log destination safe for concurrent writes.
@@ -552,9 +553,14 @@ func TestProcessNewVersionThatDoesNotStart(t *testing.T) {
 	if got, pid := f.answer("web", "", auth); got != "1" || pid != pid1 {
 		t.Errorf("after a version that does not start: answered by version %s pid %d, want version 1 pid %d", got, pid, pid1)
 	}
+	// What the process wrote is logged, never in the reason, which NATS
+	// clients read in the service metadata.
 	why := r.Unservable()["web"]
-	if !strings.Contains(why, "previous one serves on") || !strings.Contains(why, "boom: cannot open the database") {
-		t.Errorf("Unservable()[web] = %q, want the previous version serving on and the new one's stderr", why)
+	if !strings.Contains(why, "previous one serves on") || !strings.Contains(why, "exit status 3") || strings.Contains(why, "boom") {
+		t.Errorf("Unservable()[web] = %q, want the previous version serving on and the new one's exit, without its stderr", why)
+	}
+	if !strings.Contains(f.logs.String(), "boom: cannot open the database") {
+		t.Error("the log lacks the new version's stderr")
 	}
 
 	// A good version takes over, and the failure is forgotten.
@@ -578,7 +584,7 @@ func TestProcessNewVersionThatDoesNotStart(t *testing.T) {
 		t.Errorf("invoking it: %d %q %v, want no responders", status, body, err)
 	}
 	why = r.Unservable()["web"]
-	if strings.Contains(why, "serves on") || !strings.Contains(why, "boom: cannot open the database") {
+	if strings.Contains(why, "serves on") || !strings.Contains(why, "exit status 3") {
 		t.Errorf("Unservable()[web] = %q, want the new version's failure alone", why)
 	}
 	waitGone(t, pid3, "version 3's process")
