@@ -214,6 +214,12 @@ func startProcessPlatform(b *testing.B) string {
 	r := runnertest.Start(b, s.ClientURL(), runner.Config{
 		Manifest: m, Builtins: map[string]http.Handler{"ping": ping.Handler()}, Processes: l,
 	})
+	// Processes start in the background: serve once they are up.
+	startCtx, cancelStart := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancelStart()
+	if err := r.WaitStarts(startCtx); err != nil {
+		b.Fatal(err)
+	}
 	if u := r.Unservable(); len(u) > 0 {
 		b.Fatalf("the runner cannot serve %v", u)
 	}
