@@ -278,15 +278,7 @@ func newCodeListCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.session(cmd.Context(), func(ctx context.Context, js jetstream.JetStream) error {
-				store, err := bundle.Open(ctx, js)
-				if err != nil {
-					return err
-				}
-				infos, err := store.List(ctx)
-				if err != nil {
-					return err
-				}
-				used, err := codeInUse(ctx, js)
+				_, infos, used, err := storedCode(ctx, js)
 				if err != nil {
 					return err
 				}
@@ -319,15 +311,7 @@ func newCodeGCCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.session(cmd.Context(), func(ctx context.Context, js jetstream.JetStream) error {
-				store, err := bundle.Open(ctx, js)
-				if err != nil {
-					return err
-				}
-				infos, err := store.List(ctx)
-				if err != nil {
-					return err
-				}
-				used, err := codeInUse(ctx, js)
+				store, infos, used, err := storedCode(ctx, js)
 				if err != nil {
 					return err
 				}
@@ -352,6 +336,24 @@ func newCodeGCCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "only print what would be removed")
 	cmd.Flags().DurationVar(&minAge, "min-age", time.Hour, "keep code uploaded more recently than this, which a deploy under way may be about to name")
 	return cmd
+}
+
+// storedCode opens the code store and lists its bundles, with the
+// functions whose kept definitions use each (codeInUse).
+func storedCode(ctx context.Context, js jetstream.JetStream) (*bundle.Store, []bundle.Info, map[string][]string, error) {
+	store, err := bundle.Open(ctx, js)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	infos, err := store.List(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	used, err := codeInUse(ctx, js)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return store, infos, used, nil
 }
 
 // codeInUse maps each digest that a definition in the catalog (its
