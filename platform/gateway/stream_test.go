@@ -1,0 +1,465 @@
+package gateway_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/shoal-dev/shoal/invocation"
+	"github.com/shoal-dev/shoal/manifest"
+	"github.com/shoal-dev/shoal/platform/broker"
+	"github.com/shoal-dev/shoal/platform/gateway"
+	"github.com/shoal-dev/shoal/platform/process"
+	"github.com/shoal-dev/shoal/platform/runner"
+	"github.com/shoal-dev/shoal/platform/runner/runnertest"
+)
+
+// The test binary is also an http function's server (an SSE server run
+// as a process): TestMain runs it as one when streamModeEnv is set.
+const streamModeEnv = "SHOAL_GATEWAY_TEST_MODE"
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(streamModeEnv) {
+	case "":
+		os.Exit(m.Run())
+	case "sse":
+		serveSSE()
+	default:
+		fmt.Fprintln(os.Stderr, "unknown", streamModeEnv, os.Getenv(streamModeEnv))
+		os.Exit(2)
+	}
+}
+
+// serveSSE is an http function on PORT: / sends two events 300 ms
+// apart, /small answers at once, /bulk?n=N answers bulkBytes(N).
+func serveSSE() {
+	l, err := net.Listen("tcp", "127.0.0.1:"+os.Getenv("PORT"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", sse)
+	mux.HandleFunc("/small", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "small") })
+	mux.HandleFunc("/bulk", bulk)
+	_ = http.Serve(l, mux)
+}
+
+// streamPayload is the NATS max_payload of the streaming tests: small,
+// so that answers larger than a message stay quick to send.
+const streamPayload = 256 << 10
+
+// sseGap is the time between sse's events.
+const sseGap = 300 * time.Millisecond
+
+// sse writes an event, flushes, and writes the second sseGap later.
+func sse(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/event-stream")
+	_, _ = io.WriteString(w, "data: one\n\n")
+	_ = http.NewResponseController(w).Flush()
+	select {
+	case <-time.After(sseGap):
+	case <-r.Context().Done():
+		return
+	}
+	_, _ = io.WriteString(w, "data: two\n\n")
+}
+
+// bulkBytes is the answer of bulk: n pseudo-random bytes, the same for
+// the same n.
+func bulkBytes(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.NewChaCha8([32]byte{byte(n), byte(n >> 8), byte(n >> 16)}).Read(b)
+	return b
+}
+
+// bulk answers bulkBytes(n) in writes of 64 KiB, without flushing.
+func bulk(w http.ResponseWriter, r *http.Request) {
+	n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+	b := bulkBytes(n)
+	w.Header().Set("Content-Type", "application/octet-stream")
+	for len(b) > 0 {
+		k := min(len(b), 64<<10)
+		if _, err := w.Write(b[:k]); err != nil {
+			return
+		}
+		b = b[k:]
+	}
+}
+
+// streamManifest declares the streaming tests' functions; ssep is sse,
+// small and bulk served by a process (the test binary).
+const streamManifest = `version: 1
+functions:
+  sse: {handler: {builtin: sse}, public: true}
+  ssep: {handler: {builtin: ssep}, public: true}
+  bulk: {handler: {builtin: bulk}, public: true}
+  quick: {handler: {builtin: quick}, public: true}
+  firehose: {handler: {builtin: firehose}, public: true, timeout: 30s}
+  tick: {handler: {builtin: tick}, public: true, timeout: 10s}
+  tickshort: {handler: {builtin: tick}, public: true, timeout: 500ms}
+  stubborn: {handler: {builtin: stubborn}, public: true, timeout: 500ms}
+`
+
+// firehoseTotal is what firehose writes in all.
+const firehoseTotal = 64 << 20
+
+// streamPlatform is a broker with a small max_payload, a runner of the
+// streaming functions and a gateway with runner acks on, as `shoal up`
+// runs it.
+type streamPlatform struct {
+	url    string
+	runner *runner.Runner
+	broker *broker.Server
+	// written counts the bytes firehose wrote.
+	written atomic.Int64
+	// cancelled receives when tick saw its context end.
+	cancelled chan time.Time
+}
+
+func startStreaming(t *testing.T) *streamPlatform {
+	t.Helper()
+	p := &streamPlatform{cancelled: make(chan time.Time, 10)}
+	s, err := broker.Start(broker.Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(), MaxPayload: streamPayload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Shutdown)
+	p.broker = s
+
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	proc, err := process.StartHTTP(ctx, process.HTTPConfig{Config: process.Config{
+		Name: "ssep", Command: []string{self}, Dir: t.TempDir(), Env: []string{streamModeEnv + "=sse"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = proc.Close(ctx)
+	})
+
+	fns := map[string]http.Handler{
+		"sse":  http.HandlerFunc(sse),
+		"ssep": proc,
+		"bulk": http.HandlerFunc(bulk),
+		"quick": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			_, _ = io.WriteString(w, "quick")
+			_ = http.NewResponseController(w).Flush()
+		}),
+		"firehose": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			b := make([]byte, 32<<10)
+			for p.written.Load() < firehoseTotal {
+				if _, err := w.Write(b); err != nil {
+					return
+				}
+				_ = http.NewResponseController(w).Flush()
+				p.written.Add(int64(len(b)))
+			}
+		}),
+		"tick": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			for {
+				_, _ = io.WriteString(w, "tick\n")
+				_ = http.NewResponseController(w).Flush()
+				select {
+				case <-time.After(20 * time.Millisecond):
+				case <-r.Context().Done():
+					p.cancelled <- time.Now()
+					return
+				}
+			}
+		}),
+		// stubborn runs 2 s whatever its context says.
+		"stubborn": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			for range 40 {
+				_, _ = io.WriteString(w, "tick\n")
+				_ = http.NewResponseController(w).Flush()
+				time.Sleep(50 * time.Millisecond)
+			}
+		}),
+	}
+	m, err := manifest.Parse("stream.yaml", []byte(streamManifest), manifest.Options{Builtins: slices.Collect(maps.Keys(fns))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.runner = runnertest.Start(t, s.ClientURL(), runner.Config{Manifest: m, Builtins: fns})
+	nc, err := nats.Connect(s.ClientURL(), nats.ReconnectBufSize(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := gateway.New(gateway.Config{NATS: nc, Manifest: m, AckRunners: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.url = serve(t, g)
+	return p
+}
+
+// TestStreamSSE: a function that flushes an event and runs on has it
+// reach the HTTP client at once, the next one when written, and a clean
+// end; built in, and as a process behind the runner's reverse proxy.
+func TestStreamSSE(t *testing.T) {
+	p := startStreaming(t)
+	for _, fn := range []string{"sse", "ssep"} {
+		t.Run(fn, func(t *testing.T) {
+			start := time.Now()
+			resp, err := http.Get(p.url + "/function/" + fn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+				t.Fatalf("status %d, header %v", resp.StatusCode, resp.Header)
+			}
+			if resp.ContentLength != -1 {
+				t.Errorf("Content-Length %d on a streamed answer", resp.ContentLength)
+			}
+			br := bufio.NewReader(resp.Body)
+			first, err := br.ReadString('\n')
+			took := time.Since(start)
+			if err != nil || first != "data: one\n" {
+				t.Fatalf("first line %q, %v", first, err)
+			}
+			if took > sseGap*2/3 {
+				t.Errorf("the first event took %s, want it well before the function ends (%s)", took, sseGap)
+			}
+			rest, err := io.ReadAll(br)
+			if err != nil {
+				t.Fatalf("the answer did not end cleanly: %v", err)
+			}
+			if string(rest) != "\ndata: two\n\n" {
+				t.Errorf("rest %q", rest)
+			}
+			if time.Since(start) < sseGap {
+				t.Errorf("the answer ended after %s, before the function wrote its second event", time.Since(start))
+			}
+		})
+	}
+}
+
+// TestStreamLargerThanAMessage: an answer of three NATS messages arrives
+// whole through the gateway, built in and from a process; a NATS caller
+// that does not accept a streamed answer gets 500 response_too_large.
+func TestStreamLargerThanAMessage(t *testing.T) {
+	p := startStreaming(t)
+	n := 3 * streamPayload
+	want := sha256.Sum256(bulkBytes(n))
+	for _, fn := range []string{"bulk", "ssep/bulk"} {
+		t.Run(fn, func(t *testing.T) {
+			r := do(t, newRequest(t, "GET", p.url+"/function/"+fn+"?n="+strconv.Itoa(n), nil))
+			if r.status != 200 || len(r.body) != n || sha256.Sum256([]byte(r.body)) != want {
+				t.Fatalf("status %d, %d bytes, want %d bytes of sha256 %x", r.status, len(r.body), n, want)
+			}
+		})
+	}
+	t.Run("NATS caller without accept", func(t *testing.T) {
+		nc, err := nats.Connect(p.broker.ClientURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		msg := nats.NewMsg(invocation.Subject("bulk"))
+		msg.Header.Set(invocation.HeaderQuery, "n="+strconv.Itoa(n))
+		reply, err := nc.RequestMsg(msg, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code := reply.Header.Get(invocation.HeaderError); code != string(invocation.CodeResponseTooLarge) {
+			t.Errorf("code %q, want %s (%v)", code, invocation.CodeResponseTooLarge, reply.Header)
+		}
+	})
+}
+
+// TestStreamBackpressure: a client that stops reading a large streamed
+// answer stops the function: its writes block once the buffers on the
+// way (TCP's, and the runner's window of messages) are full, instead of
+// the answer piling up in the gateway; read on, it arrives whole.
+func TestStreamBackpressure(t *testing.T) {
+	p := startStreaming(t)
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetReadBuffer(64 << 10)
+		}
+		return c, err
+	}}}
+	defer client.CloseIdleConnections()
+	resp, err := client.Get(p.url + "/function/firehose")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1024)); err != nil {
+		t.Fatal(err)
+	}
+	// Not reading: what the function writes must level off.
+	time.Sleep(500 * time.Millisecond)
+	before := p.written.Load()
+	time.Sleep(500 * time.Millisecond)
+	after := p.written.Load()
+	const bound = 16 << 20 // TCP buffers on loopback, a few messages
+	if after > bound || after != before {
+		t.Fatalf("the function wrote %d bytes, then %d, while the client read nothing: want it blocked under %d bytes", before, after, bound)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err != nil || n+1024 != firehoseTotal {
+		t.Fatalf("read %d more bytes, %v; want %d in all", n, err, firehoseTotal)
+	}
+}
+
+// TestStreamClientGone: a client that disconnects mid-stream has the
+// function's context cancelled at once, and its concurrency slot freed.
+func TestStreamClientGone(t *testing.T) {
+	p := startStreaming(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, "GET", p.url+"/function/tick", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(resp.Body)
+	for range 3 {
+		if line, err := br.ReadString('\n'); err != nil || line != "tick\n" {
+			t.Fatalf("%q, %v", line, err)
+		}
+	}
+	gone := time.Now()
+	cancel()
+	resp.Body.Close()
+	select {
+	case at := <-p.cancelled:
+		if d := at.Sub(gone); d > time.Second {
+			t.Errorf("the function saw its context end %s after the client left", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the function's context did not end after the client left")
+	}
+	waitFor(t, "the runner's in-flight count back to 0", func() bool {
+		s, _ := p.runner.Stats("tick")
+		return s.InFlight == 0
+	})
+	if s, _ := p.runner.Stats("tick"); s.Errors != 0 || s.Completed != 1 {
+		t.Errorf("stats %+v: want 1 completed, no error (the client left)", s)
+	}
+}
+
+// TestStreamTimeout: a function whose timeout passes mid-stream, whether
+// it stops (tickshort) or runs on (stubborn), has its answer cut short:
+// the client gets an error, not a clean end, at the timeout, and the
+// runner counts a timeout.
+func TestStreamTimeout(t *testing.T) {
+	p := startStreaming(t)
+	for _, fn := range []string{"tickshort", "stubborn"} {
+		t.Run(fn, func(t *testing.T) {
+			start := time.Now()
+			resp, err := http.Get(p.url + "/function/" + fn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+			body, err := io.ReadAll(resp.Body)
+			if err == nil {
+				t.Fatalf("the answer ended cleanly after %s (%d bytes): want it cut short", time.Since(start), len(body))
+			}
+			if !errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Logf("read error: %v", err)
+			}
+			if !strings.HasPrefix(string(body), "tick\n") {
+				t.Errorf("body %q", body)
+			}
+			if d := time.Since(start); d > 1500*time.Millisecond {
+				t.Errorf("cut short after %s, want about the timeout (500ms)", d)
+			}
+			waitFor(t, "a timeout counted", func() bool {
+				s, _ := p.runner.Stats(fn)
+				return s.Timeouts == 1 && s.Errors == 1
+			})
+		})
+	}
+}
+
+// TestStreamOnlyWhenNeeded: a caller that accepts a streamed answer still
+// gets a quick answer as one message, flushed or not, built in or from a
+// process.
+func TestStreamOnlyWhenNeeded(t *testing.T) {
+	p := startStreaming(t)
+	nc, err := nats.Connect(p.broker.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	for _, tt := range []struct{ fn, path, body string }{
+		{"quick", "", "quick"},
+		{"ssep", "/small", "small"},
+	} {
+		t.Run(tt.fn+tt.path, func(t *testing.T) {
+			for range 20 {
+				inbox := nc.NewInbox()
+				sub, err := nc.SubscribeSync(inbox)
+				if err != nil {
+					t.Fatal(err)
+				}
+				msg := nats.NewMsg(invocation.Subject(tt.fn))
+				msg.Header.Set(invocation.HeaderStream, invocation.StreamAccept)
+				if tt.path != "" {
+					msg.Header.Set(invocation.HeaderPath, tt.path)
+				}
+				msg.Reply = inbox
+				if err := nc.PublishMsg(msg); err != nil {
+					t.Fatal(err)
+				}
+				reply, err := sub.NextMsg(5 * time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if string(reply.Data) != tt.body || invocation.StreamPart(reply.Header) != "" {
+					t.Fatalf("reply %q %v: want %q in one plain reply", reply.Data, reply.Header, tt.body)
+				}
+				if more, err := sub.NextMsg(50 * time.Millisecond); err == nil {
+					t.Fatalf("a second message: %q %v", more.Data, more.Header)
+				}
+				_ = sub.Unsubscribe()
+			}
+		})
+	}
+}
+
+// waitFor polls cond for up to 5 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
