@@ -47,7 +47,8 @@ func TestMain(m *testing.M) {
 }
 
 // serveSSE is an http function on PORT: / sends two events 300 ms
-// apart, /small answers at once, /bulk?n=N answers bulkBytes(N).
+// apart, /small answers at once, /bulk?n=N answers bulkBytes(N), /crash
+// sends an event and exits.
 func serveSSE() {
 	l, err := net.Listen("tcp", "127.0.0.1:"+os.Getenv("PORT"))
 	if err != nil {
@@ -58,6 +59,12 @@ func serveSSE() {
 	mux.HandleFunc("/", sse)
 	mux.HandleFunc("/small", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "small") })
 	mux.HandleFunc("/bulk", bulk)
+	mux.HandleFunc("/crash", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "data: one\n\n")
+		_ = http.NewResponseController(w).Flush()
+		time.Sleep(100 * time.Millisecond)
+		os.Exit(3)
+	})
 	_ = http.Serve(l, mux)
 }
 
@@ -404,6 +411,28 @@ func TestStreamTimeout(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestStreamProcessCrash: a process that exits part way through its
+// answer has it cut short, not ended as if whole.
+func TestStreamProcessCrash(t *testing.T) {
+	p := startStreaming(t)
+	resp, err := http.Get(p.url + "/function/ssep/crash")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err == nil {
+		t.Fatalf("the answer ended cleanly (%q): want it cut short", body)
+	}
+	if string(body) != "data: one\n\n" {
+		t.Errorf("body %q", body)
+	}
+	waitFor(t, "an error counted", func() bool {
+		s, _ := p.runner.Stats("ssep")
+		return s.Errors == 1 && strings.HasPrefix(s.LastError, string(invocation.CodeFunctionCrashed))
+	})
 }
 
 // TestStreamOnlyWhenNeeded: a caller that accepts a streamed answer still

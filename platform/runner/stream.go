@@ -335,6 +335,11 @@ func (s *stream) endLocked(ierr *invocation.Error) {
 	s.ended = true
 	e := s.e
 	defer e.r.removeStream(s.token)
+	if s.gone.Load() {
+		// The caller left: what ended the function (its context,
+		// a write error) is not a failure of its own.
+		ierr = nil
+	}
 	var msg *nats.Msg
 	if ierr != nil {
 		msg = ierr.Msg(s.reply)
