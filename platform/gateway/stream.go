@@ -80,6 +80,7 @@ func (g *Gateway) stream(w http.ResponseWriter, r *http.Request, rt *route, c *c
 		case msg = <-c.answer:
 			if err := lostError(msg); err != nil {
 				g.log.Warn("the runner streaming an answer was lost; the answer was cut short", "function", rt.fn.Name, tr.LogAttr())
+				g.cancelStream(reply) // in case it is not gone after all
 				panic(http.ErrAbortHandler)
 			}
 		case <-r.Context().Done():

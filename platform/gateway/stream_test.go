@@ -131,9 +131,10 @@ const firehoseTotal = 64 << 20
 // streaming functions and a gateway with runner acks on, as `shoal up`
 // runs it.
 type streamPlatform struct {
-	url    string
-	runner *runner.Runner
-	broker *broker.Server
+	url     string
+	runner  *runner.Runner
+	broker  *broker.Server
+	gateway *gateway.Gateway
 	// written counts the bytes firehose wrote.
 	written atomic.Int64
 	// cancelled receives when tick saw its context end.
@@ -221,6 +222,7 @@ func startStreaming(t *testing.T) *streamPlatform {
 		t.Fatal(err)
 	}
 	p.url = serve(t, g)
+	p.gateway = g
 	return p
 }
 
@@ -433,6 +435,31 @@ func TestStreamProcessCrash(t *testing.T) {
 		s, _ := p.runner.Stats("ssep")
 		return s.Errors == 1 && strings.HasPrefix(s.LastError, string(invocation.CodeFunctionCrashed))
 	})
+}
+
+// TestStreamRunnerLost: a streamed answer whose runner is reported gone
+// is cut short at once, not at the function's timeout.
+func TestStreamRunnerLost(t *testing.T) {
+	p := startStreaming(t)
+	resp, err := http.Get(p.url + "/function/tick")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	if line, err := br.ReadString('\n'); err != nil || line != "tick\n" {
+		t.Fatalf("%q, %v", line, err)
+	}
+	lost := time.Now()
+	if n := p.gateway.RunnerLost(p.runner.ID()); n != 1 {
+		t.Errorf("RunnerLost failed %d invocations, want 1", n)
+	}
+	if _, err := io.ReadAll(br); err == nil {
+		t.Fatal("the answer ended cleanly: want it cut short")
+	}
+	if d := time.Since(lost); d > time.Second {
+		t.Errorf("cut short %s after the runner was reported lost", d)
+	}
 }
 
 // TestStreamOnlyWhenNeeded: a caller that accepts a streamed answer still

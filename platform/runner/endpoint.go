@@ -166,7 +166,8 @@ func (e *endpoint) invoke(d *definition, reply string, header nats.Header, data 
 	ctx, cancel := context.WithTimeout(e.r.ctx, d.fn.Timeout)
 	defer cancel()
 	w := getWriter(e.r.maxBody)
-	if reply != "" && invocation.AcceptsStream(header) {
+	streamable := reply != "" && invocation.AcceptsStream(header)
+	if streamable {
 		w.st.init(w, e, d, reply, &once, withAck, ctx, cancel, start, tr)
 	}
 
@@ -176,7 +177,7 @@ func (e *endpoint) invoke(d *definition, reply string, header nats.Header, data 
 			e.finish(reply, ierr.Msg(reply), ierr, start, tr)
 			return
 		}
-		if w.st.on {
+		if streamable {
 			// A streamed answer: ended with the error, as the
 			// function may run on.
 			w.st.expire()
@@ -191,7 +192,7 @@ func (e *endpoint) invoke(d *definition, reply string, header nats.Header, data 
 	e.release()
 	stopped := stopTimer()
 	streaming, recyclable := w.st.settle()
-	if recyclable && (stopped || !w.st.on) {
+	if recyclable && (stopped || !streamable) {
 		// Else the timeout's callback, or the stream's acks, may
 		// still reach w.
 		defer putWriter(w)

@@ -14,6 +14,11 @@
 // An invocation that asks for an ack (invocation.HeaderAck) gets one,
 // naming the runner ([Runner.ID]), before its answer, so that a caller
 // told the runner is gone can fail it at once.
+//
+// An invocation whose caller accepts a streamed answer
+// (invocation.HeaderStream) is answered in several messages when its
+// function flushes and runs on, or answers more than a message carries,
+// with flow control: see stream.go and docs/nats-api.md.
 package runner
 
 import (
