@@ -25,22 +25,6 @@ import (
 	"github.com/shoal-dev/shoal/platform/runner/runnertest"
 )
 
-// The test binary is also an http function's server (an SSE server run
-// as a process): TestMain runs it as one when streamModeEnv is set.
-const streamModeEnv = "SHOAL_GATEWAY_TEST_MODE"
-
-func TestMain(m *testing.M) {
-	switch os.Getenv(streamModeEnv) {
-	case "":
-		os.Exit(m.Run())
-	case "sse":
-		serveSSE()
-	default:
-		fmt.Fprintln(os.Stderr, "unknown", streamModeEnv, os.Getenv(streamModeEnv))
-		os.Exit(2)
-	}
-}
-
 // serveSSE is an http function on PORT: / sends two events 300 ms
 // apart, /small answers at once, /bulk?n=N answers bulkBytes(N), /crash
 // sends an event and exits.
@@ -153,7 +137,7 @@ func startStreaming(t testing.TB) *streamPlatform {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	proc, err := process.StartHTTP(ctx, process.HTTPConfig{Config: process.Config{
-		Name: "ssep", Command: []string{self}, Dir: t.TempDir(), Env: []string{streamModeEnv + "=sse"},
+		Name: "ssep", Command: []string{self}, Dir: t.TempDir(), Env: []string{envMode + "=sse"},
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -219,31 +203,4 @@ func startStreaming(t testing.TB) *streamPlatform {
 	p.url = serve(t, g)
 	p.gateway = g
 	return p
-}
-
-// BenchmarkProcessAnswer measures small answers of a function run as a
-// process (the runner's reverse proxy flushes after every write) through
-// the gateway: they must stay one message each, whatever the flushes.
-func BenchmarkProcessAnswer(b *testing.B) {
-	p := startStreaming(b)
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1024}}
-	defer client.CloseIdleConnections()
-	b.SetParallelism(benchParallelism)
-	b.ReportAllocs()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			resp, err := client.Get(p.url + "/function/ssep/small")
-			if err != nil {
-				b.Error(err)
-				return
-			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != 200 || string(body) != "small" {
-				b.Errorf("%d %q", resp.StatusCode, body)
-				return
-			}
-		}
-	})
 }
