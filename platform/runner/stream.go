@@ -307,7 +307,7 @@ func (s *stream) end(ierr *invocation.Error) {
 			ierr = s.e.expired(s.ctx, s.d)
 		}
 	} else if ierr == nil && s.err != nil && !s.gone.Load() {
-		ierr = invocation.Errorf(http.StatusBadGateway, invocation.CodeInternal,
+		ierr = invocation.Errorf(http.StatusInternalServerError, invocation.CodeInternal,
 			"the runner could not send function %q's answer: %v", s.e.name, s.err)
 	}
 	s.endLocked(ierr)
