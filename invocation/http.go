@@ -124,7 +124,10 @@ func statusValue(code int) []string {
 // values; it must be sent before r is modified.
 func NewRequestMsg(subject string, r *http.Request, path string, body []byte) *nats.Msg {
 	connection := r.Header["Connection"]
-	h := make(nats.Header, len(r.Header)+6)
+	// Room for the six headers below, and the four the gateway adds
+	// (X-Request-Id, traceparent, Shoal-Ack, Shoal-Stream): a map that
+	// grows costs allocations on the hot path.
+	h := make(nats.Header, len(r.Header)+10)
 	for k, v := range r.Header {
 		// net/http has put the names in canonical form already.
 		if crosses(k, connection) {

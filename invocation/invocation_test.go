@@ -299,3 +299,40 @@ func TestRunnerLostError(t *testing.T) {
 		t.Errorf("runner_lost: %d, Retry-After %q; want 502 and none", rec.Code, rec.Header().Get("Retry-After"))
 	}
 }
+
+func TestStreamHeaders(t *testing.T) {
+	tests := []struct {
+		name   string
+		h      nats.Header
+		accept bool
+		part   string
+		seq    int
+		cancel bool
+	}{
+		{name: "no header", h: nats.Header{}, seq: -1},
+		{name: "accept", h: nats.Header{invocation.HeaderStream: {invocation.StreamAccept}}, accept: true, part: invocation.StreamAccept, seq: -1},
+		{name: "accept, name in lower case", h: nats.Header{"shoal-stream": {"accept"}}, accept: true, part: "accept", seq: -1},
+		{name: "another value is no accept", h: nats.Header{invocation.HeaderStream: {"yes"}}, part: "yes", seq: -1},
+		{name: "start", h: nats.Header{invocation.HeaderStream: {invocation.StreamStart}, invocation.HeaderStreamSeq: {"0"}}, part: invocation.StreamStart, seq: 0},
+		{name: "data", h: nats.Header{invocation.HeaderStream: {invocation.StreamData}, "shoal-stream-seq": {"12"}}, part: invocation.StreamData, seq: 12},
+		{name: "bad seq", h: nats.Header{invocation.HeaderStream: {invocation.StreamEnd}, invocation.HeaderStreamSeq: {"x"}}, part: invocation.StreamEnd, seq: -1},
+		{name: "negative seq", h: nats.Header{invocation.HeaderStreamSeq: {"-2"}}, seq: -1},
+		{name: "cancel", h: nats.Header{invocation.HeaderStream: {invocation.StreamCancel}}, part: invocation.StreamCancel, seq: -1, cancel: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := invocation.AcceptsStream(tt.h); got != tt.accept {
+				t.Errorf("AcceptsStream = %v", got)
+			}
+			if got := invocation.StreamPart(tt.h); got != tt.part {
+				t.Errorf("StreamPart = %q", got)
+			}
+			if got := invocation.StreamSeq(tt.h); got != tt.seq {
+				t.Errorf("StreamSeq = %d", got)
+			}
+			if got := invocation.IsStreamCancel(tt.h); got != tt.cancel {
+				t.Errorf("IsStreamCancel = %v", got)
+			}
+		})
+	}
+}

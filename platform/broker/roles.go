@@ -132,6 +132,17 @@ var callerInboxes = []string{
 	ClientInboxPrefix + ".>",
 }
 
+// streamAcks are where the gateway acknowledges the messages of streamed
+// answers (invocation.HeaderStream): a subject below each runner role's
+// inbox prefix, .stream., that runners subscribe to for that alone. Not
+// the runners' inboxes as a whole: their JetStream replies arrive there,
+// and a gateway could forge them.
+var streamAcks = []string{
+	"_INBOX.stream.>", // runners connected as admin
+	InboxPrefix(RoleRunner) + ".stream.>",
+	InboxPrefix(RoleAuth) + ".stream.>",
+}
+
 // gatewayStats is the gateways' stats exchange (gateway.StatsSubject,
 // gateway.StatsReplyPrefix): each gateway answers requests on shoal.stats
 // with its traffic counts, on a reply subject under shoal.stats.reply.
@@ -150,7 +161,7 @@ func Permissions(role Role) *server.Permissions {
 	switch role {
 	case RoleGateway:
 		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>"}, kvRead(keysBucket), kvRead(functionsBucket), submitCalls, listCalls, gatewayStats)},
+			Publish:   &server.SubjectPermission{Allow: concat([]string{"fn.>", "$SRV.>"}, kvRead(keysBucket), kvRead(functionsBucket), submitCalls, listCalls, gatewayStats, streamAcks)},
 			Subscribe: &server.SubjectPermission{Allow: concat(inbox, gatewayStats)},
 		}
 	case RoleRunner:

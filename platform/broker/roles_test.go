@@ -71,6 +71,21 @@ func TestRolePermissions(t *testing.T) {
 		{broker.RoleGateway, false, "shoal.stats.reply.x", true},
 		{broker.RoleGateway, true, "shoal.>", false},
 		{broker.RoleGateway, false, "_INBOX_gateway.x", false}, // another gateway's invocation replies
+		// It acknowledges the messages of streamed answers on the
+		// runners' stream subjects, and nowhere else in their inboxes
+		// (their JetStream replies arrive there).
+		{broker.RoleGateway, false, "_INBOX_runner.stream.abc.1", true},
+		{broker.RoleGateway, false, "_INBOX_auth.stream.abc.1", true},
+		{broker.RoleGateway, false, "_INBOX.stream.abc.1", true},
+		{broker.RoleGateway, false, "_INBOX_runner.abc", false},
+		{broker.RoleGateway, false, "_INBOX_auth.abc.1", false},
+		{broker.RoleGateway, false, "_INBOX.abc", false},
+		{broker.RoleGateway, false, "_INBOX_client.stream.abc", false},
+		// Clients acknowledge no streamed answers: only the gateway streams.
+		{broker.RoleClient, false, "_INBOX_runner.stream.abc.1", false},
+		// Runners subscribe to their stream subjects (their inbox prefix).
+		{broker.RoleRunner, true, "_INBOX_runner.stream.abc.*", true},
+		{broker.RoleAuth, true, "_INBOX_auth.stream.abc.*", true},
 		// Functions' code and secrets: runners read both; only the
 		// admin writes them, and gateways and clients read neither.
 		{broker.RoleRunner, false, "$JS.API.STREAM.INFO.OBJ_shoal_code", true},

@@ -39,7 +39,9 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request, tr *invocation.
 
 	msg := invocation.NewRequestMsg(rt.subject, r, subpath, buf.Bytes())
 	tr.Apply(msg.Header)
-	reply, err := g.request(r.Context(), msg, rt.wait)
+	msg.Header[invocation.HeaderStream] = streamAccept
+	deadline := time.Now().Add(rt.wait)
+	reply, c, err := g.request(r.Context(), msg, deadline)
 	if err != nil {
 		if r.Context().Err() != nil {
 			return // the client went away; nobody is left to answer
@@ -56,6 +58,14 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request, tr *invocation.
 		var ierr *invocation.Error
 		errors.As(err, &ierr)
 		ierr.WriteHTTP(w)
+		if c != nil {
+			g.cancelStream(reply.Reply)
+			g.replies.unregister(c)
+		}
+		return
+	}
+	if c != nil {
+		g.stream(w, r, rt, c, reply, status, deadline, tr)
 		return
 	}
 	if bodyAllowed(status) {
@@ -171,19 +181,20 @@ func splitPath(p, prefix string) (name, subpath string, ok bool) {
 	return name, subpath, name != ""
 }
 
-// request sends the invocation and waits for its answer for at most wait,
+// request sends the invocation and waits for its answer until deadline,
 // trying other runners while the one reached refuses it as overloaded.
-func (g *Gateway) request(ctx context.Context, msg *nats.Msg, wait time.Duration) (*nats.Msg, error) {
-	deadline := time.Now().Add(wait)
+// The call is returned, registered, when the answer is the start of a
+// streamed one (replyMux.request).
+func (g *Gateway) request(ctx context.Context, msg *nats.Msg, deadline time.Time) (*nats.Msg, *call, error) {
 	for attempt := 0; ; attempt++ {
-		reply, err := g.replies.request(ctx, msg, time.Until(deadline))
+		reply, c, err := g.replies.request(ctx, msg, time.Until(deadline))
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		if attempt < overloadRetries && reply.Header.Get(invocation.HeaderError) == string(invocation.CodeOverloaded) {
+		if c == nil && attempt < overloadRetries && reply.Header.Get(invocation.HeaderError) == string(invocation.CodeOverloaded) {
 			continue
 		}
-		return reply, nil
+		return reply, c, nil
 	}
 }
 

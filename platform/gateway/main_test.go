@@ -11,7 +11,8 @@ import (
 )
 
 // envMode names what TestMain runs this binary as: the tests, or (set
-// to "ping") the http function of BenchmarkProcessRoundTrip.
+// to "ping") the http function of BenchmarkProcessRoundTrip, or ("sse")
+// that of the streaming tests (serveSSE).
 const envMode = "GATEWAY_TEST_MODE"
 
 func TestMain(m *testing.M) {
@@ -20,6 +21,8 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run())
 	case "ping":
 		servePing()
+	case "sse":
+		serveSSE()
 	default:
 		fmt.Fprintln(os.Stderr, "unknown mode", os.Getenv(envMode))
 		os.Exit(2)

@@ -79,7 +79,10 @@ type call struct {
 	reply string
 	// token is the last token of reply, the key in replyMux.calls.
 	token string
-	// answer receives the answer, or lostReply; the first one wins.
+	// answer receives the answer, or lostReply; the first one wins. A
+	// streamed answer's messages all come through it, in order: the
+	// runner's window (invocation.StreamWindow), an error end beyond it,
+	// and a lostReply fit.
 	answer chan *nats.Msg
 	// runner acked the call and has not answered it; guarded by the
 	// mux's mu.
@@ -112,13 +115,20 @@ func newReplyMux(nc *nats.Conn, acks bool) (*replyMux, error) {
 // waits for its answer, for at most wait and until ctx is done. Errors
 // are those of nats.go's requests (ErrNoResponders, ErrTimeout past
 // wait, the context's, the connection's), plus errRunnerLost and
-// errRunnerLostUnacked.
-func (m *replyMux) request(ctx context.Context, msg *nats.Msg, wait time.Duration) (*nats.Msg, error) {
+// errRunnerLostUnacked. When the answer is the start of a streamed one,
+// the call is returned too, still registered: its next messages arrive
+// on its answer channel, and the caller unregisters it when done.
+func (m *replyMux) request(ctx context.Context, msg *nats.Msg, wait time.Duration) (*nats.Msg, *call, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	c := m.register()
-	defer m.unregister(c)
+	streaming := false
+	defer func() {
+		if !streaming {
+			m.unregister(c)
+		}
+	}()
 	msg.Reply = c.reply
 	if m.acks {
 		if msg.Header == nil {
@@ -127,29 +137,42 @@ func (m *replyMux) request(ctx context.Context, msg *nats.Msg, wait time.Duratio
 		msg.Header[invocation.HeaderAck] = ackRequested
 	}
 	if err := m.nc.PublishMsg(msg); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	select {
 	case reply := <-c.answer:
-		switch reply {
-		case lostReply:
-			return nil, errRunnerLost
-		case lostUnackedReply:
-			return nil, errRunnerLostUnacked
+		if err := lostError(reply); err != nil {
+			return nil, nil, err
 		}
 		if len(reply.Data) == 0 && reply.Header.Get("Status") == noRespondersStatus {
-			return nil, nats.ErrNoResponders
+			return nil, nil, nats.ErrNoResponders
 		}
-		return reply, nil
+		if invocation.StreamPart(reply.Header) == invocation.StreamStart {
+			streaming = true
+			return reply, c, nil
+		}
+		return reply, nil, nil
 	case <-timer.C:
-		return nil, nats.ErrTimeout
+		return nil, nil, nats.ErrTimeout
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, nil, ctx.Err()
 	case <-m.closed:
-		return nil, nats.ErrConnectionClosed
+		return nil, nil, nats.ErrConnectionClosed
 	}
+}
+
+// lostError is the error a lostReply or lostUnackedReply stands for; nil
+// for a message from a runner.
+func lostError(msg *nats.Msg) error {
+	switch msg {
+	case lostReply:
+		return errRunnerLost
+	case lostUnackedReply:
+		return errRunnerLostUnacked
+	}
+	return nil
 }
 
 func (m *replyMux) register() *call {
@@ -159,7 +182,7 @@ func (m *replyMux) register() *call {
 	b := append(buf[:0], m.prefix...)
 	b = strconv.AppendUint(b, m.next.Add(1), 36)
 	reply := string(b)
-	c := &call{reply: reply, token: reply[len(m.prefix):], answer: make(chan *nats.Msg, 1)}
+	c := &call{reply: reply, token: reply[len(m.prefix):], answer: make(chan *nats.Msg, invocation.StreamWindow+2)}
 	m.mu.Lock()
 	m.calls[c.token] = c
 	m.mu.Unlock()
@@ -186,7 +209,20 @@ func (m *replyMux) receive(msg *nats.Msg) {
 	if c == nil {
 		return // the caller stopped waiting
 	}
-	switch {
+	switch part := invocation.StreamPart(msg.Header); {
+	case !isAck && part == invocation.StreamStart:
+		// A streamed answer names its runner, which runs on until
+		// its end; it counts as the call's ack.
+		runner := msg.Header.Get(invocation.HeaderAck)
+		c.acked = true
+		c.runner = runner
+		deliver(c, msg)
+		if runner != "" && m.isLost(runner) {
+			c.runner = ""
+			deliver(c, lostReply)
+		}
+	case !isAck && part == invocation.StreamData:
+		deliver(c, msg)
 	case !isAck:
 		c.runner = ""
 		deliver(c, msg)

@@ -64,7 +64,14 @@ func (g *Gateway) serveLogged(w http.ResponseWriter, r *http.Request, tr *invoca
 	}
 	start := time.Now()
 	sw := &observed{ResponseWriter: w} // for its status alone: not pooled, no function
+	// Logged also when a streamed answer is aborted (a panic with
+	// http.ErrAbortHandler).
+	defer g.logServed(r, tr, sw, msg, prefix, start)
 	g.serve(sw, r, tr)
+}
+
+// logServed writes serveLogged's line.
+func (g *Gateway) logServed(r *http.Request, tr *invocation.Trace, sw *observed, msg, prefix string, start time.Time) {
 	attrs := make([]slog.Attr, 0, 10)
 	if prefix == callsPrefix {
 		if id := strings.TrimPrefix(r.URL.Path, callsPrefix); calls.ValidID(id) {

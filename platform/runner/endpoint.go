@@ -165,22 +165,42 @@ func (e *endpoint) invoke(d *definition, reply string, header nats.Header, data 
 	}
 	ctx, cancel := context.WithTimeout(e.r.ctx, d.fn.Timeout)
 	defer cancel()
+	w := getWriter(e.r.maxBody)
+	streamable := reply != "" && invocation.AcceptsStream(header)
+	if streamable {
+		w.st.init(w, e, d, reply, &once, withAck, ctx, cancel, start, tr)
+	}
 
 	stopTimer := context.AfterFunc(ctx, func() {
 		if once.claim(withAck) {
 			ierr := e.expired(ctx, d)
 			e.finish(reply, ierr.Msg(reply), ierr, start, tr)
+			return
+		}
+		if streamable {
+			// A streamed answer: ended with the error, as the
+			// function may run on.
+			w.st.expire()
 		}
 	})
 
-	w, ierr := e.run(ctx, d, header, data, tr)
+	ierr := e.run(ctx, d, w, header, data, tr)
 	d.release()
 	// The function has returned: its concurrency slot is free before its
 	// caller hears back, so that a caller's next invocation never finds
 	// it taken (429) by the one just answered.
 	e.release()
-	stopTimer()
-	defer putWriter(w)
+	stopped := stopTimer()
+	streaming, recyclable := w.st.settle()
+	if recyclable && (stopped || !streamable) {
+		// Else the timeout's callback, or the stream's acks, may
+		// still reach w.
+		defer putWriter(w)
+	}
+	if streaming {
+		w.st.end(ierr)
+		return
+	}
 	if !once.claim(withAck) {
 		e.r.log.Warn("function answered after its timeout; the answer was dropped",
 			"function", e.name, "took", time.Since(start).Round(time.Millisecond), "timeout", d.fn.Timeout, tr.LogAttr())
@@ -266,7 +286,8 @@ func (e *endpoint) execCall(d *definition, c *calls.Call) calls.Result {
 	header := nats.Header(http.Header(c.Header).Clone()) // the call's own headers stay whole, for a dead letter
 	header, tr := invocation.ReceiveTrace(header)
 	go func() {
-		w, ierr := e.run(token.AsOf(ctx, c.Submitted), d, header, c.Data, tr)
+		w := getWriter(e.r.maxBody)
+		ierr := e.run(token.AsOf(ctx, c.Submitted), d, w, header, c.Data, tr)
 		d.release()
 		e.release()
 		done <- outcome{w, ierr}
@@ -305,19 +326,18 @@ func (e *endpoint) execCall(d *definition, c *calls.Call) calls.Result {
 	return res
 }
 
-// run calls the function, turning a panic or a malformed invocation into
-// an error answer. It returns the writer the function wrote to.
-func (e *endpoint) run(ctx context.Context, d *definition, header nats.Header, data []byte, tr invocation.Trace) (w *responseWriter, ierr *invocation.Error) {
-	w = getWriter(e.r.maxBody)
+// run calls the function with w, turning a panic or a malformed
+// invocation into an error answer.
+func (e *endpoint) run(ctx context.Context, d *definition, w *responseWriter, header nats.Header, data []byte, tr invocation.Trace) (ierr *invocation.Error) {
 	req, err := invocation.NewHTTPRequest(ctx, header, data)
 	if err != nil {
 		errors.As(err, &ierr)
-		return w, ierr
+		return ierr
 	}
 	if !d.fn.Public {
 		claims, aerr := e.r.verifier.AuthorizeHeader(ctx, req.Header["Authorization"], d.fn.Permissions)
 		if aerr != nil {
-			return w, &invocation.Error{Status: aerr.Status, Code: invocation.Code(aerr.Code), Message: aerr.Description, Challenge: aerr.Challenge()}
+			return &invocation.Error{Status: aerr.Status, Code: invocation.Code(aerr.Code), Message: aerr.Description, Challenge: aerr.Challenge()}
 		}
 		req = req.WithContext(token.NewContext(ctx, claims))
 	}
@@ -331,11 +351,11 @@ func (e *endpoint) run(ctx context.Context, d *definition, header nats.Header, d
 	d.handler.ServeHTTP(w, req)
 	switch {
 	case w.failed != nil:
-		return w, w.failed
+		return w.failed
 	case w.overflow:
-		return w, e.tooLarge()
+		return e.tooLarge()
 	}
-	return w, nil
+	return nil
 }
 
 func (e *endpoint) tooLarge() *invocation.Error {
@@ -347,7 +367,6 @@ func (e *endpoint) tooLarge() *invocation.Error {
 // runner's span (tr), and records it. ierr is the error the answer
 // carries, if any.
 func (e *endpoint) finish(reply string, msg *nats.Msg, ierr *invocation.Error, start time.Time, tr invocation.Trace) {
-	defer e.r.unanswered.Add(-1)
 	if reply != "" {
 		tr.SetResponse(msg.Header)
 		if mp := int(e.r.nc.MaxPayload()); mp > 0 && msg.Size()-len(msg.Subject)-len(msg.Reply) > mp {
@@ -357,6 +376,13 @@ func (e *endpoint) finish(reply string, msg *nats.Msg, ierr *invocation.Error, s
 			tr.SetResponse(msg.Header)
 		}
 	}
+	e.answered(msg, ierr, start, tr)
+}
+
+// answered records an answered invocation, then sends msg, its answer
+// or the last message of its streamed answer (none if nil).
+func (e *endpoint) answered(msg *nats.Msg, ierr *invocation.Error, start time.Time, tr invocation.Trace) {
+	defer e.r.unanswered.Add(-1)
 	// Counted before the answer goes out: a caller that has its answer
 	// finds the invocation in the figures.
 	took := time.Since(start)
@@ -367,7 +393,7 @@ func (e *endpoint) finish(reply string, msg *nats.Msg, ierr *invocation.Error, s
 		e.errors.Add(1)
 		e.setLastError(ierr)
 	}
-	if reply != "" {
+	if msg != nil && msg.Subject != "" {
 		if err := e.r.nc.PublishMsg(msg); err != nil {
 			e.r.log.Warn("cannot send answer", "function", e.name, "error", err, tr.LogAttr())
 		}

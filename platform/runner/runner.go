@@ -14,6 +14,11 @@
 // An invocation that asks for an ack (invocation.HeaderAck) gets one,
 // naming the runner ([Runner.ID]), before its answer, so that a caller
 // told the runner is gone can fail it at once.
+//
+// An invocation whose caller accepts a streamed answer
+// (invocation.HeaderStream) is answered in several messages when its
+// function flushes and runs on, or answers more than a message carries,
+// with flow control: see stream.go and docs/nats-api.md.
 package runner
 
 import (
@@ -149,10 +154,20 @@ type Runner struct {
 	// invocations still running when a stop runs out of time.
 	ctx    context.Context
 	cancel context.CancelFunc
-	// unanswered counts admitted invocations whose caller has no answer yet.
+	// unanswered counts admitted invocations whose caller has no answer yet
+	// (or whose streamed answer has not ended).
 	unanswered atomic.Int64
-	stopOnce   sync.Once
-	stopErr    error
+
+	// streamPrefix is the subject prefix of the acknowledgements of
+	// streamed answers, which streamSub receives; streams holds the
+	// answers streaming, by the last token of their ack subject.
+	streamPrefix string
+	streamSub    *nats.Subscription
+	streamSeq    atomic.Uint64
+	streamsMu    sync.Mutex
+	streams      map[string]*stream
+	stopOnce     sync.Once
+	stopErr      error
 }
 
 // replyHeaderRoom is kept free of a NATS message for the reply's headers
@@ -192,6 +207,14 @@ func Start(nc *nats.Conn, cfg Config) (*Runner, error) {
 		cancel:    cancel,
 	}
 	r.ackHeader = invocation.NewAckMsg("", r.id).Header
+	r.streams = map[string]*stream{}
+	r.streamPrefix = streamInboxPrefix(nc) + nuid.Next() + "."
+	sub, err := nc.Subscribe(r.streamPrefix+"*", r.streamAck)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("runner: subscribe to the acknowledgements of streamed answers: %w", err)
+	}
+	r.streamSub = sub
 	r.meta = map[string]string{"pid": strconv.Itoa(os.Getpid()), invocation.RunnerMetadata: r.id}
 	if host, err := os.Hostname(); err == nil {
 		r.meta["host"] = host
@@ -660,8 +683,10 @@ func (r *Runner) stop(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("stop service: %w", err))
 		}
 		// 3. Wait until every subscription has drained, i.e. every
-		//    delivered invocation has been admitted (or refused).
-		subsDrained := waitUntil(ctx, func() bool { return r.nc.NumSubscriptions() == 0 || !r.nc.IsConnected() })
+		//    delivered invocation has been admitted (or refused). The
+		//    acknowledgements of streamed answers still arrive, until
+		//    the connection closes.
+		subsDrained := waitUntil(ctx, func() bool { return r.nc.NumSubscriptions() <= 1 || !r.nc.IsConnected() })
 		switch {
 		case r.nc.Stats().Reconnects != reconnects || !r.nc.IsConnected():
 			// The connection dropped during the drain (see 1): new

@@ -34,6 +34,8 @@ func (e *endpoint) logAnswer(msg *nats.Msg, ierr *invocation.Error, start time.T
 	status := 0
 	if ierr != nil {
 		status = ierr.Status
+	} else if msg == nil {
+		// A streamed answer whose caller went away.
 	} else if v := msg.Header[invocation.HeaderStatus]; len(v) > 0 {
 		status, _ = strconv.Atoi(v[0])
 	}

@@ -19,6 +19,8 @@ type responseWriter struct {
 	overflow bool
 	// failed is the handler's failure (invocation.ErrorWriter).
 	failed *invocation.Error
+	// st streams the answer, for a caller that accepts it (st.on).
+	st stream
 }
 
 var writers = sync.Pool{New: func() any { return &responseWriter{header: make(http.Header, 4)} }}
@@ -40,6 +42,7 @@ func putWriter(w *responseWriter) {
 	w.body.Reset()
 	w.overflow = false
 	w.failed = nil
+	w.st.reset()
 	writers.Put(w)
 }
 
@@ -60,6 +63,8 @@ func (w *responseWriter) WriteError(e *invocation.Error) {
 // WriteHeader records the status, ignoring 1xx informational codes, which
 // have no meaning for a buffered answer, and every call after the first.
 func (w *responseWriter) WriteHeader(code int) {
+	// A streamable answer's status is fixed (stream.arm): only the
+	// function's goroutine writes it.
 	if w.status != 0 || code < 200 {
 		return
 	}
@@ -67,10 +72,18 @@ func (w *responseWriter) WriteHeader(code int) {
 }
 
 func (w *responseWriter) Write(p []byte) (int, error) {
+	if w.st.armed {
+		return w.st.write(p)
+	}
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
 	if w.overflow || w.body.Len()+len(p) > w.limit {
+		if w.st.on {
+			// Too large for one message: streamed, to a caller
+			// that takes it.
+			return w.st.write(p)
+		}
 		w.overflow = true
 		return 0, errAnswerTooLarge
 	}
@@ -80,6 +93,15 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 		w.header.Set("Content-Type", http.DetectContentType(p))
 	}
 	return w.body.Write(p)
+}
+
+// Flush makes the answer streamable when the caller accepts a streamed
+// answer (see stream); else it does nothing: the answer is sent whole
+// when the function returns.
+func (w *responseWriter) Flush() {
+	if w.st.on {
+		w.st.flush()
+	}
 }
 
 // statusCode is the answer's status: 200 when the function wrote nothing.
