@@ -13,26 +13,23 @@
 package examples
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"io/fs"
 	"maps"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/shoal-dev/shoal/functions"
+	"github.com/shoal-dev/shoal/internal/proctest"
 	"github.com/shoal-dev/shoal/manifest"
 	"go.yaml.in/yaml/v3"
 )
@@ -105,8 +102,8 @@ var answers = map[string]func(t *testing.T, dir string, srv *server, call execCa
 			t.Errorf("GET /x on its socket: %d %q, want 200 %q", status, body, want)
 		}
 		// Run by hand, as its README says, it listens on PORT instead.
-		port := freePort(t)
-		p := start(t, dir, []string{"PORT=" + port, "SHOAL_FUNCTION=hello-go"}, "./hello")
+		port := proctest.FreePort(t)
+		p := proctest.Start(t, dir, []string{"PORT=" + port, "SHOAL_FUNCTION=hello-go"}, "./hello")
 		byHand := waitReady(t, p, &http.Client{Timeout: 5 * time.Second}, "http://127.0.0.1:"+port, "/")
 		if status, body := byHand.get("/x?name=Go"); status != http.StatusOK || body != want {
 			t.Errorf("GET /x on PORT: %d %q, want 200 %q", status, body, want)
@@ -169,19 +166,19 @@ func TestExamples(t *testing.T) {
 			}
 			for _, argv := range [][]string{fn.Build, command} {
 				if len(argv) > 0 && !strings.HasPrefix(argv[0], "./") {
-					needTool(t, argv[0])
+					proctest.NeedTool(t, argv[0])
 				}
 			}
 			dir := copyDir(t, fn.Source)
 			if len(fn.Build) > 0 {
-				if _, stderr, code := runIn(dir, nil, "", fn.Build...); code != 0 {
+				if _, stderr, code := proctest.Run(dir, nil, "", fn.Build...); code != 0 {
 					t.Fatalf("build %s: exit %d\n%s", strings.Join(fn.Build, " "), code, stderr)
 				}
 			}
 			env := []string{"SHOAL_FUNCTION=" + name}
 			if fn.Handler.Exec != nil {
 				check(t, dir, nil, func(more []string, stdin string) (string, string, int) {
-					return runIn(dir, append(env, more...), stdin, command...)
+					return proctest.Run(dir, append(env, more...), stdin, command...)
 				})
 				return
 			}
@@ -190,7 +187,7 @@ func TestExamples(t *testing.T) {
 			base := ""
 			switch h.Listen {
 			case "", "port":
-				port := freePort(t)
+				port := proctest.FreePort(t)
 				env = append(env, "PORT="+port)
 				base = "http://127.0.0.1:" + port
 			case "unix":
@@ -206,25 +203,13 @@ func TestExamples(t *testing.T) {
 			default:
 				t.Fatalf("listen %q: want port or unix", h.Listen)
 			}
-			p := start(t, dir, env, command...)
+			p := proctest.Start(t, dir, env, command...)
 			readiness := h.Readiness
 			if readiness == "" {
 				readiness = "/"
 			}
 			check(t, dir, waitReady(t, p, client, base, readiness), nil)
 		})
-	}
-}
-
-// needTool skips the test when tool is not installed, or fails it when
-// SHOAL_REQUIRE_RUNTIMES=1.
-func needTool(t *testing.T, tool string) {
-	t.Helper()
-	if _, err := exec.LookPath(tool); err != nil {
-		if os.Getenv("SHOAL_REQUIRE_RUNTIMES") == "1" {
-			t.Fatalf("%s not found, and SHOAL_REQUIRE_RUNTIMES=1: install %s", tool, tool)
-		}
-		t.Skipf("%s not found: install %s to run this test", tool, tool)
 	}
 }
 
@@ -277,106 +262,10 @@ func shortTempDir(t *testing.T) string {
 	return dir
 }
 
-// runIn runs argv in dir to completion with env added and stdin as input.
-func runIn(dir string, env []string, stdin string, argv ...string) (stdout, stderr string, code int) {
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdin = strings.NewReader(stdin)
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
-	var exit *exec.ExitError
-	switch {
-	case errors.As(err, &exit):
-		code = exit.ExitCode()
-	case err != nil:
-		return "", err.Error(), -1
-	}
-	return out.String(), errOut.String(), code
-}
-
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago, for
-// a process that takes its port from PORT as Shoal's runner gives it.
-func freePort(t *testing.T) string {
+// waitReady waits until the example answers GET path below 500, as
+// Shoal's readiness check does, and returns it as a server.
+func waitReady(t *testing.T, p *proctest.Process, client *http.Client, base, path string) *server {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	_, port, err := net.SplitHostPort(ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return port
-}
-
-// process is an example's server; the test's cleanup kills it and waits.
-type process struct {
-	argv []string
-	done chan struct{}
-	err  error
-	mu   sync.Mutex
-	out  bytes.Buffer
-}
-
-func (p *process) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
-}
-
-func (p *process) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
-}
-
-func start(t *testing.T, dir string, env []string, argv ...string) *process {
-	t.Helper()
-	p := &process{argv: argv, done: make(chan struct{})}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = p, p
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("%s: %v", strings.Join(argv, " "), err)
-	}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-p.done
-		if t.Failed() {
-			t.Logf("output of %s:\n%s", strings.Join(argv, " "), p.output())
-		}
-	})
-	return p
-}
-
-// waitReady GETs path until it answers below 500, as Shoal's readiness
-// check does, for at most 30 seconds.
-func waitReady(t *testing.T, p *process, client *http.Client, base, path string) *server {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := client.Get(base + path)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode < 500 {
-				return &server{t: t, client: client, base: base}
-			}
-		}
-		select {
-		case <-p.done:
-			t.Fatalf("%s exited (%v) before it was ready", strings.Join(p.argv, " "), p.err)
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("GET %s: not ready within 30s (last error: %v)", path, err)
-		}
-	}
+	proctest.WaitGet(t, p, client, base+path, func(status int) bool { return status < http.StatusInternalServerError })
+	return &server{t: t, client: client, base: base}
 }

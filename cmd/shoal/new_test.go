@@ -1,20 +1,16 @@
 package main
 
 import (
-	"bytes"
 	"go/format"
-	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/shoal-dev/shoal/functions"
+	"github.com/shoal-dev/shoal/internal/proctest"
 	"github.com/shoal-dev/shoal/manifest"
 	"go.yaml.in/yaml/v3"
 )
@@ -36,7 +32,7 @@ func TestNewRunsEachLanguage(t *testing.T) {
 	} {
 		t.Run(tc.lang, func(t *testing.T) {
 			if tc.tool != "" {
-				needTool(t, tc.tool)
+				proctest.NeedTool(t, tc.tool)
 			}
 			root := t.TempDir()
 			out, errOut, code := runShoal(t, root, "new", "fn1", "--lang", tc.lang)
@@ -52,18 +48,21 @@ func TestNewRunsEachLanguage(t *testing.T) {
 				t.Errorf("source %q, want fn1", fn.Source)
 			}
 			if len(fn.Build) > 0 {
-				run(t, dir, nil, "", fn.Build...)
+				if _, stderr, code := proctest.Run(dir, nil, "", fn.Build...); code != 0 {
+					t.Fatalf("build %s: exit %d\n%s", strings.Join(fn.Build, " "), code, stderr)
+				}
 			}
 			switch {
 			case fn.Handler.Exec != nil:
-				got := run(t, dir, []string{"SHOAL_METHOD=POST", "SHOAL_PATH=/x", "SHOAL_QUERY=", "SHOAL_FUNCTION=fn1"}, "hello", fn.Handler.Exec.Command...)
-				if got != tc.want {
-					t.Errorf("answer %q, want %q", got, tc.want)
+				got, stderr, code := proctest.Run(dir, []string{"SHOAL_METHOD=POST", "SHOAL_PATH=/x", "SHOAL_QUERY=", "SHOAL_FUNCTION=fn1"}, "hello", fn.Handler.Exec.Command...)
+				if code != 0 || got != tc.want {
+					t.Errorf("answer: exit %d, %q, stderr %q; want exit 0, %q", code, got, stderr, tc.want)
 				}
 			case fn.Handler.HTTP != nil:
-				port := freePort(t)
-				p := startProcess(t, dir, []string{"PORT=" + port}, fn.Handler.HTTP.Command...)
-				status, body := waitGet(t, p, "http://127.0.0.1:"+port+fn.Handler.HTTP.Readiness)
+				port := proctest.FreePort(t)
+				p := proctest.Start(t, dir, []string{"PORT=" + port}, fn.Handler.HTTP.Command...)
+				client := &http.Client{Timeout: 5 * time.Second}
+				status, body := proctest.WaitGet(t, p, client, "http://127.0.0.1:"+port+fn.Handler.HTTP.Readiness, nil)
 				if status != http.StatusOK || body != tc.want {
 					t.Errorf("GET %s: %d %q, want 200 %q", fn.Handler.HTTP.Readiness, status, body, tc.want)
 				}
@@ -294,18 +293,6 @@ func entryOf(t *testing.T, file, name string) fnEntry {
 	return fn
 }
 
-// needTool skips the test when tool is not installed, or fails it when
-// SHOAL_REQUIRE_RUNTIMES=1 (for CI, where the languages must be there).
-func needTool(t *testing.T, tool string) {
-	t.Helper()
-	if _, err := exec.LookPath(tool); err != nil {
-		if os.Getenv("SHOAL_REQUIRE_RUNTIMES") == "1" {
-			t.Fatalf("%s not found, and SHOAL_REQUIRE_RUNTIMES=1: install %s", tool, tool)
-		}
-		t.Skipf("%s not found: install %s to run this test", tool, tool)
-	}
-}
-
 func checkGofmt(t *testing.T, file string) {
 	t.Helper()
 	src := readFile(t, file)
@@ -350,109 +337,4 @@ func listTree(t *testing.T, root string) string {
 		t.Fatal(err)
 	}
 	return b.String()
-}
-
-// run runs argv in dir to completion with env added and stdin as input,
-// and returns its stdout; it fails the test unless the exit status is 0.
-func run(t *testing.T, dir string, env []string, stdin string, argv ...string) string {
-	t.Helper()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdin = strings.NewReader(stdin)
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(argv, " "), err, errOut.String())
-	}
-	return out.String()
-}
-
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago, for
-// a process that takes its port from PORT as Shoal's runner gives it.
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	_, port, err := net.SplitHostPort(ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return port
-}
-
-// process is a function's server started by a test; the test's cleanup
-// kills it and waits for it.
-type process struct {
-	argv []string
-	done chan struct{}
-	err  error
-	mu   sync.Mutex
-	out  bytes.Buffer
-}
-
-func (p *process) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
-}
-
-func (p *process) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
-}
-
-func startProcess(t *testing.T, dir string, env []string, argv ...string) *process {
-	t.Helper()
-	p := &process{argv: argv, done: make(chan struct{})}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = p, p
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("%s: %v", strings.Join(argv, " "), err)
-	}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-p.done
-		if t.Failed() {
-			t.Logf("output of %s:\n%s", strings.Join(argv, " "), p.output())
-		}
-	})
-	return p
-}
-
-// waitGet GETs url until the process answers, as Shoal's readiness check
-// does, for at most 30 seconds.
-func waitGet(t *testing.T, p *process, url string) (int, string) {
-	t.Helper()
-	client := &http.Client{Timeout: 5 * time.Second}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := client.Get(url)
-		if err == nil {
-			body, rerr := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if rerr != nil {
-				t.Fatalf("GET %s: %v", url, rerr)
-			}
-			return resp.StatusCode, string(body)
-		}
-		select {
-		case <-p.done:
-			t.Fatalf("%s exited (%v) before answering GET %s", strings.Join(p.argv, " "), p.err, url)
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("GET %s: no answer within 30s: %v", url, err)
-		}
-	}
 }

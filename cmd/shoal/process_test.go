@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -20,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/proctest"
 )
 
 // copyTree copies the directory src to dst, leaving out what builds make
@@ -55,24 +56,6 @@ func copyTree(t *testing.T, src, dst string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-}
-
-// runtimeFor reports whether the tools a language needs are installed. It
-// skips (or, with SHOAL_REQUIRE_RUNTIMES=1, fails) the part of a test that
-// needs them, by saying so and returning false.
-func runtimeFor(t *testing.T, what string, tools ...string) bool {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("SHOAL_REQUIRE_RUNTIMES") == "1" {
-				t.Errorf("%s: %s not found, and SHOAL_REQUIRE_RUNTIMES=1", what, tool)
-			} else {
-				t.Logf("SKIP %s: %s not found (install it to run this part)", what, tool)
-			}
-			return false
-		}
-	}
-	return true
 }
 
 // processTree lists the live processes descending from pid, by pid, with
@@ -180,8 +163,8 @@ func TestUpRunsFunctionsInAnyLanguage(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeFile(t, filepath.Join(dir, "extra"), "secret.sh", "#!/usr/bin/env bash\nprintf 'password is %s' \"$DB_PASSWORD\"\n")
-	withPython := runtimeFor(t, "the Python example", "python3")
-	withNode := runtimeFor(t, "the Express example", "node", "npm")
+	withPython := proctest.HaveTools(t, "the Python example", "python3")
+	withNode := proctest.HaveTools(t, "the Express example", "node", "npm")
 
 	manifest := func(goSource, greeting string) string {
 		m := `version: 1
