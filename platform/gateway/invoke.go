@@ -35,13 +35,17 @@ func (g *Gateway) invoke(w http.ResponseWriter, r *http.Request, tr *invocation.
 	if !ok {
 		return
 	}
-	defer g.release(buf)
+	defer g.inFlight.Add(-1)
 
 	msg := invocation.NewRequestMsg(rt.subject, r, subpath, buf.Bytes())
 	tr.Apply(msg.Header)
 	msg.Header[invocation.HeaderStream] = streamAccept
 	deadline := time.Now().Add(rt.wait)
 	reply, c, err := g.request(r.Context(), msg, deadline)
+	// Sent (retries included): the body's buffer goes back to the pool
+	// now rather than be held while a streamed answer lasts.
+	msg.Data = nil
+	putBuffer(buf)
 	if err != nil {
 		if r.Context().Err() != nil {
 			return // the client went away; nobody is left to answer

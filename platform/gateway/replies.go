@@ -207,7 +207,15 @@ func (m *replyMux) receive(msg *nats.Msg) {
 	defer m.mu.Unlock()
 	c := m.calls[token]
 	if c == nil {
-		return // the caller stopped waiting
+		// The caller stopped waiting (its client went away) before the
+		// answer came: a streamed answer is cancelled, or its function
+		// would block on its flow control until its timeout.
+		if p := invocation.StreamPart(msg.Header); msg.Reply != "" && (p == invocation.StreamStart || p == invocation.StreamData) {
+			// A failed publish (NATS gone) leaves the runner to its
+			// "no responders" or its deadline: nothing better to do.
+			_ = m.nc.PublishMsg(&nats.Msg{Subject: msg.Reply, Header: streamCancel})
+		}
+		return
 	}
 	switch part := invocation.StreamPart(msg.Header); {
 	case !isAck && part == invocation.StreamStart:

@@ -36,6 +36,12 @@ var streamCancel = nats.Header{invocation.HeaderStream: {invocation.StreamCancel
 func (g *Gateway) stream(w http.ResponseWriter, r *http.Request, rt *route, c *call, first *nats.Msg, status int, deadline time.Time, tr *invocation.Trace) {
 	defer g.replies.unregister(c)
 	rc := http.NewResponseController(w)
+	// A client that keeps its connection but stops reading would hold
+	// this goroutine past the deadline in a blocked write: the
+	// connection's write deadline ends it. Cleared at the end, for the
+	// connection's next request (the server sets none of its own).
+	_ = rc.SetWriteDeadline(deadline) // unsupported by a writer: the checks below still hold
+	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	body := bodyAllowed(status)
 	w.WriteHeader(status)
 	timer := time.NewTimer(time.Until(deadline))

@@ -311,3 +311,28 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestStreamClientGoneBeforeStart: a client that leaves before its
+// answer's stream starts gets its function cancelled as the stream
+// starts, rather than left blocked on flow control until its timeout.
+func TestStreamClientGoneBeforeStart(t *testing.T) {
+	p := startStreaming(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", p.url+"/function/late", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("the client got %d before its deadline", resp.StatusCode)
+	}
+	gone := time.Now()
+	select {
+	case at := <-p.cancelled:
+		t.Logf("the function was cancelled %v after the client left", at.Sub(gone).Round(time.Millisecond))
+	case <-time.After(3 * time.Second):
+		st, _ := p.runner.Stats("late")
+		t.Errorf("the function was not cancelled 3 s after its client left: %+v", st)
+	}
+}

@@ -101,6 +101,7 @@ functions:
   tick: {handler: {builtin: tick}, public: true, timeout: 10s}
   tickshort: {handler: {builtin: tick}, public: true, timeout: 500ms}
   stubborn: {handler: {builtin: stubborn}, public: true, timeout: 500ms}
+  late: {handler: {builtin: late}, public: true, timeout: 10s}
 `
 
 // firehoseTotal is what firehose writes in all.
@@ -167,6 +168,20 @@ func startStreaming(t testing.TB) *streamPlatform {
 			}
 		}),
 		"tick": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			for {
+				_, _ = io.WriteString(w, "tick\n")
+				_ = http.NewResponseController(w).Flush()
+				select {
+				case <-time.After(20 * time.Millisecond):
+				case <-r.Context().Done():
+					p.cancelled <- time.Now()
+					return
+				}
+			}
+		}),
+		// late streams ticks after 300 ms, until its context ends.
+		"late": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			time.Sleep(300 * time.Millisecond)
 			for {
 				_, _ = io.WriteString(w, "tick\n")
 				_ = http.NewResponseController(w).Flush()

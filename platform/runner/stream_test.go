@@ -174,3 +174,50 @@ func TestStreamStop(t *testing.T) {
 		t.Fatal("no end after the runner stopped")
 	}
 }
+
+// TestStreamCallerGone: a caller whose connection goes mid-stream
+// acknowledges nothing more, and the NATS server answers the runner's
+// next messages "no responders": the runner stops the function at once
+// instead of streaming into nothing until its timeout (30 s here).
+func TestStreamCallerGone(t *testing.T) {
+	s := brokertest.Start(t)
+	r := startRunner(t, s, streamManifest, streamFunctions)
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := startStream(t, nc, "forever")
+	for range 3 {
+		msg, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Publish(msg.Reply, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.FlushTimeout(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	nc.Close() // the gateway dies
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, _ := r.Stats("forever")
+		if st.InFlight == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the function still runs 5 s after its caller's connection closed: %+v", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	began := time.Now()
+	if err := r.Stop(ctx); err != nil {
+		t.Errorf("Stop: %v", err)
+	}
+	if took := time.Since(began); took > 2*time.Second {
+		t.Errorf("Stop took %v", took)
+	}
+}
