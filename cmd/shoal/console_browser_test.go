@@ -779,7 +779,7 @@ func TestConsoleInvoke(t *testing.T) {
 		const texts = [...card.querySelectorAll(".chip")].map(c => c.textContent + "|" + c.title);
 		return texts.some(x => x.startsWith("not servable")) ? texts.join("\n") : "";
 	})()`)
-	for _, want := range []string{"http|shoal-test-no-such-runtime app.js", "not servable on 1 runner|runner ", "runtime missing: shoal-test-no-such-runtime is not installed"} {
+	for _, want := range []string{"http|shoal-test-no-such-runtime app.js", "not servable on 1 runner|runner ", "runtime missing: shoal-test-no-such-runtime not found in PATH"} {
 		if !strings.Contains(chips, want) {
 			t.Errorf("the chips of absent do not say %q:\n%s", want, chips)
 		}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -25,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/shoal-dev/shoal/functions/functionstest"
+	"github.com/shoal-dev/shoal/internal/proctest"
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/platform/broker"
 	"github.com/shoal-dev/shoal/platform/broker/brokertest"
@@ -276,21 +276,11 @@ func runShoalEnv(t *testing.T, dir string, env []string, args ...string) (stdout
 
 func runShoalWith(t *testing.T, dir, stdin string, env []string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(append(os.Environ(), beShoal+"=1"), env...)
-	cmd.Dir = dir
-	cmd.Stdin = strings.NewReader(stdin)
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
-	var exit *exec.ExitError
-	switch {
-	case errors.As(err, &exit):
-		code = exit.ExitCode()
-	case err != nil:
-		t.Fatal(err)
+	stdout, stderr, code = proctest.Run(dir, append([]string{beShoal + "=1"}, env...), stdin, append([]string{os.Args[0]}, args...)...)
+	if code == -1 {
+		t.Fatalf("shoal %s: %s", strings.Join(args, " "), stderr)
 	}
-	return out.String(), errOut.String(), code
+	return stdout, stderr, code
 }
 
 // TestUp starts `shoal up` as a real process: it answers pong! over HTTP

@@ -299,7 +299,7 @@ functions:
 		out := shoal("list")
 		for _, want := range []string{
 			"missing-runtime is not servable on runner ",
-			"runtime missing: shoal-test-no-such-runtime is not installed on this runner",
+			"runtime missing: shoal-test-no-such-runtime not found in PATH",
 			"secret-bash is not servable on runner ",
 			`DB_PASSWORD: secret "db-password": secret not set`,
 		} {

@@ -7,7 +7,6 @@
 package launcher
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -16,7 +15,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -88,10 +86,12 @@ func (l *Launcher) Start(ctx context.Context, fn manifest.Function) (runner.Proc
 	// A runtime named by the command (python3, node) is looked for
 	// first, in the PATH the function gets: without it, fetching the
 	// code is pointless.
-	if !strings.Contains(argv[0], "/") {
-		if path := functionPath(fn); !inPath(argv[0], path) {
-			return nil, fmt.Errorf("%w: %s is not installed on this runner (not found in PATH %s)", process.ErrRuntimeMissing, argv[0], path)
-		}
+	var pathEnv []string
+	if p, ok := fn.Process.Env["PATH"]; ok {
+		pathEnv = []string{"PATH=" + p}
+	}
+	if err := process.LookRuntime(argv[0], pathEnv); err != nil {
+		return nil, err
 	}
 	d, err := bundle.ParseDigest(fn.Process.Code.Digest)
 	if err != nil {
@@ -169,29 +169,4 @@ func (l *Launcher) env(ctx context.Context, fn manifest.Function) ([]string, err
 		env = append(env, k+"="+vars[k])
 	}
 	return env, nil
-}
-
-// functionPath is the PATH fn's processes get, which the process
-// package looks their command up in: the function's own, or else the
-// runner's (or a default when the runner has none).
-func functionPath(fn manifest.Function) string {
-	if p, ok := fn.Process.Env["PATH"]; ok {
-		return p
-	}
-	return cmp.Or(os.Getenv("PATH"), "/usr/local/bin:/usr/bin:/bin")
-}
-
-// inPath reports whether name is an executable file in one of the
-// absolute directories of path (relative ones would depend on the
-// working directory; the process package skips them too).
-func inPath(name, path string) bool {
-	for _, dir := range filepath.SplitList(path) {
-		if !filepath.IsAbs(dir) {
-			continue
-		}
-		if fi, err := os.Stat(filepath.Join(dir, name)); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
-			return true
-		}
-	}
-	return false
 }

@@ -77,6 +77,7 @@ package process
 
 import (
 	"bufio"
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -199,16 +200,7 @@ func newSpawner(cfg Config) (*spawner, error) {
 	log = log.With("function", cfg.Name)
 	s := &spawner{cfg: cfg, log: log}
 
-	pathEnv := os.Getenv("PATH")
-	if pathEnv == "" {
-		pathEnv = "/usr/local/bin:/usr/bin:/bin"
-	}
-	for _, kv := range cfg.Env {
-		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
-			pathEnv = v
-		}
-	}
-	path, err := resolve(cfg.Command[0], cfg.Dir, pathEnv)
+	path, err := resolve(cfg.Command[0], cfg.Dir, searchPath(cfg.Env))
 	if err != nil {
 		return nil, fmt.Errorf("function %q: %w", cfg.Name, err)
 	}
@@ -235,7 +227,7 @@ func newSpawner(cfg Config) (*spawner, error) {
 			return nil, fmt.Errorf("function %q: private directory: %w", cfg.Name, err)
 		}
 	}
-	s.base = []string{"PATH=" + pathEnv, "HOME=" + home, "TMPDIR=" + tmp}
+	s.base = []string{"PATH=" + searchPath(cfg.Env), "HOME=" + home, "TMPDIR=" + tmp}
 	if lang := os.Getenv("LANG"); lang != "" {
 		s.base = append(s.base, "LANG="+lang)
 	}
@@ -311,6 +303,31 @@ func safeName(name string) string {
 		b = b[:40]
 	}
 	return string(b)
+}
+
+// searchPath is the PATH a command is looked up in: the function's own
+// (a PATH= in env, the last one), else the runner's, else a default.
+func searchPath(env []string) string {
+	path := cmp.Or(os.Getenv("PATH"), "/usr/local/bin:/usr/bin:/bin")
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			path = v
+		}
+	}
+	return path
+}
+
+// LookRuntime checks that a command's program found in PATH (python3,
+// node), as StartHTTP and NewExec will look it up for a function with
+// env, is installed, without starting anything; the error wraps
+// [ErrRuntimeMissing]. A program named by a path (./app) is in the
+// function's code and is not checked.
+func LookRuntime(program string, env []string) error {
+	if strings.Contains(program, "/") {
+		return nil
+	}
+	_, err := resolve(program, "", searchPath(env))
+	return err
 }
 
 // resolve finds the executable of a command: relative to dir when it has
