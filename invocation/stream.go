@@ -80,3 +80,11 @@ func StreamSeq(h nats.Header) int {
 func IsStreamCancel(h nats.Header) bool {
 	return headerValue(h, HeaderStream) == StreamCancel
 }
+
+// IsNoResponders reports whether msg is the NATS server's answer to a
+// request that no subscriber took (an empty message with Status 503): to
+// an invocation, no runner serves the function; to a streamed answer's
+// message, its caller is gone.
+func IsNoResponders(msg *nats.Msg) bool {
+	return len(msg.Data) == 0 && msg.Header.Get("Status") == "503"
+}

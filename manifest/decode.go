@@ -2,6 +2,7 @@ package manifest
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -221,13 +222,13 @@ func (d *decoder) processFields(n *yaml.Node, path string, fn Function, nodes ma
 		if _, ok := nodes["source"]; !ok {
 			d.errorf(n, path+".source", "missing required key: an %s handler runs the code in a source directory, which shoal deploy uploads", fn.Handler.Kind())
 		}
-		for k, v := range fn.Process.Secrets {
+		for _, k := range slices.Sorted(maps.Keys(fn.Process.Secrets)) {
 			if _, dup := fn.Process.Env[k]; dup {
-				d.errorf(nodes["secrets"], path+".secrets", "%s is set in both env and secrets; keep one", v)
+				d.errorf(nodes["secrets"], path+".secrets", "%s is set in both env and secrets; keep one", k)
 			}
 		}
 		if len(fn.Process.Env)+len(fn.Process.Secrets) > MaxEnv {
-			d.errorf(nodes["env"], path+".env", "%d variables in env and secrets, more than %d", len(fn.Process.Env)+len(fn.Process.Secrets), MaxEnv)
+			d.errorf(cmp.Or(nodes["env"], nodes["secrets"]), path+".env", "%d variables in env and secrets, more than %d", len(fn.Process.Env)+len(fn.Process.Secrets), MaxEnv)
 		}
 	case fn.Handler.Builtin != "":
 		for _, k := range slices.Sorted(maps.Keys(nodes)) {
@@ -489,7 +490,7 @@ func (d *decoder) httpHandler(n *yaml.Node, path string) *HTTPHandler {
 		}},
 		{name: "readiness", decode: func(v *yaml.Node) {
 			if s, ok := d.str(v, path+".readiness"); ok {
-				if !strings.HasPrefix(s, "/") || strings.ContainsAny(s, " \t\r\n#") {
+				if !validReadiness(s) {
 					d.errorf(v, path+".readiness", "%q is not a URL path; expected one starting with /, like /healthz", s)
 					return
 				}

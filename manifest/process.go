@@ -231,6 +231,12 @@ func limitsProblems(l Limits) []string {
 	return out
 }
 
+// validReadiness reports whether s is a readiness path: a URL path
+// starting with /, without spaces or a fragment.
+func validReadiness(s string) bool {
+	return strings.HasPrefix(s, "/") && !strings.ContainsAny(s, " \t\r\n#")
+}
+
 // commandProblem says why an argv is not acceptable, or "".
 func commandProblem(argv []string) string {
 	switch {

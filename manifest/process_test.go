@@ -130,7 +130,7 @@ func TestParseProcessErrors(t *testing.T) {
 		{"bad secret name", "    source: app\n    handler: {exec: {command: [a]}}\n    secrets: {DB: \"Not Valid\"}\n",
 			[]string{`invalid secret name "Not Valid"`}},
 		{"env and secret", "    source: app\n    handler: {exec: {command: [a]}}\n    env: {DB: x}\n    secrets: {DB: db}\n",
-			[]string{"functions.f.secrets: db is set in both env and secrets"}},
+			[]string{"functions.f.secrets: DB is set in both env and secrets"}},
 		{"workdir escapes", "    source: app\n    handler: {exec: {command: [a]}}\n    workdir: ../etc\n",
 			[]string{`workdir "../etc" must be a relative path inside the source directory`}},
 		{"workdir absolute", "    source: app\n    handler: {exec: {command: [a]}}\n    workdir: /etc\n",

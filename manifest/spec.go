@@ -213,7 +213,7 @@ func (s Spec) process(bad func(string, ...any)) (Handler, Process) {
 		if h.HTTP.Listen != ListenPort && h.HTTP.Listen != ListenUnix {
 			bad("invalid http listen %q", h.HTTP.Listen)
 		}
-		if h.HTTP.Readiness != "" && !strings.HasPrefix(h.HTTP.Readiness, "/") {
+		if h.HTTP.Readiness != "" && !validReadiness(h.HTTP.Readiness) {
 			bad("invalid http readiness path %q", h.HTTP.Readiness)
 		}
 		switch h.HTTP.Processes {
@@ -277,9 +277,6 @@ func (s Spec) process(bad func(string, ...any)) (Handler, Process) {
 		p.Limits = Limits{Memory: l.Memory, CPU: l.CPU, OpenFiles: l.OpenFiles}
 		for _, msg := range limitsProblems(p.Limits) {
 			bad("limits: %s", msg)
-		}
-		if l.Memory < 0 {
-			bad("limits: negative memory")
 		}
 	}
 	return handler, p

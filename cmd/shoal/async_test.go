@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/shoal-dev/shoal/internal/proctest"
 	"github.com/shoal-dev/shoal/invocation"
 	"github.com/shoal-dev/shoal/platform/broker"
 	"github.com/shoal-dev/shoal/platform/calls"
@@ -940,17 +940,6 @@ func TestAsyncQueueFull(t *testing.T) {
 	}
 }
 
-// freeLoopbackAddr returns a loopback address with a port free now.
-func freeLoopbackAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // TestAsyncSurvivesNATSKill runs `shoal nats` (JetStream, sync always),
 // a `shoal gateway` and a `shoal runner` as separate processes, queues
 // 200 calls, SIGKILLs the NATS server while most of them wait, and
@@ -966,7 +955,7 @@ func TestAsyncSurvivesNATSKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr, store := freeLoopbackAddr(t), filepath.Join(dir, "nats")
+	addr, store := "127.0.0.1:"+proctest.FreePort(t), filepath.Join(dir, "nats")
 	url := "nats://" + addr
 	startNATS := func() *proc {
 		p := startShoal(t, "nats", "--listen", addr, "--data", store, "--credentials", credentialsPath(data), "--name", "n1", "--drain-timeout", "1s")

@@ -51,11 +51,10 @@ func prepareCode(ctx context.Context, m *manifest.Manifest, build bool, w io.Wri
 	code := &functionCode{bundles: map[string]*bundle.Bundle{}, out: w}
 	built := map[string]bool{} // source and command already built
 	for _, fn := range m.Functions {
-		p := fn.Process
 		if !fn.Handler.RunsProcess() {
 			continue
 		}
-		if key := p.Source + "\x00" + strings.Join(p.Build, "\x00"); build && len(p.Build) > 0 && !built[key] {
+		if key := fn.Process.Source + "\x00" + strings.Join(fn.Process.Build, "\x00"); build && len(fn.Process.Build) > 0 && !built[key] {
 			built[key] = true
 			if err := runBuild(ctx, fn, w); err != nil {
 				code.close()
@@ -207,6 +206,7 @@ func newRollbackCmd() *cobra.Command {
 	var (
 		a        adminFlags
 		revision uint64
+		list     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "rollback NAME",
@@ -223,7 +223,6 @@ where you started.`,
   shoal rollback hello --revision 12`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			list, _ := cmd.Flags().GetBool("list")
 			return a.session(cmd.Context(), func(ctx context.Context, js jetstream.JetStream) error {
 				c, err := catalog.Open(ctx, js)
 				if err != nil {
@@ -252,7 +251,7 @@ where you started.`,
 	}
 	a.register(cmd)
 	cmd.Flags().Uint64Var(&revision, "revision", 0, "the revision to go back to (default: the newest one that differs from the deployed one)")
-	cmd.Flags().Bool("list", false, "list the revisions the catalog keeps instead")
+	cmd.Flags().BoolVar(&list, "list", false, "list the revisions the catalog keeps instead")
 	return cmd
 }
 
@@ -326,7 +325,11 @@ func newCodeGCCmd() *cobra.Command {
 							return err
 						}
 					}
-					fmt.Fprintf(cmd.OutOrStdout(), "removed   %s (%d bytes, first uploaded for %s)\n", in.Digest, in.Size, in.Function)
+					verb := "removed  "
+					if dryRun {
+						verb = "would remove"
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "%s %s (%d bytes, first uploaded for %s)\n", verb, in.Digest, in.Size, in.Function)
 				}
 				return nil
 			})

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/internal/proctest"
+	"github.com/shoal-dev/shoal/platform/catalog"
 )
 
 // copyTree copies the directory src to dst, leaving out what builds make
@@ -409,6 +410,16 @@ functions:
 		if out := shoal("list", "--json"); strings.Contains(out, "hunter2") || !strings.Contains(out, `"DB_PASSWORD": "db-password"`) {
 			t.Errorf("shoal list --json shows the secret's value, or not its name:\n%s", out)
 		}
+		// Removed: listed no more, and a second removal says it is not set.
+		if out := shoal("secret", "rm", "db-password"); out != "removed db-password\n" {
+			t.Errorf("shoal secret rm = %q", out)
+		}
+		if out := shoal("secret", "ls"); out != "" {
+			t.Errorf("shoal secret ls after rm = %q", out)
+		}
+		if _, errOut, code := runShoal(t, dir, append([]string{"secret", "rm", "db-password"}, admin...)...); code == 0 || !strings.Contains(errOut, "secret not set") {
+			t.Errorf("a second shoal secret rm: exit %d %s", code, errOut)
+		}
 	})
 
 	t.Run("rollback", func(t *testing.T) {
@@ -427,8 +438,24 @@ functions:
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		if list := shoal("rollback", "hello-go", "--list"); strings.Count(list, "http:./hello") != 3 {
-			t.Errorf("shoal rollback --list:\n%s", list)
+		list := shoal("rollback", "hello-go", "--list")
+		if strings.Count(list, "http:./hello") != 3 {
+			t.Fatalf("shoal rollback --list:\n%s", list)
+		}
+		// Forward again, to the revision named: version 2's.
+		v2rev := strings.Fields(strings.Split(strings.TrimSpace(list), "\n")[2])[0]
+		if out := shoal("rollback", "hello-go", "--revision", v2rev); !strings.Contains(out, "the definition of revision "+v2rev+")") {
+			t.Fatalf("shoal rollback --revision %s: %s", v2rev, out)
+		}
+		for deadline := time.Now().Add(20 * time.Second); ; {
+			status, _, body := call("GET", "/function/hello-go/", "")
+			if status == 200 && strings.HasPrefix(body, "Howdy") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("hello-go answers %d %q 20 s after the rollback to revision %s", status, body, v2rev)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 		// Both versions' code is in use by the kept definitions: gc keeps
 		// it.
@@ -437,6 +464,66 @@ functions:
 		}
 		if out := shoal("code", "ls"); strings.Count(out, "hello-go") != 2 {
 			t.Errorf("shoal code ls:\n%s", out)
+		}
+	})
+
+	// A build that fails deploys nothing, --no-build skips it; and gc
+	// removes the code no kept definition names any more.
+	t.Run("build and gc", func(t *testing.T) {
+		src := filepath.Join(dir, "gcme")
+		if err := os.MkdirAll(src, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		fnFile := writeFile(t, dir, "gc.yaml", "version: 1\nfunctions:\n  gcme:\n    source: gcme\n    build: [\"false\"]\n    handler: {exec: {command: [bash, x.sh]}}\n    public: true\n")
+		deploy := func(version int, args ...string) (string, string, int) {
+			t.Helper()
+			writeFile(t, src, "x.sh", fmt.Sprintf("echo version %d\n", version))
+			return runShoal(t, dir, append(append([]string{"deploy", "-f", fnFile}, args...), admin...)...)
+		}
+		if out, errOut, code := deploy(0); code == 0 || !strings.Contains(errOut, "nothing was deployed") || strings.Contains(shoal("list"), "gcme") {
+			t.Fatalf("a deploy whose build fails: exit %d\n%s%s", code, out, errOut)
+		}
+		uploaded := regexp.MustCompile(`uploaded  gcme code (sha256:[0-9a-f]{64})`)
+		var digests []string
+		for v := 1; v <= catalog.HistoryDepth+1; v++ {
+			out, errOut, code := deploy(v, "--no-build")
+			m := uploaded.FindStringSubmatch(errOut)
+			if code != 0 || m == nil {
+				t.Fatalf("deploy --no-build of version %d: exit %d\n%s%s", v, code, out, errOut)
+			}
+			digests = append(digests, m[1])
+		}
+		// The catalog keeps the last HistoryDepth definitions: the first
+		// version's code is used by none.
+		first := digests[0]
+		if out := shoal("code", "gc", "--dry-run", "--min-age", "0s"); !strings.HasPrefix(out, "would remove "+first+" ") || strings.Count(out, "\n") != 1 {
+			t.Errorf("shoal code gc --dry-run:\n%s", out)
+		}
+		if out := shoal("code", "gc", "--min-age", "1h"); out != "" {
+			t.Errorf("shoal code gc removed code younger than --min-age:\n%s", out)
+		}
+		if out := shoal("code", "gc", "--min-age", "0s"); !strings.HasPrefix(out, "removed   "+first+" ") {
+			t.Errorf("shoal code gc:\n%s", out)
+		}
+		ls := shoal("code", "ls")
+		if strings.Contains(ls, first) {
+			t.Errorf("shoal code ls still lists %s:\n%s", first, ls)
+		}
+		for _, d := range digests[1:] {
+			if !strings.Contains(ls, d) {
+				t.Errorf("shoal code ls lost %s, still in use:\n%s", d, ls)
+			}
+		}
+		want := fmt.Sprintf("version %d\n", catalog.HistoryDepth+1)
+		for deadline := time.Now().Add(20 * time.Second); ; {
+			status, _, body := call("GET", "/function/gcme", "")
+			if status == 200 && body == want {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("gcme: %d %q, want %q", status, body, want)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	})
 

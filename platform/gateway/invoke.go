@@ -148,6 +148,9 @@ func (g *Gateway) admit(w http.ResponseWriter, r *http.Request) (buf *bytes.Buff
 }
 
 // release ends what admit began.
+// (invoke gives the buffer back as soon as its request is sent, and the
+// in-flight slot when it returns, so as not to hold the buffer while an
+// answer streams.)
 func (g *Gateway) release(buf *bytes.Buffer) {
 	g.inFlight.Add(-1)
 	putBuffer(buf)

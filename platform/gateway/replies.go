@@ -40,10 +40,6 @@ var ackRequested = []string{invocation.AckRequested}
 // invocation at once too. Acks travel in milliseconds; a minute is ample.
 const lostMemory = time.Minute
 
-// noRespondersStatus is the Status header of the message a NATS server
-// sends to a reply subject when a request has no responders.
-const noRespondersStatus = "503"
-
 // replyMux receives the replies of invocations. nats.go's request helpers
 // keep only the first message of a reply subject, and an acked invocation
 // gets two, the ack and then the answer, so the gateway has its own mux,
@@ -146,7 +142,7 @@ func (m *replyMux) request(ctx context.Context, msg *nats.Msg, wait time.Duratio
 		if err := lostError(reply); err != nil {
 			return nil, nil, err
 		}
-		if len(reply.Data) == 0 && reply.Header.Get("Status") == noRespondersStatus {
+		if invocation.IsNoResponders(reply) {
 			return nil, nil, nats.ErrNoResponders
 		}
 		if invocation.StreamPart(reply.Header) == invocation.StreamStart {

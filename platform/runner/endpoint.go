@@ -86,6 +86,9 @@ func (e *endpoint) Handle(req micro.Request) {
 func (e *endpoint) acquireCurrent() *definition {
 	for try := 1; ; try++ {
 		d := e.def.Load()
+		if d.process == nil {
+			return d // a built-in: never retired
+		}
 		d.acquire()
 		if !d.retired.Load() || try == 3 {
 			return d

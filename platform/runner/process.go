@@ -41,12 +41,20 @@ const retireTimeout = 30 * time.Second
 // whose processes could not be started.
 const retryUnservable = 30 * time.Second
 
-// acquire counts an invocation that runs d's handler.
-func (d *definition) acquire() { d.users.Add(1) }
+// acquire counts an invocation that runs d's handler; a built-in's, never
+// retired, is not counted (no shared counter on its hot path).
+func (d *definition) acquire() {
+	if d.process != nil {
+		d.users.Add(1)
+	}
+}
 
 // release ends what acquire began; the last invocation of a retired
 // definition lets its processes be closed.
 func (d *definition) release() {
+	if d.process == nil {
+		return
+	}
 	if d.users.Add(-1) == 0 && d.retired.Load() {
 		d.idleOnce.Do(func() { close(d.idle) })
 	}

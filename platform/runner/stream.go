@@ -389,7 +389,7 @@ func (r *Runner) streamAck(msg *nats.Msg) {
 	// A cancel from the caller, or the NATS server's "no responders"
 	// (Status 503, empty): the caller's connection is gone, and nobody
 	// will ever acknowledge; either way the function stops at once.
-	if invocation.IsStreamCancel(msg.Header) || (len(msg.Data) == 0 && msg.Header.Get("Status") == noResponders) {
+	if invocation.IsStreamCancel(msg.Header) || invocation.IsNoResponders(msg) {
 		s.gone.Store(true)
 		s.cancel()
 		return
@@ -404,10 +404,6 @@ func (r *Runner) streamAck(msg *nats.Msg) {
 // arrive: below its inbox prefix, where its role may subscribe, but not
 // below its general inbox, where its JetStream replies arrive, as
 // gateways may publish there (docs/security.md).
-// noResponders is the Status header of the NATS server's answer to a
-// request no subscriber took.
-const noResponders = "503"
-
 func streamInboxPrefix(nc *nats.Conn) string {
 	inbox := nc.NewInbox() // PREFIX.NUID
 	return inbox[:strings.LastIndexByte(inbox, '.')] + ".stream."

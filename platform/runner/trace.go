@@ -32,12 +32,14 @@ func (e *endpoint) logAnswer(msg *nats.Msg, ierr *invocation.Error, start time.T
 		return
 	}
 	status := 0
-	if ierr != nil {
+	switch {
+	case ierr != nil:
 		status = ierr.Status
-	} else if msg == nil {
-		// A streamed answer whose caller went away.
-	} else if v := msg.Header[invocation.HeaderStatus]; len(v) > 0 {
-		status, _ = strconv.Atoi(v[0])
+	case msg == nil: // a streamed answer whose caller went away
+	default:
+		if v := msg.Header[invocation.HeaderStatus]; len(v) > 0 {
+			status, _ = strconv.Atoi(v[0])
+		}
 	}
 	attrs := make([]slog.Attr, 0, 10)
 	attrs = append(attrs, slog.String("function", e.name), slog.Int("status", status), slog.Duration("duration", time.Since(start)))
